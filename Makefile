@@ -1,0 +1,108 @@
+# relayd -- reliable on-disk spooling relay to BigQuery.
+#
+#   make            build relayd and relayctl into build/
+#   make deps       install the Debian packages (root or sudo)
+#   make test       the whole test suite (unit, integration, ASan+UBSan, short fuzz)
+#   make asan       build with AddressSanitizer + UndefinedBehaviorSanitizer into build-asan/
+#   make bench      benchmarks that print figures (see docs/benchmarks.md)
+#   make fuzz       run the fuzz targets for FUZZ_SECONDS each (default 300)
+#   make run        install deps, build, and start relayd with a local config
+#   make valgrind   unit tests under valgrind --leak-check=full
+
+PREFIX  ?= /usr/local
+DESTDIR ?=
+BUILD   ?= build
+CC      ?= cc
+PY      := /usr/bin/python3
+
+PKGS     := lmdb jansson zlib
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+           -Wpointer-arith -Wformat=2 -Wno-unused-parameter
+OPT     ?= -O2
+CFLAGS  ?=
+CFLAGS  += -std=c11 -D_GNU_SOURCE -g $(OPT) $(WARN) -Iinclude $(PKG_CFLAGS) $(EXTRA_CFLAGS)
+LDFLAGS += $(EXTRA_LDFLAGS)
+LIBS    := $(PKG_LIBS) -lpthread
+
+MAINS   := src/relayd.c src/relayctl.c
+LIBSRC  := $(filter-out $(MAINS),$(wildcard src/*.c))
+LIBOBJ  := $(LIBSRC:src/%.c=$(BUILD)/obj/%.o)
+UNITSRC := $(wildcard tests/unit/test_*.c)
+UNITBIN := $(UNITSRC:tests/unit/%.c=$(BUILD)/tests/%)
+BENCHSRC:= $(wildcard tests/bench/*.c)
+BENCHBIN:= $(BENCHSRC:tests/bench/%.c=$(BUILD)/bench/%)
+
+.PHONY: all deps test unit asan bench fuzz fuzz-smoke run clean install valgrind check-deps
+
+all: $(BUILD)/relayd $(BUILD)/relayctl
+
+deps:
+	@./tools/install-deps.sh
+
+$(BUILD)/obj/%.o: src/%.c $(wildcard include/*.h) | $(BUILD)/obj
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/librelay.a: $(LIBOBJ)
+	ar rcs $@ $^
+
+$(BUILD)/relayd: $(BUILD)/obj/relayd.o $(BUILD)/librelay.a
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+$(BUILD)/relayctl: $(BUILD)/obj/relayctl.o $(BUILD)/librelay.a
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/librelay.a | $(BUILD)/tests
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/librelay.a $(LIBS) -lcmocka
+
+$(BUILD)/bench/%: tests/bench/%.c $(BUILD)/librelay.a | $(BUILD)/bench
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/librelay.a $(LIBS)
+
+$(BUILD)/obj $(BUILD)/tests $(BUILD)/bench:
+	mkdir -p $@
+
+unit: all $(UNITBIN)
+
+asan:
+	$(MAKE) BUILD=build-asan OPT=-O1 \
+	  EXTRA_CFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer" \
+	  EXTRA_LDFLAGS="-fsanitize=address,undefined" unit
+
+# The fuzz targets are built with clang's libFuzzer, linking the library sources directly.
+FUZZSRC := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZBIN := $(FUZZSRC:tests/fuzz/%.c=build-fuzz/%)
+build-fuzz/%: tests/fuzz/%.c $(LIBSRC) $(wildcard include/*.h)
+	@mkdir -p build-fuzz
+	clang -std=c11 -D_GNU_SOURCE -g -O1 -Iinclude $(PKG_CFLAGS) -fsanitize=fuzzer,address,undefined \
+	  -o $@ $< $(LIBSRC) $(PKG_LIBS) -lpthread
+
+FUZZ_SECONDS ?= 300
+fuzz: $(FUZZBIN)
+	@for f in $(FUZZBIN); do n=$$(basename $$f); mkdir -p build-fuzz/corpus-$$n; \
+	  echo "fuzz: $$n for $(FUZZ_SECONDS)s"; \
+	  $$f -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build-fuzz/corpus-$$n tests/fuzz/corpus/$${n#fuzz_} || exit 1; done
+
+fuzz-smoke: $(FUZZBIN)
+
+test: deps all unit asan fuzz-smoke
+	$(PY) tests/run.py
+
+valgrind: unit
+	@for t in $(UNITBIN); do valgrind -q --leak-check=full --errors-for-leak-kinds=definite,indirect \
+	  --error-exitcode=1 $$t >/dev/null || { echo "valgrind: $$t failed"; exit 1; }; done; echo "valgrind: clean"
+
+bench: deps all $(BENCHBIN)
+	$(PY) tests/bench/run.py
+
+run: deps all
+	@./tools/run-local.sh
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/sbin
+	install -m 0755 $(BUILD)/relayd $(DESTDIR)$(PREFIX)/sbin/relayd
+	install -m 0755 $(BUILD)/relayctl $(DESTDIR)$(PREFIX)/bin/relayctl
+
+clean:
+	rm -rf build build-asan build-fuzz

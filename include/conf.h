@@ -1,0 +1,96 @@
+/*
+ * conf.h -- relayd's configuration: an INI file parsed with libinih.
+ *
+ * Every key, its default and its meaning is documented in
+ * docs/configuration.md; conf_defaults() is the single source of the
+ * defaults. conf_load() rejects unknown sections and keys and malformed
+ * values with a message that names the file, line, section and key.
+ *
+ * Ownership: struct conf owns every string and array in it; conf_free()
+ * releases them. Not thread-safe; the daemon loads a new conf and swaps it in.
+ */
+#ifndef RELAY_CONF_H
+#define RELAY_CONF_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define CONF_DEFAULT_PATH "/etc/relayd/relayd.conf"
+#define CONF_MAX_DESTS 256
+#define CONF_NAME_MAX 128        /* longest destination name */
+
+enum conf_durability {
+    DURABILITY_FSYNC = 0,  /* ack after the commit is on stable storage */
+    DURABILITY_OS,         /* ack after the commit is in the kernel; synced every sync_interval */
+    DURABILITY_NONE,       /* ack after the commit is in the kernel; never synced (benchmarks) */
+};
+
+struct conf_dest {
+    char *name;            /* the section's name: what producers write after '@' */
+};
+
+struct conf {
+    char *path;                    /* the file it was loaded from, or NULL */
+
+    /* [relayd] */
+    int log_level;                 /* enum log_level */
+    char *control_socket;
+    mode_t control_socket_mode;
+
+    /* [spool] */
+    char *spool_dir;
+    uint64_t max_spool_bytes;
+    enum conf_durability durability;
+    uint64_t sync_interval_ms;
+
+    /* [ingest] */
+    char *socket_path;
+    mode_t socket_mode;
+    char *socket_owner;            /* user name or uid, NULL: relayd's own */
+    char *socket_group;            /* group name or gid, NULL: relayd's own */
+    bool allow_any_uid;            /* allowed_uids = * */
+    uid_t *allowed_uids;
+    size_t n_allowed_uids;
+    gid_t *allowed_gids;
+    size_t n_allowed_gids;
+    uint64_t max_record_bytes;
+    uint64_t max_connections;
+    uint64_t full_wait_ms;
+    uint64_t max_pending_bytes;    /* read but not yet committed, across connections */
+    uint64_t max_depth;            /* JSON nesting limit */
+    char *default_table;           /* destination for records with no '@table' */
+
+    struct conf_dest *dests;
+    size_t n_dests;
+};
+
+/* Fills c with the defaults (allocating the default strings). */
+void conf_defaults(struct conf *c);
+
+/* Loads path over the defaults. On error returns -1 and writes a message like
+ * "relayd.conf:12: [spool] max_spool_bytes: expected a size such as 512M or 4G, got 'lots'"
+ * into err; c is then left freed. */
+int conf_load(const char *path, struct conf *c, char *err, size_t errlen);
+
+/* Checks cross-key rules (e.g. default_table names a destination). Called by
+ * conf_load; exposed for tests. Returns 0 or -1 with err set. */
+int conf_validate(const struct conf *c, char *err, size_t errlen);
+
+/* Returns the destination named name[0..len), or NULL. */
+const struct conf_dest *conf_find_dest(const struct conf *c, const char *name, size_t len);
+
+/* True if name[0..len) is a valid destination name: 1..CONF_NAME_MAX of
+ * [A-Za-z0-9_.-], starting with a letter, digit or '_'. */
+bool conf_valid_name(const char *name, size_t len);
+
+/* True if a peer with this uid/gid may use the sockets: root, relayd's own uid,
+ * allowed_uids (or '*'), allowed_gids. */
+bool conf_peer_allowed(const struct conf *c, uid_t uid, gid_t gid);
+
+void conf_free(struct conf *c);
+
+const char *conf_durability_name(enum conf_durability d);
+
+#endif

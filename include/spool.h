@@ -1,0 +1,151 @@
+/*
+ * spool.h -- the durable queue: one LMDB environment holding a queue per
+ * destination, the dead-letter store, and the metadata that ties them.
+ *
+ * Layout (docs/ARCHITECTURE.md has the picture):
+ *   meta        "version" -> u32, "next_seq" -> u64, "next_dest" -> u32
+ *   dests       destination name -> struct { u32 id; u32 flags; u64 bytes; u64 created_ms }
+ *   q.<id>      one database per destination: be64 seq -> record
+ *   dlq         be64 seq -> dead-letter entry (format in dlq.h)
+ * A record is a 16-byte header followed by the JSON row:
+ *   u32 crc32 (zlib) of { be32 dest id, be64 seq, header bytes 4..15, row }
+ *   u8 version (1), u8 flags, u16 reserved, u64 enqueue time in ms since the epoch
+ * Sequence numbers are global and only grow, so every record and every
+ * dead letter has a unique, stable identity (dest, seq) for its whole life.
+ *
+ * Size: the map is max_bytes; the file grows with use up to it. Appends are
+ * refused with SPOOL_FULL when they would eat into a reserve kept for the
+ * transactions that remove delivered records, so a full spool can always drain.
+ *
+ * Concurrency: LMDB allows one write transaction at a time per environment
+ * (across processes); any thread may run one (MDB_NOTLS). Read functions open
+ * their own read transaction and may run in any thread at the same time.
+ * Several processes may open the same spool (relayd and relayctl); only one
+ * struct spool per process per directory.
+ */
+#ifndef RELAY_SPOOL_H
+#define RELAY_SPOOL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+enum spool_rc {
+    SPOOL_OK = 0,
+    SPOOL_FULL,       /* no room: nothing was written; retry once space is freed */
+    SPOOL_CORRUPT,    /* a record failed its checksum or is malformed */
+    SPOOL_NOTFOUND,
+    SPOOL_IO,         /* an I/O error reached the disk: fatal, restart recovers */
+    SPOOL_NOMEM,
+    SPOOL_INVAL,      /* bad argument, unknown destination */
+    SPOOL_ERR,        /* other LMDB error: spool_last_error() says which */
+};
+
+enum spool_durability { SPOOL_SYNC = 0, SPOOL_NOSYNC_PERIODIC, SPOOL_NOSYNC };
+
+#define SPOOL_HDR 16          /* bytes of header before each row */
+#define SPOOL_MAX_DESTS 1000  /* destinations one spool can hold */
+#define SPOOL_DEST_MAX 128    /* longest destination name */
+
+struct spool_opts {
+    const char *dir;          /* created 0700 if missing; files are 0600 */
+    uint64_t max_bytes;       /* the bound on the file */
+    enum spool_durability durability;
+    bool readonly;            /* open without creating or writing anything */
+};
+
+struct spool;
+struct spool_txn;
+
+/* Opens (creating if needed) the spool in opts->dir. On failure returns a
+ * spool_rc and writes a message that says what to do into err. */
+int spool_open(const struct spool_opts *opts, struct spool **out, char *err, size_t errlen);
+void spool_close(struct spool *s);
+
+const char *spool_strerror(int rc);
+/* The LMDB message behind the last SPOOL_ERR/SPOOL_IO in this thread. */
+const char *spool_last_error(void);
+
+/* ---- destinations ---- */
+
+/* Looks name up; creates it (in its own write transaction) when create is true.
+ * Ids are stable for the life of the spool. */
+int spool_dest(struct spool *s, const char *name, bool create, uint32_t *id);
+/* Name of dest id, or NULL. The pointer lives as long as s. */
+const char *spool_dest_name(struct spool *s, uint32_t id);
+/* Picks up destinations created by other processes. */
+int spool_refresh_dests(struct spool *s);
+
+/* ---- write transactions ---- */
+
+int spool_txn_begin(struct spool *s, struct spool_txn **out);
+/* Appends a row to dest's queue; *seq gets its sequence number. */
+int spool_txn_append(struct spool_txn *t, uint32_t dest, const void *row, size_t len,
+                     uint64_t time_ms, uint64_t *seq);
+/* Removes a record (delivered). SPOOL_NOTFOUND if it is not there. */
+int spool_txn_remove(struct spool_txn *t, uint32_t dest, uint64_t seq);
+/* Moves a record into the dead-letter store with a reason (a short token such
+ * as "corrupt" or "invalid") and a detail text. If the record itself is
+ * unreadable its raw bytes are kept as the row. */
+int spool_txn_dead_letter(struct spool_txn *t, uint32_t dest, uint64_t seq,
+                          const char *reason, const char *detail);
+/* Makes the transaction durable as the durability mode says. On SPOOL_FULL or
+ * any error nothing of it was written and t is gone either way. */
+int spool_txn_commit(struct spool_txn *t);
+void spool_txn_abort(struct spool_txn *t);
+
+/* Would a transaction adding rows totalling bytes (n rows) fit? Cheap unless
+ * the file is near its bound. */
+bool spool_has_room(struct spool *s, uint64_t bytes, uint64_t n);
+
+/* ---- reading ---- */
+
+struct spool_record {
+    uint32_t dest;
+    uint64_t seq;
+    uint64_t time_ms;
+    const char *row;      /* valid only during the callback */
+    size_t len;
+    bool corrupt;         /* checksum or header failed: row/len are the raw value */
+    const char *problem;  /* for a corrupt record: what is wrong */
+};
+
+/* Calls cb for up to max_records records of dest with seq >= from_seq, in
+ * order, stopping early when cb returns non-zero or max_bytes of rows were
+ * passed (at least one record is always passed). Returns SPOOL_OK. */
+typedef int (*spool_record_cb)(const struct spool_record *r, void *arg);
+int spool_read(struct spool *s, uint32_t dest, uint64_t from_seq, size_t max_records,
+               size_t max_bytes, spool_record_cb cb, void *arg);
+
+/* ---- statistics and upkeep ---- */
+
+struct spool_dest_stats {
+    uint32_t id;
+    char name[SPOOL_DEST_MAX + 1];
+    uint64_t records;
+    uint64_t bytes;           /* row bytes */
+    uint64_t oldest_ms;       /* enqueue time of the oldest record, 0 if empty */
+};
+
+struct spool_stats {
+    uint64_t max_bytes;       /* the bound (map size) */
+    uint64_t file_bytes;      /* size of the data file */
+    uint64_t used_bytes;      /* pages in use (file pages less free pages) */
+    uint64_t records, bytes;  /* over all destinations */
+    uint64_t dlq_records;
+    uint64_t next_seq;
+    size_t n_dests;
+    struct spool_dest_stats dests[SPOOL_MAX_DESTS];
+};
+
+/* Fills st (large: allocate it). */
+int spool_stats(struct spool *s, struct spool_stats *st);
+
+/* Clears reader slots left by dead processes; *cleared gets how many. */
+int spool_reader_check(struct spool *s, int *cleared);
+/* Flushes to disk (for the periodic sync of SPOOL_NOSYNC_PERIODIC). */
+int spool_sync(struct spool *s);
+/* The path of the data file. */
+const char *spool_path(struct spool *s);
+
+#endif

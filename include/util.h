@@ -1,0 +1,37 @@
+/*
+ * util.h -- small helpers shared by every module: parsing sizes and
+ * durations as written in the config and on the command line, clocks, and
+ * directory creation. Nothing here allocates unless it says so.
+ */
+#ifndef RELAY_UTIL_H
+#define RELAY_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/* "1048576", "64K", "64KiB", "16M", "1G", "2T" (binary multiples, case-insensitive,
+ * optional "B"/"iB"). Returns 0, or -1 when malformed or overflowing. */
+int util_parse_size(const char *s, uint64_t *out);
+
+/* "250ms", "5s", "10m", "2h", "1d"; a bare number means seconds. Returns 0 or -1. */
+int util_parse_duration_ms(const char *s, uint64_t *out);
+
+/* A decimal unsigned integer that must fit in max. Returns 0 or -1. */
+int util_parse_u64(const char *s, uint64_t max, uint64_t *out);
+
+/* Formats bytes as "12.3 MiB" into buf. Returns buf. */
+char *util_fmt_bytes(uint64_t bytes, char *buf, size_t len);
+
+/* Wall-clock milliseconds since the epoch, and monotonic microseconds. */
+uint64_t util_now_ms(void);
+uint64_t util_mono_us(void);
+
+/* mkdir -p with the given mode for every directory it creates; an existing
+ * directory is left as it is. Returns 0, or -1 with errno set. */
+int util_mkdir_p(const char *path, mode_t mode);
+
+/* Writes all of buf to fd, retrying on EINTR and short writes. Returns 0 or -1. */
+int util_write_all(int fd, const void *buf, size_t len);
+
+#endif

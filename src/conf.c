@@ -1,0 +1,447 @@
+/*
+ * conf.c -- the configuration file.
+ *
+ * The format is a strict INI dialect, parsed here in one pass so that every
+ * message can name the line it is about:
+ *
+ *   # comment            ; comment       (only at the start of a line)
+ *   [section]            [destination NAME]
+ *   key = value          (spaces around '=' and at both ends are trimmed)
+ *
+ * Values are taken verbatim to the end of the line: there are no inline
+ * comments and no quoting, so a value may hold '#' or ';'. Each key is looked
+ * up in a table that names its section, its type and where it is stored;
+ * unknown sections and keys are errors, never silently ignored.
+ */
+#include "conf.h"
+#include "log.h"
+#include "util.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <grp.h>
+#include <pwd.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+enum key_type { T_STR, T_PATH, T_SIZE, T_DURATION, T_UINT, T_MODE, T_LOGLEVEL,
+                T_DURABILITY, T_UIDS, T_GIDS };
+
+struct key_def {
+    const char *section;
+    const char *name;
+    enum key_type type;
+    size_t offset;          /* into struct conf */
+    uint64_t min, max;      /* for numeric types; max 0 means no bound */
+};
+
+#define OFF(f) offsetof(struct conf, f)
+
+static const struct key_def keys[] = {
+    { "relayd", "log_level",           T_LOGLEVEL,   OFF(log_level), 0, 0 },
+    { "relayd", "control_socket",      T_PATH,       OFF(control_socket), 0, 0 },
+    { "relayd", "control_socket_mode", T_MODE,       OFF(control_socket_mode), 0, 0 },
+    { "spool",  "dir",                 T_PATH,       OFF(spool_dir), 0, 0 },
+    { "spool",  "max_spool_bytes",     T_SIZE,       OFF(max_spool_bytes), 1 << 20, 1ULL << 44 },
+    { "spool",  "durability",          T_DURABILITY, OFF(durability), 0, 0 },
+    { "spool",  "sync_interval",       T_DURATION,   OFF(sync_interval_ms), 1, 3600000 },
+    { "ingest", "socket",              T_PATH,       OFF(socket_path), 0, 0 },
+    { "ingest", "socket_mode",         T_MODE,       OFF(socket_mode), 0, 0 },
+    { "ingest", "socket_owner",        T_STR,        OFF(socket_owner), 0, 0 },
+    { "ingest", "socket_group",        T_STR,        OFF(socket_group), 0, 0 },
+    { "ingest", "allowed_uids",        T_UIDS,       0, 0, 0 },
+    { "ingest", "allowed_gids",        T_GIDS,       0, 0, 0 },
+    { "ingest", "max_record_bytes",    T_SIZE,       OFF(max_record_bytes), 16, 64 << 20 },
+    { "ingest", "max_connections",     T_UINT,       OFF(max_connections), 1, 1000000 },
+    { "ingest", "full_wait",           T_DURATION,   OFF(full_wait_ms), 0, 86400000 },
+    { "ingest", "max_pending_bytes",   T_SIZE,       OFF(max_pending_bytes), 64 << 10, 1ULL << 32 },
+    { "ingest", "max_depth",           T_UINT,       OFF(max_depth), 1, 1000 },
+    { "ingest", "default_table",       T_STR,        OFF(default_table), 0, 0 },
+};
+
+static char *xstrdup(const char *s)
+{
+    char *d = strdup(s);
+    if (!d) {
+        log_error("out of memory");
+        abort();
+    }
+    return d;
+}
+
+const char *conf_durability_name(enum conf_durability d)
+{
+    switch (d) {
+    case DURABILITY_FSYNC: return "fsync";
+    case DURABILITY_OS:    return "os";
+    case DURABILITY_NONE:  return "none";
+    }
+    return "?";
+}
+
+void conf_defaults(struct conf *c)
+{
+    memset(c, 0, sizeof *c);
+    c->log_level = LOG_INFO;
+    c->control_socket = xstrdup("/run/relayd/relayd.ctl");
+    c->control_socket_mode = 0660;
+    c->spool_dir = xstrdup("/var/lib/relayd");
+    c->max_spool_bytes = 1ULL << 30;
+    c->durability = DURABILITY_FSYNC;
+    c->sync_interval_ms = 1000;
+    c->socket_path = xstrdup("/run/relayd/relayd.sock");
+    c->socket_mode = 0660;
+    c->max_record_bytes = 9ULL << 20;
+    c->max_connections = 4096;
+    c->full_wait_ms = 5000;
+    c->max_pending_bytes = 32ULL << 20;
+    c->max_depth = 15 + 1;   /* BigQuery allows 15 levels of nested RECORD below the row */
+}
+
+void conf_free(struct conf *c)
+{
+    free(c->path);
+    free(c->control_socket);
+    free(c->spool_dir);
+    free(c->socket_path);
+    free(c->socket_owner);
+    free(c->socket_group);
+    free(c->allowed_uids);
+    free(c->allowed_gids);
+    free(c->default_table);
+    for (size_t i = 0; i < c->n_dests; i++)
+        free(c->dests[i].name);
+    free(c->dests);
+    memset(c, 0, sizeof *c);
+}
+
+bool conf_valid_name(const char *name, size_t len)
+{
+    if (len == 0 || len > CONF_NAME_MAX)
+        return false;
+    if (!isalnum((unsigned char)name[0]) && name[0] != '_')
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)name[i];
+        if (!isalnum(ch) && ch != '_' && ch != '-' && ch != '.')
+            return false;
+    }
+    return true;
+}
+
+const struct conf_dest *conf_find_dest(const struct conf *c, const char *name, size_t len)
+{
+    for (size_t i = 0; i < c->n_dests; i++) {
+        if (strlen(c->dests[i].name) == len && memcmp(c->dests[i].name, name, len) == 0)
+            return &c->dests[i];
+    }
+    return NULL;
+}
+
+bool conf_peer_allowed(const struct conf *c, uid_t uid, gid_t gid)
+{
+    if (uid == 0 || uid == geteuid() || c->allow_any_uid)
+        return true;
+    for (size_t i = 0; i < c->n_allowed_uids; i++)
+        if (c->allowed_uids[i] == uid)
+            return true;
+    for (size_t i = 0; i < c->n_allowed_gids; i++)
+        if (c->allowed_gids[i] == gid)
+            return true;
+    return false;
+}
+
+/* ---- parsing ----------------------------------------------------------- */
+
+struct parser {
+    const char *file;
+    unsigned line;
+    char section[64];
+    char section_arg[CONF_NAME_MAX + 8];
+    char *err;
+    size_t errlen;
+};
+
+static int perr(struct parser *p, const char *key, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int perr(struct parser *p, const char *key, const char *fmt, ...)
+{
+    int n;
+    if (key)
+        n = snprintf(p->err, p->errlen, "%s:%u: [%s] %s: ", p->file, p->line, p->section, key);
+    else
+        n = snprintf(p->err, p->errlen, "%s:%u: ", p->file, p->line);
+    if (n < 0 || (size_t)n >= p->errlen)
+        return -1;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(p->err + n, p->errlen - (size_t)n, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+static char *trim(char *s)
+{
+    while (isspace((unsigned char)*s))
+        s++;
+    char *e = s + strlen(s);
+    while (e > s && isspace((unsigned char)e[-1]))
+        *--e = 0;
+    return s;
+}
+
+/* Parses a comma- or space-separated list of ids; names are resolved with
+ * getpwnam/getgrnam. "*" alone (uids only) allows every uid. */
+static int parse_ids(struct parser *p, const char *key, char *v, bool groups, struct conf *c)
+{
+    if (!groups) {
+        free(c->allowed_uids);
+        c->allowed_uids = NULL;
+        c->n_allowed_uids = 0;
+        c->allow_any_uid = false;
+    } else {
+        free(c->allowed_gids);
+        c->allowed_gids = NULL;
+        c->n_allowed_gids = 0;
+    }
+    for (char *save = NULL, *tok = strtok_r(v, ", \t", &save); tok;
+         tok = strtok_r(NULL, ", \t", &save)) {
+        uint64_t id;
+        if (!groups && strcmp(tok, "*") == 0) {
+            c->allow_any_uid = true;
+            continue;
+        }
+        if (util_parse_u64(tok, UINT32_MAX - 1, &id) != 0) {
+            if (groups) {
+                struct group *g = getgrnam(tok);
+                if (!g)
+                    return perr(p, key, "no such group '%s'", tok);
+                id = g->gr_gid;
+            } else {
+                struct passwd *pw = getpwnam(tok);
+                if (!pw)
+                    return perr(p, key, "no such user '%s'", tok);
+                id = pw->pw_uid;
+            }
+        }
+        if (groups) {
+            gid_t *n = realloc(c->allowed_gids, (c->n_allowed_gids + 1) * sizeof *n);
+            if (!n)
+                return perr(p, key, "out of memory");
+            c->allowed_gids = n;
+            n[c->n_allowed_gids++] = (gid_t)id;
+        } else {
+            uid_t *n = realloc(c->allowed_uids, (c->n_allowed_uids + 1) * sizeof *n);
+            if (!n)
+                return perr(p, key, "out of memory");
+            c->allowed_uids = n;
+            n[c->n_allowed_uids++] = (uid_t)id;
+        }
+    }
+    return 0;
+}
+
+static int set_key(struct parser *p, struct conf *c, const struct key_def *k, char *v)
+{
+    char *base = (char *)c + k->offset;
+    uint64_t n;
+    switch (k->type) {
+    case T_STR:
+    case T_PATH: {
+        char **dst = (char **)(void *)base;
+        if (k->type == T_PATH && v[0] != '/')
+            return perr(p, k->name, "expected an absolute path, got '%s'", v);
+        free(*dst);
+        *dst = *v ? xstrdup(v) : NULL;
+        return 0;
+    }
+    case T_SIZE:
+        if (util_parse_size(v, &n))
+            return perr(p, k->name, "expected a size such as 512K, 64M or 4G, got '%s'", v);
+        break;
+    case T_DURATION:
+        if (util_parse_duration_ms(v, &n))
+            return perr(p, k->name, "expected a duration such as 250ms, 5s or 2m, got '%s'", v);
+        break;
+    case T_UINT:
+        if (util_parse_u64(v, UINT64_MAX, &n))
+            return perr(p, k->name, "expected a whole number, got '%s'", v);
+        break;
+    case T_MODE: {
+        char *end;
+        errno = 0;
+        unsigned long m = strtoul(v, &end, 8);
+        if (!*v || *end || errno || m > 0777)
+            return perr(p, k->name, "expected an octal file mode such as 0660, got '%s'", v);
+        *(mode_t *)(void *)base = (mode_t)m;
+        return 0;
+    }
+    case T_LOGLEVEL: {
+        enum log_level l;
+        if (log_parse_level(v, &l))
+            return perr(p, k->name, "expected one of debug, info, warn, error, got '%s'", v);
+        *(int *)(void *)base = (int)l;
+        return 0;
+    }
+    case T_DURABILITY: {
+        enum conf_durability d;
+        if (strcmp(v, "fsync") == 0)
+            d = DURABILITY_FSYNC;
+        else if (strcmp(v, "os") == 0)
+            d = DURABILITY_OS;
+        else if (strcmp(v, "none") == 0)
+            d = DURABILITY_NONE;
+        else
+            return perr(p, k->name, "expected one of fsync, os, none, got '%s'", v);
+        *(enum conf_durability *)(void *)base = d;
+        return 0;
+    }
+    case T_UIDS:
+        return parse_ids(p, k->name, v, false, c);
+    case T_GIDS:
+        return parse_ids(p, k->name, v, true, c);
+    }
+    if (n < k->min || (k->max && n > k->max))
+        return perr(p, k->name, "%s is out of range [%llu, %llu]", v,
+                    (unsigned long long)k->min, (unsigned long long)k->max);
+    *(uint64_t *)(void *)base = n;
+    return 0;
+}
+
+static int begin_section(struct parser *p, struct conf *c, char *hdr)
+{
+    char *name = trim(hdr);
+    char *arg = name;
+    while (*arg && !isspace((unsigned char)*arg))
+        arg++;
+    if (*arg)
+        *arg++ = 0;
+    arg = trim(arg);
+    if (strlen(name) >= sizeof p->section)
+        return perr(p, NULL, "unknown section [%s]", name);
+    snprintf(p->section, sizeof p->section, "%s", name);
+    p->section_arg[0] = 0;
+
+    if (strcmp(name, "destination") == 0) {
+        if (!*arg)
+            return perr(p, NULL, "[destination] needs a name: [destination NAME]");
+        if (!conf_valid_name(arg, strlen(arg)))
+            return perr(p, NULL, "invalid destination name '%s': use 1-%d letters, digits, "
+                        "'_', '-' or '.', starting with a letter, digit or '_'", arg, CONF_NAME_MAX);
+        if (conf_find_dest(c, arg, strlen(arg)))
+            return perr(p, NULL, "destination '%s' is defined twice", arg);
+        if (c->n_dests >= CONF_MAX_DESTS)
+            return perr(p, NULL, "too many destinations (at most %d)", CONF_MAX_DESTS);
+        struct conf_dest *d = realloc(c->dests, (c->n_dests + 1) * sizeof *d);
+        if (!d)
+            return perr(p, NULL, "out of memory");
+        c->dests = d;
+        memset(&d[c->n_dests], 0, sizeof *d);
+        d[c->n_dests].name = xstrdup(arg);
+        c->n_dests++;
+        snprintf(p->section, sizeof p->section, "destination %s", arg);
+        snprintf(p->section_arg, sizeof p->section_arg, "%s", arg);
+        return 0;
+    }
+    if (*arg)
+        return perr(p, NULL, "section [%s] takes no name", name);
+    if (strcmp(name, "relayd") && strcmp(name, "spool") && strcmp(name, "ingest"))
+        return perr(p, NULL, "unknown section [%s] (expected relayd, spool, ingest or "
+                    "destination NAME)", name);
+    return 0;
+}
+
+static int parse_line(struct parser *p, struct conf *c, char *raw)
+{
+    char *s = trim(raw);
+    if (!*s || *s == '#' || *s == ';')
+        return 0;
+    if (*s == '[') {
+        char *end = strchr(s, ']');
+        if (!end || end[1])
+            return perr(p, NULL, "malformed section header, expected [name]");
+        *end = 0;
+        return begin_section(p, c, s + 1);
+    }
+    char *eq = strchr(s, '=');
+    if (!eq)
+        return perr(p, NULL, "expected 'key = value' or '[section]', got '%s'", s);
+    *eq = 0;
+    char *key = trim(s), *val = trim(eq + 1);
+    if (!p->section[0])
+        return perr(p, NULL, "key '%s' before any [section]", key);
+    if (p->section_arg[0])   /* [destination NAME]: no keys yet */
+        return perr(p, key, "unknown key");
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+        if (strcmp(keys[i].section, p->section) == 0 && strcmp(keys[i].name, key) == 0)
+            return set_key(p, c, &keys[i], val);
+    }
+    return perr(p, key, "unknown key");
+}
+
+int conf_validate(const struct conf *c, char *err, size_t errlen)
+{
+    if (c->default_table && !conf_find_dest(c, c->default_table, strlen(c->default_table))) {
+        snprintf(err, errlen, "[ingest] default_table: '%s' is not a [destination]",
+                 c->default_table);
+        return -1;
+    }
+    if (c->n_dests == 0) {
+        snprintf(err, errlen, "no [destination NAME] section: records need somewhere to go");
+        return -1;
+    }
+    if (c->max_pending_bytes < c->max_record_bytes) {
+        snprintf(err, errlen, "[ingest] max_pending_bytes (%llu) must be at least "
+                 "max_record_bytes (%llu)", (unsigned long long)c->max_pending_bytes,
+                 (unsigned long long)c->max_record_bytes);
+        return -1;
+    }
+    if (c->max_record_bytes * 4 > c->max_spool_bytes) {
+        snprintf(err, errlen, "[spool] max_spool_bytes (%llu) must be at least 4 x "
+                 "max_record_bytes (%llu)", (unsigned long long)c->max_spool_bytes,
+                 (unsigned long long)c->max_record_bytes);
+        return -1;
+    }
+    return 0;
+}
+
+int conf_load(const char *path, struct conf *c, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        conf_free(c);
+        return -1;
+    }
+    struct parser p = { .file = path, .err = err, .errlen = errlen };
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    int rc = 0;
+    while ((n = getline(&line, &cap, f)) >= 0) {
+        p.line++;
+        if (memchr(line, 0, (size_t)n)) {
+            rc = perr(&p, NULL, "NUL byte in line");
+            break;
+        }
+        if ((rc = parse_line(&p, c, line)) != 0)
+            break;
+    }
+    free(line);
+    if (rc == 0 && ferror(f))
+        rc = perr(&p, NULL, "read error: %s", strerror(errno));
+    fclose(f);
+    if (rc == 0)
+        rc = conf_validate(c, err, errlen);
+    if (rc == 0) {
+        free(c->path);
+        c->path = xstrdup(path);
+        return 0;
+    }
+    conf_free(c);
+    return -1;
+}

@@ -1,0 +1,931 @@
+/*
+ * spool.c -- the durable queue on LMDB. See spool.h for the layout and the
+ * rules; this comment explains the choices.
+ *
+ * One database per destination lets every append use MDB_APPEND (sequence
+ * numbers only grow), which fills leaf pages completely instead of splitting
+ * them in half, and lets mdb_stat count a queue in O(1). MDB_RESERVE lets us
+ * build each record directly in LMDB's page, so a row is copied once.
+ *
+ * The byte count of each destination lives in its "dests" entry and is
+ * updated in the same transaction as the records, so it is exact across
+ * crashes and across processes (relayctl edits the spool too).
+ *
+ * Full: LMDB can only report MDB_MAP_FULL once the map is exhausted, and a
+ * map that is exhausted cannot even run the transaction that deletes
+ * delivered records (copy-on-write needs fresh pages). So appends are
+ * admitted only while the pages in use, plus an estimate of what the append
+ * needs, stay below the bound less a reserve; removals may use the reserve.
+ */
+#include "spool.h"
+#include "dlq.h"
+
+#include <errno.h>
+#include <lmdb.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#define SPOOL_VERSION 1
+#define RESERVE_MIN   (256u << 10)
+#define RESERVE_MAX   (64ull << 20)
+
+struct dest_rec {          /* value in the dests database */
+    uint32_t id;
+    uint32_t flags;
+    uint64_t bytes;
+    uint64_t created_ms;
+};
+
+struct dest_slot {
+    char *name;
+    MDB_dbi dbi;
+    int ready;             /* set (release) once name and dbi are usable */
+};
+
+struct spool {
+    MDB_env *env;
+    MDB_dbi meta, dests, dlq;
+    char *dir;
+    char *datafile;
+    bool readonly;
+    enum spool_durability durability;
+    uint64_t max_bytes;
+    unsigned psize;
+    pthread_mutex_t dbi_lock;      /* mdb_dbi_open is single-transaction only */
+    struct dest_slot dest[SPOOL_MAX_DESTS + 1];   /* by id; id 0 unused */
+};
+
+#define MAX_DELTAS 64
+struct spool_txn {
+    struct spool *s;
+    MDB_txn *txn;
+    uint64_t next_seq;
+    bool seq_loaded, seq_dirty;
+    size_t n_deltas;
+    struct { uint32_t dest; int64_t bytes; } delta[MAX_DELTAS];
+};
+
+static __thread char last_error[256];
+
+const char *spool_last_error(void) { return last_error; }
+
+const char *spool_strerror(int rc)
+{
+    switch (rc) {
+    case SPOOL_OK:       return "ok";
+    case SPOOL_FULL:     return "spool is full";
+    case SPOOL_CORRUPT:  return "record is corrupt";
+    case SPOOL_NOTFOUND: return "not found";
+    case SPOOL_IO:       return "I/O error";
+    case SPOOL_NOMEM:    return "out of memory";
+    case SPOOL_INVAL:    return "invalid argument";
+    case SPOOL_ERR:      return last_error[0] ? last_error : "LMDB error";
+    }
+    return "unknown error";
+}
+
+/* Maps an LMDB or errno code to a spool_rc, remembering the text. */
+static int map_rc(int rc, const char *what)
+{
+    if (rc == 0)
+        return SPOOL_OK;
+    snprintf(last_error, sizeof last_error, "%s: %s", what, mdb_strerror(rc));
+    switch (rc) {
+    case MDB_MAP_FULL:
+    case ENOSPC:
+    case EDQUOT:
+        return SPOOL_FULL;
+    case MDB_NOTFOUND:
+        return SPOOL_NOTFOUND;
+    case ENOMEM:
+        return SPOOL_NOMEM;
+    case EIO:
+    case MDB_PANIC:
+        return SPOOL_IO;
+    case MDB_CORRUPTED:
+    case MDB_PAGE_NOTFOUND:
+        return SPOOL_CORRUPT;
+    default:
+        return SPOOL_ERR;
+    }
+}
+
+/* ---- encoding helpers ---- */
+
+static void be64(unsigned char *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (unsigned char)(v >> (56 - 8 * i));
+}
+
+static uint64_t rd_be64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = v << 8 | p[i];
+    return v;
+}
+
+static void le32(unsigned char *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static uint32_t rd_le32(const unsigned char *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static uint64_t rd_le64(const unsigned char *p)
+{
+    return (uint64_t)rd_le32(p) | (uint64_t)rd_le32(p + 4) << 32;
+}
+
+static uint32_t record_crc(uint32_t dest, uint64_t seq, const unsigned char *val, size_t len)
+{
+    unsigned char id[12];
+    for (int i = 0; i < 4; i++)
+        id[i] = (unsigned char)(dest >> (24 - 8 * i));
+    be64(id + 4, seq);
+    uLong c = crc32(0L, id, sizeof id);
+    return (uint32_t)crc32(c, val + 4, (uInt)(len - 4));
+}
+
+/* Checks a stored record; returns NULL if sound, else what is wrong. */
+static const char *record_check(uint32_t dest, uint64_t seq, const MDB_val *v)
+{
+    const unsigned char *p = v->mv_data;
+    if (v->mv_size < SPOOL_HDR)
+        return "record shorter than its header (truncated)";
+    if (p[4] != 1)
+        return "unknown record version";
+    if (rd_le32(p) != record_crc(dest, seq, p, v->mv_size))
+        return "checksum mismatch";
+    return NULL;
+}
+
+/* ---- opening ---- */
+
+static int open_dest_dbi(struct spool *s, MDB_txn *txn, uint32_t id, const char *name,
+                         size_t nlen, bool create)
+{
+    char dbname[32];
+    snprintf(dbname, sizeof dbname, "q.%u", id);
+    MDB_dbi dbi;
+    int rc = mdb_dbi_open(txn, dbname, create ? MDB_CREATE : 0, &dbi);
+    if (rc)
+        return map_rc(rc, "open queue database");
+    char *copy = malloc(nlen + 1);
+    if (!copy)
+        return SPOOL_NOMEM;
+    memcpy(copy, name, nlen);
+    copy[nlen] = 0;
+    s->dest[id].name = copy;
+    s->dest[id].dbi = dbi;
+    return SPOOL_OK;
+}
+
+/* Loads destinations not yet known to this process. Caller holds dbi_lock;
+ * the new handles are published only after txn commits (see callers). */
+static int load_dests(struct spool *s, MDB_txn *txn, uint32_t *fresh, size_t *n_fresh)
+{
+    MDB_cursor *c;
+    int rc = mdb_cursor_open(txn, s->dests, &c);
+    if (rc)
+        return map_rc(rc, "open cursor");
+    MDB_val k, v;
+    int op = MDB_FIRST;
+    *n_fresh = 0;
+    while ((rc = mdb_cursor_get(c, &k, &v, op)) == 0) {
+        op = MDB_NEXT;
+        struct dest_rec dr;
+        if (v.mv_size != sizeof dr || k.mv_size == 0 || k.mv_size > SPOOL_DEST_MAX) {
+            rc = MDB_CORRUPTED;
+            break;
+        }
+        memcpy(&dr, v.mv_data, sizeof dr);
+        if (dr.id == 0 || dr.id > SPOOL_MAX_DESTS) {
+            rc = MDB_CORRUPTED;
+            break;
+        }
+        if (s->dest[dr.id].name)
+            continue;
+        int r = open_dest_dbi(s, txn, dr.id, k.mv_data, k.mv_size, false);
+        if (r) {
+            mdb_cursor_close(c);
+            return r;
+        }
+        fresh[(*n_fresh)++] = dr.id;
+    }
+    mdb_cursor_close(c);
+    return rc == MDB_NOTFOUND ? SPOOL_OK : map_rc(rc, "read destinations");
+}
+
+static void publish(struct spool *s, const uint32_t *ids, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        __atomic_store_n(&s->dest[ids[i]].ready, 1, __ATOMIC_RELEASE);
+}
+
+static void unpublish_failed(struct spool *s, const uint32_t *ids, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(s->dest[ids[i]].name);
+        s->dest[ids[i]].name = NULL;
+    }
+}
+
+int spool_refresh_dests(struct spool *s)
+{
+    static uint32_t fresh[SPOOL_MAX_DESTS];
+    pthread_mutex_lock(&s->dbi_lock);
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
+    if (rc) {
+        pthread_mutex_unlock(&s->dbi_lock);
+        return map_rc(rc, "begin read");
+    }
+    size_t n = 0;
+    rc = load_dests(s, txn, fresh, &n);
+    if (rc == SPOOL_OK) {
+        /* handles opened in a read-only transaction stay valid after it ends */
+        mdb_txn_commit(txn);
+        publish(s, fresh, n);
+    } else {
+        mdb_txn_abort(txn);
+        unpublish_failed(s, fresh, n);
+    }
+    pthread_mutex_unlock(&s->dbi_lock);
+    return rc;
+}
+
+static int init_meta(struct spool *s, MDB_txn *txn, char *err, size_t errlen)
+{
+    MDB_val k = { 7, "version" }, v;
+    int rc = mdb_get(txn, s->meta, &k, &v);
+    if (rc == MDB_NOTFOUND) {
+        if (s->readonly) {
+            snprintf(err, errlen, "%s: not a relayd spool (no version)", s->dir);
+            return SPOOL_INVAL;
+        }
+        uint32_t ver = SPOOL_VERSION;
+        v.mv_size = sizeof ver;
+        v.mv_data = &ver;
+        rc = mdb_put(txn, s->meta, &k, &v, 0);
+        if (rc) {
+            snprintf(err, errlen, "%s: cannot initialise: %s", s->dir, mdb_strerror(rc));
+            return map_rc(rc, "init");
+        }
+        return SPOOL_OK;
+    }
+    if (rc) {
+        snprintf(err, errlen, "%s: cannot read metadata: %s", s->dir, mdb_strerror(rc));
+        return map_rc(rc, "read meta");
+    }
+    uint32_t ver;
+    if (v.mv_size != sizeof ver) {
+        snprintf(err, errlen, "%s: metadata is damaged (version)", s->dir);
+        return SPOOL_CORRUPT;
+    }
+    memcpy(&ver, v.mv_data, sizeof ver);
+    if (ver != SPOOL_VERSION) {
+        snprintf(err, errlen, "%s: spool format version %u; this relayd reads version %u",
+                 s->dir, ver, SPOOL_VERSION);
+        return SPOOL_INVAL;
+    }
+    return SPOOL_OK;
+}
+
+int spool_open(const struct spool_opts *o, struct spool **out, char *err, size_t errlen)
+{
+    struct spool *s = calloc(1, sizeof *s);
+    if (!s) {
+        snprintf(err, errlen, "out of memory");
+        return SPOOL_NOMEM;
+    }
+    pthread_mutex_init(&s->dbi_lock, NULL);
+    s->readonly = o->readonly;
+    s->durability = o->durability;
+    s->dir = strdup(o->dir);
+    size_t dl = strlen(o->dir) + 16;
+    s->datafile = malloc(dl);
+    if (!s->dir || !s->datafile) {
+        snprintf(err, errlen, "out of memory");
+        spool_close(s);
+        return SPOOL_NOMEM;
+    }
+    snprintf(s->datafile, dl, "%s/data.mdb", o->dir);
+    s->psize = (unsigned)sysconf(_SC_PAGESIZE);
+
+    struct stat st;
+    if (o->readonly) {
+        if (stat(s->datafile, &st) != 0) {
+            snprintf(err, errlen, "%s: no spool here (%s): check [spool] dir in the config",
+                     s->dir, strerror(errno));
+            spool_close(s);
+            return SPOOL_NOTFOUND;
+        }
+    } else {
+        if (mkdir(o->dir, 0700) != 0 && errno != EEXIST) {
+            snprintf(err, errlen, "cannot create spool directory %s: %s", o->dir, strerror(errno));
+            spool_close(s);
+            return SPOOL_IO;
+        }
+    }
+    uint64_t map = o->max_bytes;
+    if (stat(s->datafile, &st) == 0 && (uint64_t)st.st_size > map) {
+        /* LMDB cannot shrink a file: keep it mapped whole; appends stay
+         * refused until it has drained below the new bound. */
+        map = (uint64_t)st.st_size;
+    }
+    s->max_bytes = o->max_bytes;
+    map = (map + s->psize - 1) / s->psize * s->psize;
+
+    int rc = mdb_env_create(&s->env);
+    if (!rc)
+        rc = mdb_env_set_maxdbs(s->env, SPOOL_MAX_DESTS + 8);
+    if (!rc)
+        rc = mdb_env_set_maxreaders(s->env, 256);
+    if (!rc)
+        rc = mdb_env_set_mapsize(s->env, (size_t)map);
+    if (rc) {
+        snprintf(err, errlen, "cannot set up LMDB: %s", mdb_strerror(rc));
+        spool_close(s);
+        return map_rc(rc, "env");
+    }
+    unsigned flags = MDB_NOTLS;
+    if (o->readonly)
+        flags |= MDB_RDONLY;
+    if (o->durability != SPOOL_SYNC)
+        flags |= MDB_NOSYNC;
+    rc = mdb_env_open(s->env, o->dir, flags, 0600);
+    if (rc) {
+        snprintf(err, errlen, "cannot open spool %s: %s%s", o->dir, mdb_strerror(rc),
+                 rc == EACCES ? " (run as the user that owns the spool)" : "");
+        spool_close(s);
+        return map_rc(rc, "open");
+    }
+
+    MDB_txn *txn;
+    rc = mdb_txn_begin(s->env, NULL, o->readonly ? MDB_RDONLY : 0, &txn);
+    if (rc) {
+        snprintf(err, errlen, "cannot begin transaction on %s: %s", o->dir, mdb_strerror(rc));
+        spool_close(s);
+        return map_rc(rc, "begin");
+    }
+    unsigned cf = o->readonly ? 0 : MDB_CREATE;
+    if ((rc = mdb_dbi_open(txn, "meta", cf, &s->meta)) ||
+        (rc = mdb_dbi_open(txn, "dests", cf, &s->dests)) ||
+        (rc = mdb_dbi_open(txn, "dlq", cf, &s->dlq))) {
+        mdb_txn_abort(txn);
+        snprintf(err, errlen, "%s: %s%s", o->dir, mdb_strerror(rc),
+                 rc == MDB_NOTFOUND ? " (not a relayd spool)" : "");
+        spool_close(s);
+        return map_rc(rc, "open databases");
+    }
+    int r = init_meta(s, txn, err, errlen);
+    static uint32_t fresh[SPOOL_MAX_DESTS];
+    size_t n = 0;
+    if (r == SPOOL_OK && (r = load_dests(s, txn, fresh, &n)) != SPOOL_OK)
+        snprintf(err, errlen, "%s: cannot load destinations: %s", o->dir, spool_strerror(r));
+    if (r == SPOOL_OK && (rc = mdb_txn_commit(txn)) != 0) {
+        r = map_rc(rc, "commit");
+        snprintf(err, errlen, "%s: cannot commit: %s", o->dir, mdb_strerror(rc));
+    } else if (r != SPOOL_OK) {
+        mdb_txn_abort(txn);
+    }
+    if (r != SPOOL_OK) {
+        spool_close(s);
+        return r;
+    }
+    publish(s, fresh, n);
+    *out = s;
+    return SPOOL_OK;
+}
+
+void spool_close(struct spool *s)
+{
+    if (!s)
+        return;
+    if (s->env)
+        mdb_env_close(s->env);
+    for (unsigned i = 0; i <= SPOOL_MAX_DESTS; i++)
+        free(s->dest[i].name);
+    pthread_mutex_destroy(&s->dbi_lock);
+    free(s->dir);
+    free(s->datafile);
+    free(s);
+}
+
+const char *spool_path(struct spool *s) { return s->datafile; }
+
+/* ---- destinations ---- */
+
+static bool dest_ready(struct spool *s, uint32_t id)
+{
+    return id >= 1 && id <= SPOOL_MAX_DESTS &&
+           __atomic_load_n(&s->dest[id].ready, __ATOMIC_ACQUIRE);
+}
+
+const char *spool_dest_name(struct spool *s, uint32_t id)
+{
+    return dest_ready(s, id) ? s->dest[id].name : NULL;
+}
+
+static int find_dest(struct spool *s, const char *name, uint32_t *id)
+{
+    size_t n = strlen(name);
+    for (uint32_t i = 1; i <= SPOOL_MAX_DESTS; i++) {
+        if (dest_ready(s, i) && strlen(s->dest[i].name) == n &&
+            memcmp(s->dest[i].name, name, n) == 0) {
+            *id = i;
+            return SPOOL_OK;
+        }
+    }
+    return SPOOL_NOTFOUND;
+}
+
+int spool_dest(struct spool *s, const char *name, bool create, uint32_t *id)
+{
+    size_t nlen = strlen(name);
+    if (nlen == 0 || nlen > SPOOL_DEST_MAX)
+        return SPOOL_INVAL;
+    if (find_dest(s, name, id) == SPOOL_OK)
+        return SPOOL_OK;
+    int rc = spool_refresh_dests(s);
+    if (rc)
+        return rc;
+    if (find_dest(s, name, id) == SPOOL_OK)
+        return SPOOL_OK;
+    if (!create || s->readonly)
+        return SPOOL_NOTFOUND;
+
+    pthread_mutex_lock(&s->dbi_lock);
+    MDB_txn *txn;
+    int mrc = mdb_txn_begin(s->env, NULL, 0, &txn);
+    if (mrc) {
+        pthread_mutex_unlock(&s->dbi_lock);
+        return map_rc(mrc, "begin");
+    }
+    /* another process may have created it meanwhile */
+    MDB_val k = { nlen, (void *)name }, v;
+    struct dest_rec dr;
+    mrc = mdb_get(txn, s->dests, &k, &v);
+    if (mrc == 0) {
+        mdb_txn_abort(txn);
+        pthread_mutex_unlock(&s->dbi_lock);
+        rc = spool_refresh_dests(s);
+        return rc ? rc : find_dest(s, name, id);
+    }
+    MDB_val mk = { 9, "next_dest" };
+    uint32_t next = 1;
+    if (mdb_get(txn, s->meta, &mk, &v) == 0 && v.mv_size == sizeof next)
+        memcpy(&next, v.mv_data, sizeof next);
+    if (next > SPOOL_MAX_DESTS) {
+        mdb_txn_abort(txn);
+        pthread_mutex_unlock(&s->dbi_lock);
+        snprintf(last_error, sizeof last_error, "too many destinations (at most %d)",
+                 SPOOL_MAX_DESTS);
+        return SPOOL_ERR;
+    }
+    memset(&dr, 0, sizeof dr);
+    dr.id = next;
+    dr.created_ms = (uint64_t)time(NULL) * 1000;
+    v.mv_size = sizeof dr;
+    v.mv_data = &dr;
+    uint32_t after = next + 1;
+    MDB_val av = { sizeof after, &after };
+    rc = SPOOL_OK;
+    if ((mrc = mdb_put(txn, s->dests, &k, &v, MDB_NOOVERWRITE)) ||
+        (mrc = mdb_put(txn, s->meta, &mk, &av, 0)))
+        rc = map_rc(mrc, "create destination");
+    if (rc == SPOOL_OK)
+        rc = open_dest_dbi(s, txn, next, name, nlen, true);
+    if (rc == SPOOL_OK && (mrc = mdb_txn_commit(txn)) != 0) {
+        rc = map_rc(mrc, "commit destination");
+        free(s->dest[next].name);
+        s->dest[next].name = NULL;
+    } else if (rc != SPOOL_OK) {
+        mdb_txn_abort(txn);
+        free(s->dest[next].name);
+        s->dest[next].name = NULL;
+    }
+    if (rc == SPOOL_OK) {
+        publish(s, &next, 1);
+        *id = next;
+    }
+    pthread_mutex_unlock(&s->dbi_lock);
+    return rc;
+}
+
+/* ---- write transactions ---- */
+
+int spool_txn_begin(struct spool *s, struct spool_txn **out)
+{
+    if (s->readonly)
+        return SPOOL_INVAL;
+    struct spool_txn *t = calloc(1, sizeof *t);
+    if (!t)
+        return SPOOL_NOMEM;
+    t->s = s;
+    int rc = mdb_txn_begin(s->env, NULL, 0, &t->txn);
+    if (rc) {
+        free(t);
+        return map_rc(rc, "begin");
+    }
+    *out = t;
+    return SPOOL_OK;
+}
+
+void spool_txn_abort(struct spool_txn *t)
+{
+    if (!t)
+        return;
+    mdb_txn_abort(t->txn);
+    free(t);
+}
+
+static int add_delta(struct spool_txn *t, uint32_t dest, int64_t bytes)
+{
+    for (size_t i = 0; i < t->n_deltas; i++) {
+        if (t->delta[i].dest == dest) {
+            t->delta[i].bytes += bytes;
+            return SPOOL_OK;
+        }
+    }
+    if (t->n_deltas == MAX_DELTAS) {
+        snprintf(last_error, sizeof last_error,
+                 "one transaction touches more than %d destinations", MAX_DELTAS);
+        return SPOOL_INVAL;
+    }
+    t->delta[t->n_deltas].dest = dest;
+    t->delta[t->n_deltas].bytes = bytes;
+    t->n_deltas++;
+    return SPOOL_OK;
+}
+
+static int load_seq(struct spool_txn *t)
+{
+    if (t->seq_loaded)
+        return SPOOL_OK;
+    MDB_val k = { 8, "next_seq" }, v;
+    int rc = mdb_get(t->txn, t->s->meta, &k, &v);
+    if (rc == MDB_NOTFOUND) {
+        t->next_seq = 1;
+    } else if (rc) {
+        return map_rc(rc, "read next_seq");
+    } else {
+        if (v.mv_size != 8)
+            return SPOOL_CORRUPT;
+        memcpy(&t->next_seq, v.mv_data, 8);
+    }
+    t->seq_loaded = true;
+    return SPOOL_OK;
+}
+
+int spool_txn_append(struct spool_txn *t, uint32_t dest, const void *row, size_t len,
+                     uint64_t time_ms, uint64_t *seq_out)
+{
+    struct spool *s = t->s;
+    if (!dest_ready(s, dest) || len > UINT32_MAX - SPOOL_HDR)
+        return SPOOL_INVAL;
+    int rc = load_seq(t);
+    if (rc)
+        return rc;
+    uint64_t seq = t->next_seq;
+    unsigned char kb[8];
+    be64(kb, seq);
+    MDB_val k = { 8, kb }, v = { SPOOL_HDR + len, NULL };
+    int mrc = mdb_put(t->txn, s->dest[dest].dbi, &k, &v, MDB_APPEND | MDB_RESERVE);
+    if (mrc == MDB_KEYEXIST) {   /* not the last key: cannot happen with one counter */
+        v.mv_size = SPOOL_HDR + len;
+        mrc = mdb_put(t->txn, s->dest[dest].dbi, &k, &v, MDB_NOOVERWRITE | MDB_RESERVE);
+    }
+    if (mrc)
+        return map_rc(mrc, "append");
+    unsigned char *p = v.mv_data;
+    memset(p, 0, SPOOL_HDR);
+    p[4] = 1;
+    for (int i = 0; i < 8; i++)
+        p[8 + i] = (unsigned char)(time_ms >> (8 * i));
+    memcpy(p + SPOOL_HDR, row, len);
+    le32(p, record_crc(dest, seq, p, SPOOL_HDR + len));
+    t->next_seq = seq + 1;
+    t->seq_dirty = true;
+    if ((rc = add_delta(t, dest, (int64_t)len)) != SPOOL_OK)
+        return rc;
+    if (seq_out)
+        *seq_out = seq;
+    return SPOOL_OK;
+}
+
+/* Positions a cursor on (dest, seq); returns the value. */
+static int seek(struct spool_txn *t, uint32_t dest, uint64_t seq, MDB_cursor **c,
+                unsigned char kb[8], MDB_val *v)
+{
+    if (!dest_ready(t->s, dest))
+        return SPOOL_INVAL;
+    int rc = mdb_cursor_open(t->txn, t->s->dest[dest].dbi, c);
+    if (rc)
+        return map_rc(rc, "cursor");
+    be64(kb, seq);
+    MDB_val k = { 8, kb };
+    rc = mdb_cursor_get(*c, &k, v, MDB_SET_KEY);
+    if (rc) {
+        mdb_cursor_close(*c);
+        return map_rc(rc, "find record");
+    }
+    return SPOOL_OK;
+}
+
+int spool_txn_remove(struct spool_txn *t, uint32_t dest, uint64_t seq)
+{
+    MDB_cursor *c;
+    unsigned char kb[8];
+    MDB_val v;
+    int rc = seek(t, dest, seq, &c, kb, &v);
+    if (rc)
+        return rc;
+    int64_t len = v.mv_size >= SPOOL_HDR ? (int64_t)(v.mv_size - SPOOL_HDR) : 0;
+    int mrc = mdb_cursor_del(c, 0);
+    mdb_cursor_close(c);
+    if (mrc)
+        return map_rc(mrc, "remove");
+    return add_delta(t, dest, -len);
+}
+
+int spool_txn_dead_letter(struct spool_txn *t, uint32_t dest, uint64_t seq,
+                          const char *reason, const char *detail)
+{
+    MDB_cursor *c;
+    unsigned char kb[8];
+    MDB_val v;
+    int rc = seek(t, dest, seq, &c, kb, &v);
+    if (rc)
+        return rc;
+    struct dlq_entry e = { .seq = seq, .dest = dest };
+    e.dead_ms = (uint64_t)time(NULL) * 1000;
+    e.reason = reason;
+    e.reason_len = strlen(reason);
+    e.detail = detail ? detail : "";
+    e.detail_len = strlen(e.detail);
+    const unsigned char *p = v.mv_data;
+    if (record_check(dest, seq, &v) == NULL) {
+        e.enqueued_ms = rd_le64(p + 8);
+        e.row = (const char *)p + SPOOL_HDR;
+        e.row_len = v.mv_size - SPOOL_HDR;
+    } else {
+        e.row = (const char *)p;      /* keep every byte there is */
+        e.row_len = v.mv_size;
+    }
+    int64_t len = v.mv_size >= SPOOL_HDR ? (int64_t)(v.mv_size - SPOOL_HDR) : 0;
+
+    /* The value lives in LMDB's page: copy it before the tree changes. */
+    size_t need = dlq_encoded_size(&e);
+    unsigned char *buf = malloc(need);
+    if (!buf) {
+        mdb_cursor_close(c);
+        return SPOOL_NOMEM;
+    }
+    dlq_encode(&e, buf);
+    int mrc = mdb_cursor_del(c, 0);
+    mdb_cursor_close(c);
+    if (mrc == 0) {
+        MDB_val k = { 8, kb }, dv = { need, buf };
+        mrc = mdb_put(t->txn, t->s->dlq, &k, &dv, MDB_NOOVERWRITE);
+    }
+    free(buf);
+    if (mrc)
+        return map_rc(mrc, "dead-letter");
+    return add_delta(t, dest, -len);
+}
+
+static int apply_deltas(struct spool_txn *t)
+{
+    for (size_t i = 0; i < t->n_deltas; i++) {
+        if (t->delta[i].bytes == 0)
+            continue;
+        const char *name = t->s->dest[t->delta[i].dest].name;
+        MDB_val k = { strlen(name), (void *)name }, v;
+        int rc = mdb_get(t->txn, t->s->dests, &k, &v);
+        struct dest_rec dr;
+        if (rc || v.mv_size != sizeof dr)
+            return rc ? map_rc(rc, "read destination") : SPOOL_CORRUPT;
+        memcpy(&dr, v.mv_data, sizeof dr);
+        int64_t nb = (int64_t)dr.bytes + t->delta[i].bytes;
+        dr.bytes = nb < 0 ? 0 : (uint64_t)nb;
+        v.mv_data = &dr;
+        v.mv_size = sizeof dr;
+        if ((rc = mdb_put(t->txn, t->s->dests, &k, &v, 0)) != 0)
+            return map_rc(rc, "update destination");
+    }
+    return SPOOL_OK;
+}
+
+int spool_txn_commit(struct spool_txn *t)
+{
+    int rc = apply_deltas(t);
+    if (rc == SPOOL_OK && t->seq_dirty) {
+        MDB_val k = { 8, "next_seq" }, v = { 8, &t->next_seq };
+        int mrc = mdb_put(t->txn, t->s->meta, &k, &v, 0);
+        if (mrc)
+            rc = map_rc(mrc, "write next_seq");
+    }
+    if (rc != SPOOL_OK) {
+        spool_txn_abort(t);
+        return rc;
+    }
+    int mrc = mdb_txn_commit(t->txn);   /* frees the txn, success or not */
+    free(t);
+    return map_rc(mrc, "commit");
+}
+
+/* ---- space ---- */
+
+static uint64_t count_free_pages(struct spool *s)
+{
+    MDB_txn *txn;
+    MDB_cursor *c;
+    uint64_t total = 0;
+    if (mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn))
+        return 0;
+    if (mdb_cursor_open(txn, 0, &c) == 0) {   /* database 0 is LMDB's free list */
+        MDB_val k, v;
+        int op = MDB_FIRST;
+        while (mdb_cursor_get(c, &k, &v, op) == 0) {
+            op = MDB_NEXT;
+            size_t n;
+            if (v.mv_size >= sizeof n) {
+                memcpy(&n, v.mv_data, sizeof n);   /* an IDL starts with its length */
+                total += n;
+            }
+        }
+        mdb_cursor_close(c);
+    }
+    mdb_txn_abort(txn);
+    return total;
+}
+
+static uint64_t reserve_bytes(uint64_t max)
+{
+    uint64_t r = max / 32;
+    if (r < RESERVE_MIN)
+        r = RESERVE_MIN;
+    if (r > RESERVE_MAX)
+        r = RESERVE_MAX;
+    return r;
+}
+
+static uint64_t used_pages(struct spool *s, MDB_envinfo *info)
+{
+    uint64_t high = info->me_last_pgno + 1;
+    uint64_t fr = count_free_pages(s);
+    return fr < high ? high - fr : 0;
+}
+
+bool spool_has_room(struct spool *s, uint64_t bytes, uint64_t n)
+{
+    MDB_envinfo info;
+    if (mdb_env_info(s->env, &info))
+        return false;
+    uint64_t ps = s->psize;
+    /* A small row costs its bytes plus a node header and key; a large one
+     * goes to overflow pages rounded up to whole pages. Over-estimate. */
+    uint64_t need = (bytes + n * (SPOOL_HDR + 40)) / (ps - 64) + n / 2 + 8;
+    uint64_t limit = (s->max_bytes - reserve_bytes(s->max_bytes)) / ps;
+    if (info.me_last_pgno + 1 + need <= limit)
+        return true;                       /* still room above the high-water mark */
+    return used_pages(s, &info) + need <= limit;
+}
+
+/* ---- reading ---- */
+
+int spool_read(struct spool *s, uint32_t dest, uint64_t from_seq, size_t max_records,
+               size_t max_bytes, spool_record_cb cb, void *arg)
+{
+    if (!dest_ready(s, dest))
+        return SPOOL_INVAL;
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
+    if (rc)
+        return map_rc(rc, "begin read");
+    MDB_cursor *c;
+    if ((rc = mdb_cursor_open(txn, s->dest[dest].dbi, &c)) != 0) {
+        mdb_txn_abort(txn);
+        return map_rc(rc, "cursor");
+    }
+    unsigned char kb[8];
+    be64(kb, from_seq);
+    MDB_val k = { 8, kb }, v;
+    size_t n = 0, bytes = 0;
+    int op = MDB_SET_RANGE;
+    while (n < max_records && (rc = mdb_cursor_get(c, &k, &v, op)) == 0) {
+        op = MDB_NEXT;
+        struct spool_record r = { .dest = dest };
+        if (k.mv_size != 8) {
+            r.corrupt = true;
+            r.problem = "malformed key";
+            r.row = v.mv_data;
+            r.len = v.mv_size;
+        } else {
+            r.seq = rd_be64(k.mv_data);
+            r.problem = record_check(dest, r.seq, &v);
+            if (r.problem) {
+                r.corrupt = true;
+                r.row = v.mv_data;
+                r.len = v.mv_size;
+            } else {
+                const unsigned char *p = v.mv_data;
+                r.time_ms = rd_le64(p + 8);
+                r.row = (const char *)p + SPOOL_HDR;
+                r.len = v.mv_size - SPOOL_HDR;
+            }
+        }
+        if (n > 0 && bytes + r.len > max_bytes)
+            break;
+        n++;
+        bytes += r.len;
+        if (cb(&r, arg))
+            break;
+    }
+    mdb_cursor_close(c);
+    mdb_txn_abort(txn);
+    if (rc && rc != MDB_NOTFOUND)
+        return map_rc(rc, "read");
+    return SPOOL_OK;
+}
+
+/* ---- statistics and upkeep ---- */
+
+int spool_stats(struct spool *s, struct spool_stats *st)
+{
+    memset(st, 0, sizeof *st);
+    st->max_bytes = s->max_bytes;
+    struct stat fs;
+    if (stat(s->datafile, &fs) == 0)
+        st->file_bytes = (uint64_t)fs.st_size;
+    MDB_envinfo info;
+    if (mdb_env_info(s->env, &info) == 0)
+        st->used_bytes = used_pages(s, &info) * s->psize;
+
+    int rc = spool_refresh_dests(s);
+    if (rc)
+        return rc;
+    MDB_txn *txn;
+    if ((rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn)) != 0)
+        return map_rc(rc, "begin read");
+    MDB_val k = { 8, "next_seq" }, v;
+    st->next_seq = 1;
+    if (mdb_get(txn, s->meta, &k, &v) == 0 && v.mv_size == 8)
+        memcpy(&st->next_seq, v.mv_data, 8);
+    MDB_stat ms;
+    if (mdb_stat(txn, s->dlq, &ms) == 0)
+        st->dlq_records = ms.ms_entries;
+    for (uint32_t id = 1; id <= SPOOL_MAX_DESTS; id++) {
+        if (!dest_ready(s, id))
+            continue;
+        struct spool_dest_stats *d = &st->dests[st->n_dests++];
+        d->id = id;
+        snprintf(d->name, sizeof d->name, "%s", s->dest[id].name);
+        if (mdb_stat(txn, s->dest[id].dbi, &ms) == 0)
+            d->records = ms.ms_entries;
+        k.mv_size = strlen(d->name);
+        k.mv_data = d->name;
+        struct dest_rec dr;
+        if (mdb_get(txn, s->dests, &k, &v) == 0 && v.mv_size == sizeof dr) {
+            memcpy(&dr, v.mv_data, sizeof dr);
+            d->bytes = dr.bytes;
+        }
+        MDB_cursor *c;
+        if (d->records && mdb_cursor_open(txn, s->dest[id].dbi, &c) == 0) {
+            if (mdb_cursor_get(c, &k, &v, MDB_FIRST) == 0 && v.mv_size >= SPOOL_HDR)
+                d->oldest_ms = rd_le64((const unsigned char *)v.mv_data + 8);
+            mdb_cursor_close(c);
+        }
+        st->records += d->records;
+        st->bytes += d->bytes;
+    }
+    mdb_txn_abort(txn);
+    return SPOOL_OK;
+}
+
+int spool_reader_check(struct spool *s, int *cleared)
+{
+    int dead = 0;
+    int rc = mdb_reader_check(s->env, &dead);
+    if (cleared)
+        *cleared = dead;
+    return map_rc(rc, "reader check");
+}
+
+int spool_sync(struct spool *s)
+{
+    return map_rc(mdb_env_sync(s->env, 1), "sync");
+}

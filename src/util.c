@@ -1,0 +1,176 @@
+/*
+ * util.c -- parsing and clock helpers. See util.h.
+ */
+#include "util.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+int util_parse_u64(const char *s, uint64_t max, uint64_t *out)
+{
+    if (!s || !isdigit((unsigned char)*s))
+        return -1;
+    errno = 0;
+    char *end;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || *end || v > max)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* Splits "123abc" into a number and a unit, skipping spaces between them. */
+static int split_number(const char *s, uint64_t *num, const char **unit)
+{
+    if (!s || !isdigit((unsigned char)*s))
+        return -1;
+    errno = 0;
+    char *end;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno)
+        return -1;
+    while (*end == ' ')
+        end++;
+    *num = v;
+    *unit = end;
+    return 0;
+}
+
+int util_parse_size(const char *s, uint64_t *out)
+{
+    uint64_t v;
+    const char *u;
+    if (split_number(s, &v, &u))
+        return -1;
+    int shift = 0;
+    switch (toupper((unsigned char)*u)) {
+    case 0:   break;
+    case 'B': if (u[1]) return -1; break;
+    case 'K': shift = 10; u++; break;
+    case 'M': shift = 20; u++; break;
+    case 'G': shift = 30; u++; break;
+    case 'T': shift = 40; u++; break;
+    default:  return -1;
+    }
+    if (shift) {
+        if (*u == 'i' || *u == 'I')
+            u++;
+        if (*u == 'b' || *u == 'B')
+            u++;
+        if (*u)
+            return -1;
+    }
+    if (shift && v > (UINT64_MAX >> shift))
+        return -1;
+    *out = v << shift;
+    return 0;
+}
+
+int util_parse_duration_ms(const char *s, uint64_t *out)
+{
+    uint64_t v;
+    const char *u;
+    if (split_number(s, &v, &u))
+        return -1;
+    uint64_t mul;
+    if (*u == 0 || strcmp(u, "s") == 0)
+        mul = 1000;
+    else if (strcmp(u, "ms") == 0)
+        mul = 1;
+    else if (strcmp(u, "m") == 0 || strcmp(u, "min") == 0)
+        mul = 60000;
+    else if (strcmp(u, "h") == 0)
+        mul = 3600000;
+    else if (strcmp(u, "d") == 0)
+        mul = 86400000;
+    else
+        return -1;
+    if (v > UINT64_MAX / mul)
+        return -1;
+    *out = v * mul;
+    return 0;
+}
+
+char *util_fmt_bytes(uint64_t bytes, char *buf, size_t len)
+{
+    static const char *const units[] = { "B", "KiB", "MiB", "GiB", "TiB" };
+    double v = (double)bytes;
+    int i = 0;
+    while (v >= 1024 && i < 4) {
+        v /= 1024;
+        i++;
+    }
+    if (i == 0)
+        snprintf(buf, len, "%llu B", (unsigned long long)bytes);
+    else
+        snprintf(buf, len, "%.1f %s", v, units[i]);
+    return buf;
+}
+
+uint64_t util_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+uint64_t util_mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+int util_mkdir_p(const char *path, mode_t mode)
+{
+    char tmp[PATH_MAX];
+    size_t n = strlen(path);
+    if (n == 0 || n >= sizeof tmp) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    memcpy(tmp, path, n + 1);
+    for (char *p = tmp + 1; ; p++) {
+        if (*p == '/' || *p == 0) {
+            char c = *p;
+            *p = 0;
+            if (mkdir(tmp, mode) != 0 && errno != EEXIST)
+                return -1;
+            *p = c;
+            if (c == 0)
+                break;
+        }
+    }
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return -1;
+    if (!S_ISDIR(st.st_mode)) {
+        errno = ENOTDIR;
+        return -1;
+    }
+    return 0;
+}
+
+int util_write_all(int fd, const void *buf, size_t len)
+{
+    const char *p = buf;
+    while (len) {
+        ssize_t w = write(fd, p, len);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        p += w;
+        len -= (size_t)w;
+    }
+    return 0;
+}
