@@ -292,6 +292,22 @@ class Store:
                 raise
         return dup_flags
 
+    def dedup_only(self, info, insert_ids):
+        """--fast mode: run insertIds through de-duplication without storing rows.
+        Returns one boolean per id, True for a duplicate."""
+        now = time.time()
+        flags = []
+        with self.lock:
+            d = self._dedup_for(info, now)
+            for iid in insert_ids:
+                if iid and d.is_dup(iid, now):
+                    flags.append(True)
+                else:
+                    if iid:
+                        d.add(iid, now)
+                    flags.append(False)
+        return flags
+
     def count_fast(self, info, n):
         """--fast mode: remember that n rows were accepted without storing them."""
         with self.lock:
@@ -326,3 +342,34 @@ class Store:
                 raise
             self._dedup.clear()
             self._cache.clear()
+
+
+def rows_report(store, ref=None, limit=None, after_seq=0, with_rows=True):
+    """Rows of one table (ref = (p, d, t)) or of every table, as the control API
+    and `bqemu.py rows --json` print them.  Returns None if ref names no table."""
+    if ref is not None:
+        info = store.get_table(*ref)
+        if info is None:
+            return None
+        tables = [info]
+    else:
+        tables = store.list_tables()
+    out_rows, counts = [], {}
+    for info in tables:
+        name = "%s.%s.%s" % info.ref
+        counts[name] = {"stored": store.count_rows(info), "fast_rows": info.fast_rows}
+        if not with_rows:
+            continue
+        for seq, iid, arrival, req_no, source, text in store.fetch_rows(info, limit, after_seq):
+            try:
+                value = json.loads(text)
+            except (TypeError, ValueError):
+                value = text
+            out_rows.append({"table": name, "seq": seq, "insert_id": iid, "arrival": arrival,
+                             "request_no": req_no, "source": source, "json": value})
+    report = {"count": sum(c["stored"] for c in counts.values()),
+              "fast_rows": sum(c["fast_rows"] for c in counts.values()),
+              "tables": counts}
+    if with_rows:
+        report["rows"] = out_rows
+    return report

@@ -1,0 +1,820 @@
+/*
+ * relayctl.c -- the command-line tool: send records, show status, inspect
+ * the spool. Thin: the work is in the modules and in relayd.
+ */
+#include "conf.h"
+#include "log.h"
+#include "spool.h"
+#include "util.h"
+#include "version.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define EXIT_REFUSED 1   /* send: some records were refused */
+#define EXIT_DOWN    3   /* status: relayd not running; send: connection lost */
+#define EXIT_CONNECT 4   /* cannot connect or not allowed */
+
+struct ctx {
+    const char *config;
+    const char *socket;
+    const char *control;
+    const char *spool_dir;
+    bool json;
+    struct conf conf;
+    bool have_conf;
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+"Usage: relayctl [GLOBAL OPTIONS] COMMAND [ARGS]\n"
+"\n"
+"Commands:\n"
+"  send [--table T] [FILE...]   stream NDJSON rows (files or stdin) to relayd, many in\n"
+"                               flight; wait for every ack; summary at the end\n"
+"  status                       relayd's state, spool depth per destination, rates\n"
+"  spool dump [--table T] [--limit N]\n"
+"                               print queued records as NDJSON (verifying checksums)\n"
+"  help, version\n"
+"\n"
+"Global options:\n"
+"  -c, --config FILE    relayd's config (default: $RELAYD_CONFIG or %s)\n"
+"  -s, --socket PATH    ingest socket (default: from the config)\n"
+"      --control PATH   control socket (default: from the config)\n"
+"  -d, --spool DIR      spool directory (default: from the config)\n"
+"      --json           machine-readable output\n"
+"  -h, --help           show this help\n"
+"\n"
+"Exit codes: 0 success; 1 send: some rows were refused; 2 usage; 3 relayd not\n"
+"running or the connection was lost before every row was acknowledged;\n"
+"4 cannot connect or not allowed.\n", CONF_DEFAULT_PATH);
+}
+
+static void load_conf(struct ctx *x)
+{
+    const char *path = x->config ? x->config : getenv("RELAYD_CONFIG");
+    if (!path)
+        path = CONF_DEFAULT_PATH;
+    char err[1024];
+    conf_defaults(&x->conf);
+    if (conf_load(path, &x->conf, err, sizeof err) == 0) {
+        x->have_conf = true;
+    } else {
+        conf_defaults(&x->conf);   /* conf_load freed it */
+        if (x->config)             /* asked for explicitly: say why it failed */
+            fprintf(stderr, "relayctl: %s\n", err);
+    }
+    if (!x->socket)
+        x->socket = x->conf.socket_path;
+    if (!x->control)
+        x->control = x->conf.control_socket;
+    if (!x->spool_dir)
+        x->spool_dir = x->conf.spool_dir;
+}
+
+static int connect_unix(const char *path, char *err, size_t errlen)
+{
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    if (strlen(path) >= sizeof sa.sun_path) {
+        snprintf(err, errlen, "socket path too long: %s", path);
+        return -1;
+    }
+    strcpy(sa.sun_path, path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+        int e = errno;
+        snprintf(err, errlen, "cannot connect to %s: %s%s", path, strerror(e),
+                 e == ENOENT || e == ECONNREFUSED ? " (is relayd running? check -c/--socket)" :
+                 e == EACCES ? " (permission denied: join the socket's group)" : "");
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* ------------------------------------------------------------------ send */
+
+struct input {
+    const char *name;
+    uint64_t first_line;   /* global line number of its first line */
+};
+
+struct sender {
+    int fd;
+    struct input *inputs;
+    size_t n_inputs;
+    uint64_t lines_sent;           /* global line count written so far */
+    uint64_t records;              /* record lines written */
+    uint64_t *skip;                /* global numbers of lines that are not records */
+    size_t n_skip, cap_skip;
+    uint64_t acked_line;           /* last "ok N" */
+    uint64_t refused;
+    uint64_t refused_by[16];
+    char reason_names[16][16];
+    size_t n_reasons;
+    char rbuf[8192];
+    size_t rlen;
+    bool denied;
+    bool tty;
+    uint64_t start_us, last_progress_us;
+};
+
+static void locate(const struct sender *s, uint64_t line, const char **file, uint64_t *fl)
+{
+    size_t lo = 0, hi = s->n_inputs;
+    while (hi - lo > 1) {
+        size_t mid = (lo + hi) / 2;
+        if (s->inputs[mid].first_line <= line)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    *file = s->inputs[lo].name;
+    *fl = line - s->inputs[lo].first_line + 1;
+}
+
+static void count_reason(struct sender *s, const char *reason)
+{
+    for (size_t i = 0; i < s->n_reasons; i++) {
+        if (strcmp(s->reason_names[i], reason) == 0) {
+            s->refused_by[i]++;
+            return;
+        }
+    }
+    if (s->n_reasons < 16) {
+        snprintf(s->reason_names[s->n_reasons], sizeof s->reason_names[0], "%s", reason);
+        s->refused_by[s->n_reasons++] = 1;
+    }
+}
+
+static void handle_reply(struct sender *s, char *line)
+{
+    if (strncmp(line, "ok ", 3) == 0) {
+        uint64_t n = strtoull(line + 3, NULL, 10);
+        if (n > s->acked_line)
+            s->acked_line = n;
+        return;
+    }
+    if (strncmp(line, "err ", 4) == 0) {
+        char *p = line + 4, *end;
+        uint64_t ln = strtoull(p, &end, 10);
+        p = end + (*end == ' ');
+        char reason[16];
+        size_t rl = strcspn(p, " ");
+        snprintf(reason, sizeof reason, "%.*s", (int)rl, p);
+        const char *msg = p + rl + (p[rl] == ' ');
+        if (ln == 0) {
+            fprintf(stderr, "%srelayctl: relayd refused the connection: %s: %s\n",
+                    s->tty ? "\r\033[K" : "", reason, msg);
+            s->denied = true;
+            return;
+        }
+        s->refused++;
+        count_reason(s, reason);
+        const char *file;
+        uint64_t fl;
+        locate(s, ln, &file, &fl);
+        fprintf(stderr, "%s%s:%llu: %s: %s\n", s->tty ? "\r\033[K" : "", file,
+                (unsigned long long)fl, reason, msg);
+        return;
+    }
+    fprintf(stderr, "relayctl: unexpected reply from relayd: %s\n", line);
+}
+
+static void read_replies(struct sender *s, bool *eof)
+{
+    for (;;) {
+        ssize_t n = recv(s->fd, s->rbuf + s->rlen, sizeof s->rbuf - 1 - s->rlen, MSG_DONTWAIT);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+                return;
+            *eof = true;
+            return;
+        }
+        if (n == 0) {
+            *eof = true;
+            return;
+        }
+        s->rlen += (size_t)n;
+        char *p = s->rbuf, *nl;
+        while ((nl = memchr(p, '\n', s->rlen - (size_t)(p - s->rbuf)))) {
+            *nl = 0;
+            handle_reply(s, p);
+            p = nl + 1;
+        }
+        s->rlen -= (size_t)(p - s->rbuf);
+        memmove(s->rbuf, p, s->rlen);
+        if (s->rlen == sizeof s->rbuf - 1)   /* absurdly long reply: drop it */
+            s->rlen = 0;
+    }
+}
+
+static void note_skip(struct sender *s, uint64_t line)
+{
+    if (s->n_skip == s->cap_skip) {
+        s->cap_skip = s->cap_skip ? s->cap_skip * 2 : 64;
+        s->skip = realloc(s->skip, s->cap_skip * sizeof *s->skip);
+        if (!s->skip) {
+            fprintf(stderr, "relayctl: out of memory\n");
+            exit(EXIT_DOWN);
+        }
+    }
+    s->skip[s->n_skip++] = line;
+}
+
+/* Counts the lines in buf[0..n), noting which are not records. at_bol says
+ * whether buf starts a line; *partial_blank tracks a line split across reads. */
+static void scan_lines(struct sender *s, const char *buf, size_t n, bool *at_bol, bool *blank)
+{
+    for (size_t i = 0; i < n; i++) {
+        char ch = buf[i];
+        if (*at_bol) {
+            *blank = true;
+            *at_bol = false;
+        }
+        if (ch == '\n') {
+            s->lines_sent++;
+            if (*blank)
+                note_skip(s, s->lines_sent);
+            else
+                s->records++;
+            *at_bol = true;
+        } else if (ch != ' ' && ch != '\t' && ch != '\r') {
+            *blank = false;
+        }
+    }
+}
+
+/* Records at or before line (all lines up to it that are not skipped). */
+static uint64_t records_upto(const struct sender *s, uint64_t line)
+{
+    size_t lo = 0, hi = s->n_skip;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (s->skip[mid] <= line)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return line - lo;
+}
+
+static void progress(struct sender *s, bool final)
+{
+    if (!s->tty)
+        return;
+    uint64_t now = util_mono_us();
+    if (!final && now - s->last_progress_us < 200000)
+        return;
+    s->last_progress_us = now;
+    double secs = (double)(now - s->start_us) / 1e6;
+    uint64_t acked = records_upto(s, s->acked_line);
+    acked = acked > s->refused ? acked - s->refused : 0;
+    fprintf(stderr, "\r\033[Ksent %llu  acked %llu  refused %llu  %.0f rows/s",
+            (unsigned long long)s->records, (unsigned long long)acked,
+            (unsigned long long)s->refused, secs > 0 ? (double)acked / secs : 0);
+    if (final)
+        fputc('\n', stderr);
+}
+
+/* Writes all of buf, reading replies whenever the socket is not writable. */
+static int send_all(struct sender *s, const char *buf, size_t n)
+{
+    while (n) {
+        ssize_t w = send(s->fd, buf, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w > 0) {
+            buf += w;
+            n -= (size_t)w;
+            continue;
+        }
+        if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+            return -1;
+        struct pollfd p = { s->fd, POLLIN | POLLOUT, 0 };
+        poll(&p, 1, 250);
+        bool eof = false;
+        if (p.revents & (POLLIN | POLLHUP))
+            read_replies(s, &eof);
+        progress(s, false);
+        if (eof || s->denied)
+            return -1;
+    }
+    return 0;
+}
+
+static int cmd_send(struct ctx *x, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "table", required_argument, NULL, 't' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    const char *table = NULL;
+    int ch;
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "t:h", opts, NULL)) != -1) {
+        switch (ch) {
+        case 't': table = optarg; break;
+        case 'h':
+            printf("Usage: relayctl send [--table T] [FILE...]\n"
+                   "Streams NDJSON rows from the files (or stdin; '-' is stdin) to relayd with many\n"
+                   "rows in flight, waits for every acknowledgement and prints a summary.\n"
+                   "--table T sends the rows to destination T (else: '@T' lines in the input,\n"
+                   "or the server's default_table). Refused rows are reported as FILE:LINE.\n"
+                   "Exit: 0 all acknowledged, 1 some refused, 3 connection lost, 4 cannot connect.\n");
+            return 0;
+        default:
+            return EXIT_USAGE;
+        }
+    }
+    if (table && !conf_valid_name(table, strlen(table))) {
+        fprintf(stderr, "relayctl send: invalid table name '%s'\n", table);
+        return EXIT_USAGE;
+    }
+    char err[512];
+    int fd = connect_unix(x->socket, err, sizeof err);
+    if (fd < 0) {
+        fprintf(stderr, "relayctl: %s\n", err);
+        return EXIT_CONNECT;
+    }
+    struct sender s = { .fd = fd, .tty = isatty(STDERR_FILENO) && !x->json };
+    s.start_us = util_mono_us();
+    size_t nfiles = argc > optind ? (size_t)(argc - optind) : 1;
+    s.inputs = calloc(nfiles + 1, sizeof *s.inputs);
+    if (!s.inputs)
+        return EXIT_DOWN;
+    int rc = 0;
+    if (table) {
+        char hdr[CONF_NAME_MAX + 3];
+        int n = snprintf(hdr, sizeof hdr, "@%s\n", table);
+        s.inputs[s.n_inputs++] = (struct input){ "--table", 1 };
+        s.lines_sent = 1;
+        note_skip(&s, 1);
+        if (send_all(&s, hdr, (size_t)n))
+            rc = -1;
+    }
+    static char buf[1 << 16];
+    for (size_t i = 0; i < nfiles && rc == 0 && !s.denied; i++) {
+        const char *name = argc > optind ? argv[optind + (int)i] : "-";
+        int in = strcmp(name, "-") == 0 ? STDIN_FILENO : open(name, O_RDONLY | O_CLOEXEC);
+        if (in < 0) {
+            fprintf(stderr, "relayctl send: cannot open %s: %s\n", name, strerror(errno));
+            rc = EXIT_USAGE;
+            break;
+        }
+        s.inputs[s.n_inputs++] = (struct input){ in == STDIN_FILENO ? "<stdin>" : name,
+                                                s.lines_sent + 1 };
+        bool at_bol = true, blank = true;
+        char last = '\n';
+        ssize_t n;
+        while ((n = read(in, buf, sizeof buf)) > 0) {
+            scan_lines(&s, buf, (size_t)n, &at_bol, &blank);
+            last = buf[n - 1];
+            if (send_all(&s, buf, (size_t)n)) {
+                rc = -1;
+                break;
+            }
+        }
+        if (n < 0) {
+            fprintf(stderr, "relayctl send: reading %s: %s\n", name, strerror(errno));
+            rc = EXIT_USAGE;
+        }
+        if (rc == 0 && last != '\n') {   /* a last line without newline is still a line */
+            scan_lines(&s, "\n", 1, &at_bol, &blank);
+            if (send_all(&s, "\n", 1))
+                rc = -1;
+        }
+        if (in != STDIN_FILENO)
+            close(in);
+    }
+    /* done sending: wait for the acknowledgement of everything */
+    shutdown(fd, SHUT_WR);
+    bool eof = false;
+    while (!eof && !s.denied && s.acked_line < s.lines_sent) {
+        struct pollfd p = { fd, POLLIN, 0 };
+        poll(&p, 1, 250);
+        read_replies(&s, &eof);
+        progress(&s, false);
+    }
+    progress(&s, true);
+    close(fd);
+    double secs = (double)(util_mono_us() - s.start_us) / 1e6;
+    uint64_t acked = records_upto(&s, s.acked_line);
+    acked = acked > s.refused ? acked - s.refused : 0;
+    uint64_t unacked = s.records - acked - s.refused;
+    if (x->json) {
+        json_t *o = json_object();
+        json_object_set_new(o, "sent", json_integer((json_int_t)s.records));
+        json_object_set_new(o, "acked", json_integer((json_int_t)acked));
+        json_object_set_new(o, "refused", json_integer((json_int_t)s.refused));
+        json_t *r = json_object();
+        for (size_t i = 0; i < s.n_reasons; i++)
+            json_object_set_new(r, s.reason_names[i], json_integer((json_int_t)s.refused_by[i]));
+        json_object_set_new(o, "refused_by_reason", r);
+        json_object_set_new(o, "unacknowledged", json_integer((json_int_t)unacked));
+        json_object_set_new(o, "seconds", json_real(secs));
+        char *t = json_dumps(o, JSON_COMPACT);
+        printf("%s\n", t);
+        free(t);
+        json_decref(o);
+    } else {
+        fprintf(stderr, "sent %llu rows: %llu acknowledged (durable), %llu refused",
+                (unsigned long long)s.records, (unsigned long long)acked,
+                (unsigned long long)s.refused);
+        for (size_t i = 0; i < s.n_reasons; i++)
+            fprintf(stderr, "%s%s %llu", i ? ", " : " (", s.reason_names[i],
+                    (unsigned long long)s.refused_by[i]);
+        fprintf(stderr, "%s in %.2f s (%.0f rows/s)\n", s.n_reasons ? ")" : "", secs,
+                secs > 0 ? (double)acked / secs : 0);
+        if (unacked)
+            fprintf(stderr, "relayctl: %llu rows were not acknowledged (connection lost after "
+                    "line %llu): their fate is unknown; send them again\n",
+                    (unsigned long long)unacked, (unsigned long long)s.acked_line);
+    }
+    free(s.inputs);
+    free(s.skip);
+    if (s.denied)
+        return EXIT_CONNECT;
+    if (rc == EXIT_USAGE)
+        return EXIT_USAGE;
+    if (unacked)
+        return EXIT_DOWN;
+    return s.refused ? EXIT_REFUSED : 0;
+}
+
+/* ---------------------------------------------------------------- status */
+
+static char *control_request(const char *path, const char *req, char *err, size_t errlen)
+{
+    int fd = connect_unix(path, err, errlen);
+    if (fd < 0)
+        return NULL;
+    if (util_write_all(fd, req, strlen(req)) != 0) {
+        snprintf(err, errlen, "write to %s: %s", path, strerror(errno));
+        close(fd);
+        return NULL;
+    }
+    size_t len = 0, cap = 65536;
+    char *buf = malloc(cap);
+    ssize_t n;
+    while (buf && (n = read(fd, buf + len, cap - len - 1)) > 0) {
+        len += (size_t)n;
+        if (len + 1 == cap) {
+            char *nb = realloc(buf, cap *= 2);
+            if (!nb) {
+                free(buf);
+                buf = NULL;
+            }
+            buf = nb;
+        }
+    }
+    close(fd);
+    if (buf)
+        buf[len] = 0;
+    return buf;
+}
+
+static const char *fmt_age(double s, char *buf, size_t n)
+{
+    if (s <= 0)
+        snprintf(buf, n, "0 s");
+    else if (s < 120)
+        snprintf(buf, n, "%.1f s", s);
+    else if (s < 7200)
+        snprintf(buf, n, "%.1f min", s / 60);
+    else if (s < 172800)
+        snprintf(buf, n, "%.1f h", s / 3600);
+    else
+        snprintf(buf, n, "%.1f d", s / 86400);
+    return buf;
+}
+
+static json_int_t jint(json_t *o, const char *path)
+{
+    /* "a.b" lookups */
+    char key[64];
+    const char *dot;
+    while ((dot = strchr(path, '.'))) {
+        snprintf(key, sizeof key, "%.*s", (int)(dot - path), path);
+        o = json_object_get(o, key);
+        path = dot + 1;
+    }
+    json_t *v = json_object_get(o, path);
+    return json_is_integer(v) ? json_integer_value(v) : (json_int_t)json_number_value(v);
+}
+
+static double jreal(json_t *o, const char *k)
+{
+    return json_number_value(json_object_get(o, k));
+}
+
+/* Builds the same JSON shape from the spool alone when relayd is down. */
+static json_t *offline_status(struct ctx *x, char *err, size_t errlen)
+{
+    struct spool_opts so = { .dir = x->spool_dir, .max_bytes = x->conf.max_spool_bytes,
+                             .readonly = true };
+    struct spool *sp;
+    if (spool_open(&so, &sp, err, errlen) != SPOOL_OK)
+        return NULL;
+    struct spool_stats *st = malloc(sizeof *st);
+    if (!st || spool_stats(sp, st) != SPOOL_OK) {
+        free(st);
+        spool_close(sp);
+        snprintf(err, errlen, "cannot read the spool's statistics");
+        return NULL;
+    }
+    uint64_t now = util_now_ms(), oldest = 0;
+    json_t *root = json_object();
+    json_object_set_new(root, "state", json_string("stopped"));
+    json_t *spj = json_object();
+    json_object_set_new(spj, "dir", json_string(x->spool_dir));
+    json_object_set_new(spj, "file_bytes", json_integer((json_int_t)st->file_bytes));
+    json_object_set_new(spj, "used_bytes", json_integer((json_int_t)st->used_bytes));
+    json_object_set_new(spj, "max_bytes", json_integer((json_int_t)st->max_bytes));
+    json_object_set_new(spj, "records", json_integer((json_int_t)st->records));
+    json_object_set_new(spj, "bytes", json_integer((json_int_t)st->bytes));
+    json_object_set_new(spj, "dead_letters", json_integer((json_int_t)st->dlq_records));
+    json_t *ds = json_array();
+    for (size_t i = 0; i < st->n_dests; i++) {
+        const struct spool_dest_stats *d = &st->dests[i];
+        json_t *o = json_object();
+        json_object_set_new(o, "name", json_string(d->name));
+        json_object_set_new(o, "records", json_integer((json_int_t)d->records));
+        json_object_set_new(o, "bytes", json_integer((json_int_t)d->bytes));
+        json_object_set_new(o, "oldest_age_s", json_real(d->oldest_ms && d->oldest_ms < now ?
+                            (double)(now - d->oldest_ms) / 1000 : 0));
+        json_array_append_new(ds, o);
+        if (d->oldest_ms && (!oldest || d->oldest_ms < oldest))
+            oldest = d->oldest_ms;
+    }
+    json_object_set_new(spj, "oldest_age_s",
+                        json_real(oldest && oldest < now ? (double)(now - oldest) / 1000 : 0));
+    json_object_set_new(root, "spool", spj);
+    json_object_set_new(root, "destinations", ds);
+    free(st);
+    spool_close(sp);
+    return root;
+}
+
+static int cmd_status(struct ctx *x, int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--json") == 0) {
+            x->json = true;
+        } else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+            printf("Usage: relayctl status [--json]\n"
+                   "Shows relayd's state, ingest counters and rates, the spool's size against\n"
+                   "its bound, and the depth and oldest record of each destination. When relayd\n"
+                   "is not running, shows what the spool holds and exits 3.\n");
+            return 0;
+        } else {
+            fprintf(stderr, "relayctl status: unknown argument '%s'\n", argv[i]);
+            return EXIT_USAGE;
+        }
+    }
+    char err[512], err2[512];
+    char *resp = control_request(x->control, "status\n", err, sizeof err);
+    json_t *root = NULL;
+    bool running = resp != NULL;
+    if (resp) {
+        json_error_t je;
+        root = json_loads(resp, 0, &je);
+        free(resp);
+        if (!root) {
+            fprintf(stderr, "relayctl: malformed status from relayd: %s\n", je.text);
+            return EXIT_DOWN;
+        }
+        if (json_object_get(root, "error")) {
+            fprintf(stderr, "relayctl: relayd says: %s\n",
+                    json_string_value(json_object_get(root, "error")));
+            json_decref(root);
+            return EXIT_CONNECT;
+        }
+    } else {
+        root = offline_status(x, err2, sizeof err2);
+        if (!root) {
+            fprintf(stderr, "relayctl: relayd is not running (%s), and the spool cannot be "
+                    "read: %s\n", err, err2);
+            return EXIT_DOWN;
+        }
+    }
+    if (x->json) {
+        char *t = json_dumps(root, JSON_COMPACT);
+        printf("%s\n", t);
+        free(t);
+        json_decref(root);
+        return running ? 0 : EXIT_DOWN;
+    }
+    char b1[32], b2[32], b3[32], b4[32];
+    json_t *sp = json_object_get(root, "spool");
+    if (running) {
+        json_t *ing = json_object_get(root, "ingest");
+        printf("relayd: %s (pid %lld, up %s), durability %s\n",
+               json_string_value(json_object_get(root, "state")),
+               (long long)jint(root, "pid"), fmt_age((double)jint(root, "uptime_s"), b1, sizeof b1),
+               json_string_value(json_object_get(sp, "durability")));
+        printf("ingest: %lld connection(s), %lld rows (%s) received, %lld acknowledged, "
+               "%.0f rows/s (%s/s) over the last 10 s\n",
+               (long long)jint(ing, "connections"), (long long)jint(ing, "records"),
+               util_fmt_bytes((uint64_t)jint(ing, "bytes"), b1, sizeof b1),
+               (long long)jint(ing, "acked"), jreal(ing, "records_per_s"),
+               util_fmt_bytes((uint64_t)jreal(ing, "bytes_per_s"), b2, sizeof b2));
+        json_t *ref = json_object_get(ing, "refused");
+        const char *k;
+        json_t *v;
+        int any = 0;
+        json_object_foreach(ref, k, v) {
+            if (json_integer_value(v)) {
+                printf("%s%s %lld", any++ ? ", " : "refused: ", k, (long long)json_integer_value(v));
+            }
+        }
+        if (any)
+            printf("\n");
+    } else {
+        printf("relayd: not running (%s)\n", err);
+    }
+    char b5[32];
+    printf("spool: %s: file %s of a %s bound (%s in use), %lld rows (%s) queued, oldest %s, "
+           "%lld dead letters\n",
+           json_string_value(json_object_get(sp, "dir")),
+           util_fmt_bytes((uint64_t)jint(sp, "file_bytes"), b1, sizeof b1),
+           util_fmt_bytes((uint64_t)jint(sp, "max_bytes"), b2, sizeof b2),
+           util_fmt_bytes((uint64_t)jint(sp, "used_bytes"), b3, sizeof b3),
+           (long long)jint(sp, "records"),
+           util_fmt_bytes((uint64_t)jint(sp, "bytes"), b4, sizeof b4),
+           fmt_age(jreal(sp, "oldest_age_s"), b5, sizeof b5), (long long)jint(sp, "dead_letters"));
+    json_t *ds = json_object_get(root, "destinations");
+    if (json_array_size(ds)) {
+        printf("\n%-32s %12s %12s %10s\n", "DESTINATION", "ROWS", "BYTES", "OLDEST");
+        size_t i;
+        json_t *d;
+        json_array_foreach(ds, i, d) {
+            json_t *cf = json_object_get(d, "configured");
+            printf("%-32s %12lld %12s %10s%s\n", json_string_value(json_object_get(d, "name")),
+                   (long long)jint(d, "records"),
+                   util_fmt_bytes((uint64_t)jint(d, "bytes"), b1, sizeof b1),
+                   fmt_age(jreal(d, "oldest_age_s"), b2, sizeof b2),
+                   cf && json_is_false(cf) ? "  (not in the config)" : "");
+        }
+    }
+    json_decref(root);
+    return running ? 0 : EXIT_DOWN;
+}
+
+/* ----------------------------------------------------------------- spool */
+
+struct dump_ctx {
+    uint64_t next;
+    uint64_t left;
+    uint64_t corrupt;
+    size_t got;
+    const char *table;
+};
+
+static int dump_one(const struct spool_record *r, void *arg)
+{
+    struct dump_ctx *d = arg;
+    d->next = r->seq + 1;
+    d->got++;
+    if (d->left == 0)
+        return 1;
+    d->left--;
+    if (r->corrupt) {
+        d->corrupt++;
+        printf("{\"table\":\"%s\",\"seq\":%llu,\"corrupt\":\"%s\",\"bytes\":%zu}\n", d->table,
+               (unsigned long long)r->seq, r->problem, r->len);
+        return 0;
+    }
+    printf("{\"table\":\"%s\",\"seq\":%llu,\"time_ms\":%llu,\"row\":%.*s}\n", d->table,
+           (unsigned long long)r->seq, (unsigned long long)r->time_ms, (int)r->len, r->row);
+    return 0;
+}
+
+static int cmd_spool(struct ctx *x, int argc, char **argv)
+{
+    if (argc < 2 || strcmp(argv[1], "dump") != 0) {
+        fprintf(stderr, "Usage: relayctl spool dump [--table T] [--limit N]\n"
+                "Prints the queued records as NDJSON objects {table, seq, time_ms, row},\n"
+                "verifying each checksum (a damaged record prints as {table, seq, corrupt}).\n"
+                "Reads the spool directly (relayd may be running); run it as the spool's owner.\n");
+        return argc < 2 ? EXIT_USAGE : (strcmp(argv[1], "-h") && strcmp(argv[1], "--help") ?
+                                         EXIT_USAGE : 0);
+    }
+    const char *table = NULL;
+    uint64_t limit = UINT64_MAX;
+    for (int i = 2; i < argc; i++) {
+        if (strcmp(argv[i], "--table") == 0 && i + 1 < argc)
+            table = argv[++i];
+        else if (strcmp(argv[i], "--limit") == 0 && i + 1 < argc &&
+                 util_parse_u64(argv[i + 1], UINT64_MAX, &limit) == 0)
+            i++;
+        else {
+            fprintf(stderr, "relayctl spool dump: bad argument '%s'\n", argv[i]);
+            return EXIT_USAGE;
+        }
+    }
+    char err[512];
+    struct spool_opts so = { .dir = x->spool_dir, .max_bytes = x->conf.max_spool_bytes,
+                             .readonly = true };
+    struct spool *sp;
+    if (spool_open(&so, &sp, err, sizeof err) != SPOOL_OK) {
+        fprintf(stderr, "relayctl: %s\n", err);
+        return EXIT_START;
+    }
+    struct dump_ctx d = { .left = limit };
+    for (uint32_t id = 1; id <= SPOOL_MAX_DESTS && d.left; id++) {
+        const char *name = spool_dest_name(sp, id);
+        if (!name || (table && strcmp(table, name) != 0))
+            continue;
+        d.table = name;
+        d.next = 0;
+        do {
+            d.got = 0;
+            spool_read(sp, id, d.next, 4096, 64 << 20, dump_one, &d);
+        } while (d.got && d.left);
+    }
+    spool_close(sp);
+    fflush(stdout);
+    if (d.corrupt)
+        fprintf(stderr, "relayctl: %llu corrupt record(s) in the spool\n",
+                (unsigned long long)d.corrupt);
+    return d.corrupt ? 1 : 0;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "config", required_argument, NULL, 'c' },
+        { "socket", required_argument, NULL, 's' },
+        { "control", required_argument, NULL, 'C' },
+        { "spool", required_argument, NULL, 'd' },
+        { "json", no_argument, NULL, 'j' },
+        { "help", no_argument, NULL, 'h' },
+        { "version", no_argument, NULL, 'V' },
+        { NULL, 0, NULL, 0 },
+    };
+    struct ctx x = { 0 };
+    int ch;
+    log_init("relayctl", LOG_WARN);
+    signal(SIGPIPE, SIG_IGN);
+    /* global options stop at the command name */
+    while ((ch = getopt_long(argc, argv, "+c:s:d:hV", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'c': x.config = optarg; break;
+        case 's': x.socket = optarg; break;
+        case 'C': x.control = optarg; break;
+        case 'd': x.spool_dir = optarg; break;
+        case 'j': x.json = true; break;
+        case 'h': usage(stdout); return 0;
+        case 'V': printf("relayctl %s\n", RELAY_VERSION); return 0;
+        default:  usage(stderr); return EXIT_USAGE;
+        }
+    }
+    if (optind >= argc) {
+        usage(stderr);
+        return EXIT_USAGE;
+    }
+    const char *cmd = argv[optind];
+    int cargc = argc - optind;
+    char **cargv = argv + optind;
+    for (int i = 1; i < cargc; i++)       /* --json may follow the command too */
+        if (strcmp(cargv[i], "--json") == 0 && strcmp(cmd, "status") != 0) {
+            x.json = true;
+            memmove(&cargv[i], &cargv[i + 1], (size_t)(cargc - i) * sizeof *cargv);
+            cargc--;
+            i--;
+        }
+    if (strcmp(cmd, "help") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    if (strcmp(cmd, "version") == 0) {
+        printf("relayctl %s\n", RELAY_VERSION);
+        return 0;
+    }
+    load_conf(&x);
+    int rc;
+    if (strcmp(cmd, "send") == 0)
+        rc = cmd_send(&x, cargc, cargv);
+    else if (strcmp(cmd, "status") == 0)
+        rc = cmd_status(&x, cargc, cargv);
+    else if (strcmp(cmd, "spool") == 0)
+        rc = cmd_spool(&x, cargc, cargv);
+    else {
+        fprintf(stderr, "relayctl: unknown command '%s' (try relayctl --help)\n", cmd);
+        rc = EXIT_USAGE;
+    }
+    conf_free(&x.conf);
+    return rc;
+}

@@ -1,0 +1,217 @@
+/*
+ * relayd.c -- the daemon's entry point: options, config, spool, then the
+ * ingest loop. Everything else lives in the modules.
+ */
+#include "committer.h"
+#include "conf.h"
+#include "ingest.h"
+#include "log.h"
+#include "spool.h"
+#include "util.h"
+#include "version.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+"Usage: relayd [OPTIONS]\n"
+"Reliable on-disk spooling relay: producers write NDJSON rows to a Unix socket,\n"
+"relayd acknowledges each row once it is durable in its LMDB spool, and delivers\n"
+"the spool to BigQuery.\n"
+"\n"
+"Options:\n"
+"  -c, --config FILE     config file (default: $RELAYD_CONFIG or %s)\n"
+"      --check-config    validate the config file and exit (0 valid, 3 invalid)\n"
+"  -l, --log-level LVL   debug, info, warn or error (overrides [relayd] log_level)\n"
+"  -h, --help            show this help and exit\n"
+"  -V, --version         show the version and exit\n"
+"\n"
+"Signals: SIGTERM/SIGINT finish the commit in progress and exit 0; SIGHUP reloads\n"
+"the config (destinations, peers, limits, log level).\n"
+"Exit codes: 0 clean stop, 2 usage, 3 invalid config, 4 cannot start,\n"
+"            5 I/O error in a spool commit (restart recovers from disk).\n"
+"Docs: relayd(8), relayd.conf(5), docs/protocol.md\n", CONF_DEFAULT_PATH);
+}
+
+/* Takes an exclusive lock on the spool directory so two daemons never share it. */
+static int lock_spool(const char *dir, char *err, size_t errlen)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/relayd.lock", dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        snprintf(err, errlen, "cannot open %s: %s", path, strerror(errno));
+        return -1;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        char pid[32] = "";
+        ssize_t n = pread(fd, pid, sizeof pid - 1, 0);
+        if (n > 0)
+            pid[strcspn(pid, "\n")] = 0;
+        snprintf(err, errlen, "another relayd (pid %s) is using the spool %s: stop it first",
+                 n > 0 ? pid : "?", dir);
+        close(fd);
+        return -1;
+    }
+    char buf[32];
+    int n = snprintf(buf, sizeof buf, "%d\n", (int)getpid());
+    if (ftruncate(fd, 0) == 0 && pwrite(fd, buf, (size_t)n, 0) < 0)
+        log_warn("cannot write pid to %s: %s", path, strerror(errno));
+    return fd;   /* held until exit */
+}
+
+static int prepare_spool_dir(const char *dir, char *err, size_t errlen)
+{
+    char parent[4096];
+    snprintf(parent, sizeof parent, "%s", dir);
+    char *slash = strrchr(parent, '/');
+    if (slash && slash != parent) {
+        *slash = 0;
+        if (util_mkdir_p(parent, 0755) != 0) {
+            snprintf(err, errlen, "cannot create %s: %s", parent, strerror(errno));
+            return -1;
+        }
+    }
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+        snprintf(err, errlen, "cannot create spool directory %s: %s", dir, strerror(errno));
+        return -1;
+    }
+    struct stat st;
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        snprintf(err, errlen, "%s is not a directory", dir);
+        return -1;
+    }
+    if (st.st_mode & 077)
+        log_warn("spool directory %s has mode %04o: others can read queued records; "
+                 "chmod 0700 it", dir, (unsigned)(st.st_mode & 07777));
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "config", required_argument, NULL, 'c' },
+        { "check-config", no_argument, NULL, 'C' },
+        { "log-level", required_argument, NULL, 'l' },
+        { "help", no_argument, NULL, 'h' },
+        { "version", no_argument, NULL, 'V' },
+        { NULL, 0, NULL, 0 },
+    };
+    const char *path = getenv("RELAYD_CONFIG");
+    const char *level = NULL;
+    bool check = false;
+    int ch;
+    while ((ch = getopt_long(argc, argv, "c:l:hV", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'c': path = optarg; break;
+        case 'C': check = true; break;
+        case 'l': level = optarg; break;
+        case 'h': usage(stdout); return 0;
+        case 'V': printf("relayd %s\n", RELAY_VERSION); return 0;
+        default:  usage(stderr); return EXIT_USAGE;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "relayd: unexpected argument '%s'\n", argv[optind]);
+        usage(stderr);
+        return EXIT_USAGE;
+    }
+    if (!path)
+        path = CONF_DEFAULT_PATH;
+
+    enum log_level lvl = LOG_INFO;
+    if (level && log_parse_level(level, &lvl) != 0) {
+        fprintf(stderr, "relayd: --log-level: expected debug, info, warn or error, got '%s'\n",
+                level);
+        return EXIT_USAGE;
+    }
+    struct conf *conf = malloc(sizeof *conf);
+    char err[1024];
+    if (!conf)
+        return EXIT_START;
+    conf_defaults(conf);
+    if (conf_load(path, conf, err, sizeof err) != 0) {
+        fprintf(stderr, "relayd: invalid config: %s\n", err);
+        free(conf);
+        return EXIT_CONFIG;
+    }
+    if (check) {
+        printf("%s: valid (%zu destination%s, spool %s, socket %s)\n", path, conf->n_dests,
+               conf->n_dests == 1 ? "" : "s", conf->spool_dir, conf->socket_path);
+        conf_free(conf);
+        free(conf);
+        return 0;
+    }
+    if (level)
+        conf->log_level = (int)lvl;
+    log_init("relayd", (enum log_level)conf->log_level);
+
+    /* Signals are taken by the ingest loop's signalfd: block them in every thread. */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    umask(077);
+
+    int lockfd = -1;
+    if (prepare_spool_dir(conf->spool_dir, err, sizeof err) != 0 ||
+        (lockfd = lock_spool(conf->spool_dir, err, sizeof err)) < 0) {
+        log_error("%s", err);
+        conf_free(conf);
+        free(conf);
+        return EXIT_START;
+    }
+
+    uint64_t t0 = util_mono_us();
+    struct spool_opts so = {
+        .dir = conf->spool_dir,
+        .max_bytes = conf->max_spool_bytes,
+        .durability = conf->durability == DURABILITY_FSYNC ? SPOOL_SYNC :
+                      conf->durability == DURABILITY_OS ? SPOOL_NOSYNC_PERIODIC : SPOOL_NOSYNC,
+    };
+    struct spool *spool;
+    int rc = spool_open(&so, &spool, err, sizeof err);
+    if (rc != SPOOL_OK) {
+        log_error("%s", err);
+        conf_free(conf);
+        free(conf);
+        return EXIT_START;
+    }
+    int cleared = 0;
+    spool_reader_check(spool, &cleared);
+    if (cleared)
+        log_warn("cleared %d stale LMDB reader slot(s) left by dead processes", cleared);
+
+    struct ingest *in;
+    if (ingest_create(conf, spool, &in, err, sizeof err) != 0) {
+        log_error("%s", err);
+        spool_close(spool);
+        return EXIT_START;
+    }
+    struct spool_stats *st = malloc(sizeof *st);
+    if (st && spool_stats(spool, st) == SPOOL_OK) {
+        char b1[32], b2[32];
+        log_info("spool %s opened in %.1f ms: %llu records (%s) queued, file %s", conf->spool_dir,
+                 (double)(util_mono_us() - t0) / 1000, (unsigned long long)st->records,
+                 util_fmt_bytes(st->bytes, b1, sizeof b1), util_fmt_bytes(st->file_bytes, b2, sizeof b2));
+    }
+    free(st);
+    int code = ingest_run(in);
+    ingest_destroy(in);
+    spool_close(spool);
+    close(lockfd);
+    return code;
+}

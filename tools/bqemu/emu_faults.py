@@ -1,0 +1,222 @@
+"""Fault injection: a queue of misbehaviours the services consult per request.
+
+A fault is queued as a JSON object (POST /_emu/faults or `bqemu.py fault`)
+with exactly one kind key:
+
+  {"status": 429, "count": 3, "reason": ..., "message": ..., "retry_after": 2}
+        answer with this HTTP status and a Google error body instead of working
+  {"latency_ms": 1500, "count": 2} / {"latency_ms": 200, "for_s": 10}
+        sleep before handling the request
+  {"drop": 2, "mode": "close"|"reset", "after_commit": false}
+        read the request, then close the connection without answering;
+        after_commit=true does the work first (rows are stored) and loses only the answer
+  {"truncate": 1, "truncate_at": 10}
+        do the work, send the headers and only part of the body, then close
+  {"reject_pattern": "regex", "reason": "invalid", "message": "..."}
+        rows whose JSON text matches get a per-row error with that reason
+  {"down": true} / {"down": false}
+        drop every request (all endpoints except /_emu/) until turned off
+
+Common keys: "path" (endpoint name or list: insertAll, token, tables, datasets,
+metadata, write; "*" for all; default insertAll, except down = all),
+"table" ("project.dataset.table" or bare table id), "count" (requests it
+applies to; null = unlimited), "for_s" (active for this many seconds),
+"after" (let this many matching requests pass first).
+
+Counting: status/drop/truncate/latency default to count 1; reject_pattern and
+down last until removed (DELETE /_emu/faults or POST /_emu/reset).  Action
+faults (status, drop, truncate, down) are taken first-in first-out: queue
+{"status":429,"count":3} then {"status":503} to get three 429s and one 503.
+"""
+
+import re
+import threading
+import time
+
+ENDPOINTS = ("insertAll", "token", "tables", "datasets", "metadata", "write")
+ACTION_KINDS = ("status", "drop", "truncate", "down")
+_KIND_KEYS = {"status": "status", "latency_ms": "latency", "drop": "drop", "truncate": "truncate",
+              "reject_pattern": "reject", "down": "down"}
+_COMMON = {"path", "table", "count", "for_s", "after", "comment"}
+_EXTRA = {
+    "status": {"reason", "message", "retry_after", "body", "content_type"},
+    "latency": set(),
+    "drop": {"mode", "after_commit"},
+    "truncate": {"truncate_at"},
+    "reject": {"reason", "message"},
+    "down": {"mode"},
+}
+
+
+class Fault:
+    def __init__(self, fid, kind, spec):
+        self.id, self.kind, self.spec = fid, kind, dict(spec)
+        path = spec.get("path", "*" if kind == "down" else "insertAll")
+        if path in ("*", "any", "all", None):
+            self.paths = None
+        else:
+            paths = [path] if isinstance(path, str) else path
+            if not isinstance(paths, list) or not all(p in ENDPOINTS for p in paths):
+                raise ValueError("path must be one of %s, '*', or a list of them" % ", ".join(ENDPOINTS))
+            self.paths = frozenset(paths)
+        self.table = spec.get("table")
+        if self.table is not None and not isinstance(self.table, str):
+            raise ValueError("table must be a string")
+        default_count = None if kind in ("reject", "down") or "for_s" in spec else 1
+        if kind in ("drop", "truncate") and not isinstance(spec[kind], bool):
+            if "count" in spec:
+                raise ValueError("give the number of requests as the value of %r, not as count" % kind)
+            default_count = spec[kind]
+        self.remaining = spec.get("count", default_count)
+        if self.remaining is not None and (not isinstance(self.remaining, int) or self.remaining < 1):
+            raise ValueError("count must be a positive integer or null (unlimited)")
+        for_s = spec.get("for_s")
+        if for_s is not None and (not isinstance(for_s, (int, float)) or for_s <= 0):
+            raise ValueError("for_s must be a positive number of seconds")
+        self.until = time.monotonic() + for_s if for_s else None
+        self.after = spec.get("after", 0)
+        if not isinstance(self.after, int) or self.after < 0:
+            raise ValueError("after must be a non-negative integer")
+        self.fired = 0
+        self._check_kind(spec)
+
+    def _check_kind(self, spec):
+        k = self.kind
+        if k == "status":
+            st = spec["status"]
+            if not isinstance(st, int) or not 400 <= st <= 599:
+                raise ValueError("status must be an HTTP error status 400..599")
+            ra = spec.get("retry_after")
+            if ra is not None and (not isinstance(ra, (int, float)) or ra < 0):
+                raise ValueError("retry_after must be a number of seconds")
+        elif k == "latency":
+            if not isinstance(spec["latency_ms"], (int, float)) or spec["latency_ms"] < 0:
+                raise ValueError("latency_ms must be a non-negative number")
+        elif k in ("drop", "down"):
+            if spec.get("mode", "close") not in ("close", "reset"):
+                raise ValueError("mode must be 'close' or 'reset'")
+        elif k == "truncate":
+            ta = spec.get("truncate_at")
+            if ta is not None and (not isinstance(ta, int) or ta < 0):
+                raise ValueError("truncate_at must be a byte count")
+        elif k == "reject":
+            try:
+                self.regex = re.compile(spec["reject_pattern"])
+            except (re.error, TypeError) as e:
+                raise ValueError("reject_pattern is not a valid regular expression: %s" % e)
+
+    def live(self, now):
+        return (self.remaining is None or self.remaining > 0) and (self.until is None or now < self.until)
+
+    def matches(self, endpoint, table):
+        if self.paths is not None and endpoint not in self.paths:
+            return False
+        if self.table is not None:
+            if table is None:
+                return False
+            if self.table != table and self.table != table.rsplit(".", 1)[-1]:
+                return False
+        return True
+
+    def fire(self):
+        self.fired += 1
+        if self.remaining is not None:
+            self.remaining -= 1
+
+    def describe(self):
+        d = dict(self.spec)
+        d.update({"id": self.id, "kind": self.kind, "fired": self.fired, "remaining": self.remaining})
+        if self.until is not None:
+            d["seconds_left"] = round(max(0.0, self.until - time.monotonic()), 3)
+        return d
+
+
+class FaultQueue:
+    def __init__(self, stats=None):
+        self._faults = []
+        self._next_id = 1
+        self._lock = threading.Lock()
+        self.stats = stats
+
+    def add(self, spec):
+        """Queue one fault spec (dict).  Returns its description, or None for {"down": false}."""
+        if not isinstance(spec, dict):
+            raise ValueError("a fault must be a JSON object")
+        kinds = [k for k in _KIND_KEYS if k in spec]
+        if len(kinds) != 1:
+            raise ValueError("a fault needs exactly one of: %s" % ", ".join(_KIND_KEYS))
+        kind = _KIND_KEYS[kinds[0]]
+        unknown = set(spec) - _COMMON - _EXTRA[kind] - {kinds[0]}
+        if unknown:
+            raise ValueError("unknown keys for a %s fault: %s" % (kind, ", ".join(sorted(unknown))))
+        if kind == "down" and not spec["down"]:
+            with self._lock:
+                self._faults = [f for f in self._faults if f.kind != "down"]
+            return None
+        with self._lock:
+            f = Fault(self._next_id, kind, spec)
+            self._next_id += 1
+            self._faults.append(f)
+        return f.describe()
+
+    def clear(self):
+        with self._lock:
+            n = len(self._faults)
+            self._faults = []
+            return n
+
+    def describe(self):
+        now = time.monotonic()
+        with self._lock:
+            self._faults = [f for f in self._faults if f.live(now)]
+            return [f.describe() for f in self._faults]
+
+    def _fired(self, f):
+        f.fire()
+        if self.stats is not None:
+            self.stats.fault_fired(f.kind)
+
+    def take_latency(self, endpoint, table=None):
+        """Total milliseconds to sleep for this request (consumes latency faults)."""
+        total = 0.0
+        now = time.monotonic()
+        with self._lock:
+            for f in self._faults:
+                if f.kind == "latency" and f.live(now) and f.matches(endpoint, table):
+                    if f.after > 0:
+                        f.after -= 1
+                        continue
+                    self._fired(f)
+                    total += f.spec["latency_ms"]
+        return total
+
+    def take_action(self, endpoint, table=None):
+        """The first live status/drop/truncate/down fault for this request, consumed; or None."""
+        now = time.monotonic()
+        chosen = None
+        with self._lock:
+            for f in self._faults:
+                if f.kind in ACTION_KINDS and f.live(now) and f.matches(endpoint, table):
+                    if f.after > 0:
+                        f.after -= 1
+                        continue
+                    if chosen is None:
+                        chosen = f
+                        self._fired(f)
+        return chosen
+
+    def take_row_rules(self, endpoint, table=None):
+        """Live reject_pattern faults for this request: list of (regex, reason, message)."""
+        now = time.monotonic()
+        rules = []
+        with self._lock:
+            for f in self._faults:
+                if f.kind == "reject" and f.live(now) and f.matches(endpoint, table):
+                    if f.after > 0:
+                        f.after -= 1
+                        continue
+                    self._fired(f)
+                    rules.append((f.regex, f.spec.get("reason", "invalid"),
+                                  f.spec.get("message") or "Row rejected by injected fault (pattern %r)."
+                                  % f.spec["reject_pattern"]))
+        return rules
