@@ -32,6 +32,8 @@ LIBSRC  := $(filter-out $(MAINS),$(wildcard src/*.c))
 LIBOBJ  := $(LIBSRC:src/%.c=$(BUILD)/obj/%.o)
 UNITSRC := $(wildcard tests/unit/test_*.c)
 UNITBIN := $(UNITSRC:tests/unit/%.c=$(BUILD)/tests/%)
+TOOLSRC := $(wildcard tests/tools/*.c)
+TOOLBIN := $(TOOLSRC:tests/tools/%.c=$(BUILD)/tools/%)
 BENCHSRC:= $(wildcard tests/bench/*.c)
 BENCHBIN:= $(BENCHSRC:tests/bench/%.c=$(BUILD)/bench/%)
 
@@ -57,13 +59,16 @@ $(BUILD)/relayctl: $(BUILD)/obj/relayctl.o $(BUILD)/librelay.a
 $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/librelay.a | $(BUILD)/tests
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/librelay.a $(LIBS) -lcmocka
 
+$(BUILD)/tools/%: tests/tools/%.c $(BUILD)/librelay.a | $(BUILD)/tools
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/librelay.a $(LIBS)
+
 $(BUILD)/bench/%: tests/bench/%.c $(BUILD)/librelay.a | $(BUILD)/bench
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/librelay.a $(LIBS)
 
-$(BUILD)/obj $(BUILD)/tests $(BUILD)/bench:
+$(BUILD)/obj $(BUILD)/tests $(BUILD)/bench $(BUILD)/tools:
 	mkdir -p $@
 
-unit: all $(UNITBIN)
+unit: all $(UNITBIN) $(TOOLBIN)
 
 asan:
 	$(MAKE) BUILD=build-asan OPT=-O1 \

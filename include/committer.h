@@ -77,6 +77,8 @@ void committer_drain_fd(struct committer *c);
 /* True while the spool has no room for what is submitted (or, after a
  * reject, until room appears again). */
 bool committer_full(struct committer *c);
+/* Why the spool is full ("the disk holding ... is full", ...). */
+void committer_full_why(struct committer *c, char *buf, size_t len);
 /* Returns every kept batch as done with status SPOOL_FULL. */
 void committer_reject(struct committer *c);
 void committer_get_stats(struct committer *c, struct committer_stats *st);

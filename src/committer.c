@@ -6,6 +6,7 @@
 #include "util.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +26,7 @@ struct committer {
     struct batch *pending, **pending_tail;   /* submitted, not yet taken */
     struct batch *done, **done_tail;         /* committed or refused */
     bool stop, reject, full;
+    char full_why[256];          /* why the spool is full, for messages */
     int efd;
     struct committer_stats stats;
 };
@@ -258,6 +260,7 @@ static void *committer_main(void *arg)
             push_done(c, list, SPOOL_OK);
             notify(c);
         } else if (rc == SPOOL_FULL) {
+            snprintf(c->full_why, sizeof c->full_why, "%s", spool_last_error());
             unshift_pending(c, list);
             set_full(c, true);
             if (c->stop)
@@ -338,6 +341,13 @@ bool committer_full(struct committer *c)
     bool f = c->full;
     pthread_mutex_unlock(&c->lock);
     return f;
+}
+
+void committer_full_why(struct committer *c, char *buf, size_t len)
+{
+    pthread_mutex_lock(&c->lock);
+    snprintf(buf, len, "%s", c->full_why[0] ? c->full_why : "no room in the spool");
+    pthread_mutex_unlock(&c->lock);
 }
 
 void committer_reject(struct committer *c)

@@ -98,6 +98,7 @@ struct ingest {
     uint64_t pending_bytes;       /* submitted + cur, not yet done */
     enum state state;
     uint64_t full_since_us;
+    char full_why[256];           /* the committer's reason, as of the last change */
     bool reading;                 /* global read switch */
     bool stopping;
     struct conn *dirty;
@@ -419,8 +420,8 @@ static void handle_line(struct ingest *in, struct conn *c, const char *p, size_t
         }
     }
     if (in->state == ST_REFUSING) {
-        refuse(in, c, ln, "full", "spool is full (max_spool_bytes = %llu); nothing was "
-               "stored: retry later", (unsigned long long)in->conf->max_spool_bytes);
+        refuse(in, c, ln, "full", "spool is full: %s; nothing was stored: retry later",
+               in->full_why);
         return;
     }
     if (!in->cur) {
@@ -637,9 +638,8 @@ static void finish_batches(struct ingest *in, struct batch *list)
                 c->durable_line = r->line;
                 in->acked_records++;
             } else if (b->status == SPOOL_FULL) {
-                refuse(in, c, r->line, "full", "spool is full (max_spool_bytes = %llu) and "
-                       "stayed full for full_wait; nothing was stored: retry later",
-                       (unsigned long long)in->conf->max_spool_bytes);
+                refuse(in, c, r->line, "full", "spool is full: %s, for longer than "
+                       "full_wait; nothing was stored: retry later", in->full_why);
             } else {
                 refuse(in, c, r->line, "shutdown", "relayd is stopping; this record was "
                        "not stored: resend it");
@@ -669,9 +669,9 @@ static void on_committer(struct ingest *in)
     if (full && in->state == ST_ACCEPTING) {
         in->state = ST_BACKPRESSURE;
         in->full_since_us = util_mono_us();
-        log_warn("spool is full (%llu bytes): holding producers for up to %llu ms, then "
-                 "refusing records until space is freed",
-                 (unsigned long long)in->conf->max_spool_bytes,
+        committer_full_why(in->committer, in->full_why, sizeof in->full_why);
+        log_warn("spool is full: %s: holding producers for up to %llu ms, then refusing "
+                 "records until space is freed", in->full_why,
                  (unsigned long long)in->conf->full_wait_ms);
     } else if (!full && in->state != ST_ACCEPTING) {
         log_info("spool has room again: accepting records");

@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -790,6 +791,15 @@ static uint64_t used_pages(struct spool *s, MDB_envinfo *info)
     return fr < high ? high - fr : 0;
 }
 
+/* Bytes the filesystem holding the spool can still give us. */
+static uint64_t disk_avail(struct spool *s)
+{
+    struct statvfs vs;
+    if (statvfs(s->dir, &vs) != 0)
+        return UINT64_MAX;   /* cannot tell: let the commit find out */
+    return (uint64_t)vs.f_bavail * vs.f_frsize;
+}
+
 bool spool_has_room(struct spool *s, uint64_t bytes, uint64_t n)
 {
     MDB_envinfo info;
@@ -800,9 +810,25 @@ bool spool_has_room(struct spool *s, uint64_t bytes, uint64_t n)
      * goes to overflow pages rounded up to whole pages. Over-estimate. */
     uint64_t need = (bytes + n * (SPOOL_HDR + 40)) / (ps - 64) + n / 2 + 8;
     uint64_t limit = (s->max_bytes - reserve_bytes(s->max_bytes)) / ps;
-    if (info.me_last_pgno + 1 + need <= limit)
-        return true;                       /* still room above the high-water mark */
-    return used_pages(s, &info) + need <= limit;
+    /* The disk must hold what the file may grow by, plus a small reserve
+     * so that removals can still commit on a full disk. */
+    uint64_t disk = disk_avail(s), keep = RESERVE_MIN;
+    if (info.me_last_pgno + 1 + need <= limit && disk >= (need * ps) + keep)
+        return true;                       /* room above the high-water mark */
+    uint64_t used = used_pages(s, &info), high = info.me_last_pgno + 1;
+    if (used + need > limit) {
+        snprintf(last_error, sizeof last_error, "the spool reached max_spool_bytes "
+                 "(%llu bytes, %llu in use)", (unsigned long long)s->max_bytes,
+                 (unsigned long long)(used * ps));
+        return false;
+    }
+    uint64_t free_in_file = high - used;
+    uint64_t grow = need > free_in_file ? (need - free_in_file) * ps : 0;
+    if (grow == 0 || disk >= grow + keep)
+        return true;
+    snprintf(last_error, sizeof last_error, "the disk holding %s is full (%llu bytes free)",
+             s->dir, (unsigned long long)disk);
+    return false;
 }
 
 /* ---- reading ---- */

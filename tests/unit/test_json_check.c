@@ -699,6 +699,45 @@ static void test_utf8_every_lead_second_pair(void **state)
     }
 }
 
+/* Every value of the third and fourth byte of 3- and 4-byte sequences: only
+ * 0x80..0xBF may continue a sequence there (0xC0..0xFF included in the
+ * check, not just ASCII). */
+static void test_utf8_every_later_byte(void **state)
+{
+    static const struct {
+        const char *head;  /* bytes before the one that varies */
+        size_t n;
+        const char *tail;  /* bytes after it, completing the sequence */
+    } seqs[] = {
+        { "\xe2\x82", 2, "" },          /* 3rd of 3: U+20AC */
+        { "\xed\x9f", 2, "" },          /* 3rd of 3 after the tightest ED */
+        { "\xf0\x9f", 2, "\x80" },      /* 3rd of 4 */
+        { "\xf0\x9f\x98", 3, "" },      /* 4th of 4 */
+        { "\xf4\x8f\xbf", 3, "" },      /* 4th of 4 at U+10FFFF */
+    };
+    (void)state;
+
+    for (size_t k = 0; k < sizeof seqs / sizeof seqs[0]; k++) {
+        for (unsigned c = 0; c < 256; c++) {
+            char s[24] = "{\"a\":\"";
+            size_t len = 6, at;
+
+            memcpy(s + len, seqs[k].head, seqs[k].n);
+            len += seqs[k].n;
+            at = len;
+            s[len++] = (char)c;
+            memcpy(s + len, seqs[k].tail, strlen(seqs[k].tail));
+            len += strlen(seqs[k].tail);
+            s[len++] = '"';
+            s[len++] = '}';
+            if (c >= 0x80 && c <= 0xBF)
+                EXPECT_BUF(s, len, 0, JC_OK, len);
+            else
+                EXPECT_BUF(s, len, 0, c ? JC_UTF8 : JC_NUL, at);
+        }
+    }
+}
+
 /* ------------------------------------------------------------------------ */
 /* NUL bytes                                                                */
 /* ------------------------------------------------------------------------ */
@@ -1180,6 +1219,7 @@ int main(void)
         cmocka_unit_test(test_utf8_invalid),
         cmocka_unit_test(test_utf8_every_single_byte),
         cmocka_unit_test(test_utf8_every_lead_second_pair),
+        cmocka_unit_test(test_utf8_every_later_byte),
         cmocka_unit_test(test_nul),
         cmocka_unit_test(test_string_scan_positions),
         cmocka_unit_test(test_string_scan_byte_pairs),

@@ -260,7 +260,7 @@ def _add_target(p):
 
 
 def build_parser():
-    ap = argparse.ArgumentParser(prog="bqemu.py", description=__doc__.split("\n\n")[0] + ".",
+    ap = argparse.ArgumentParser(prog="bqemu.py", description=__doc__.split("\n\n")[0],
                                  epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging: one line per request on stderr")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")

@@ -235,7 +235,7 @@ class BaseHandler(http.server.BaseHTTPRequestHandler):
         hdrs = [("Date", email.utils.formatdate(usegmt=True)), ("Server", self.server_version)]
         if content_type:
             hdrs.append(("Content-Type", content_type))
-        if len(body) > 1024 and "gzip" in accept:
+        if len(body) > 200 and "gzip" in accept:
             body = gzip.compress(body, compresslevel=1)
             hdrs += [("Content-Encoding", "gzip"), ("Vary", "Accept-Encoding")]
         hdrs.append(("Content-Length", str(len(body))))

@@ -87,6 +87,6 @@ class MetadataHandler(BaseHandler):
         body = {"access_token": tok.value, "expires_in": life, "token_type": "Bearer"}
         if act is not None and act.kind == "truncate":
             self.respond(200, json.dumps(body).encode(), "application/json", [("Metadata-Flavor", "Google")],
-                         truncate_at=act.spec.get("truncate_at"))
+                         truncate_at=act.spec.get("truncate_at", 1 << 30))
         else:
             self._json(200, body)

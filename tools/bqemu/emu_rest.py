@@ -128,7 +128,7 @@ class RestHandler(BaseHandler):
         if act is not None and act.kind == "drop":
             self.drop(act.spec.get("mode", "close"))
         elif act is not None and act.kind == "truncate":
-            self.respond_json(status, obj, headers, truncate_at=act.spec.get("truncate_at"))
+            self.respond_json(status, obj, headers, truncate_at=act.spec.get("truncate_at", 1 << 30))
         else:
             self.respond_json(status, obj, headers)
 
@@ -265,6 +265,7 @@ class RestHandler(BaseHandler):
         req = self.parse_json_body(raw, fast=emu.config.fast)
         if req is None:
             return
+        self._escapes_seen = b"\\u" in raw
         bad = self.check_insert_request(req)
         if bad:
             return self.respond_json(400, google_error(400, "invalid", bad))
@@ -358,6 +359,8 @@ class RestHandler(BaseHandler):
         ignore_unknown = req.get("ignoreUnknownValues", False)
         rules = emu.faults.take_row_rules("insertAll", name)
         comp = info.compiled
+        # \uD800-style escapes can smuggle unpaired surrogates into strings; only then check each row
+        check_utf8 = self._escapes_seen
         errors, items = {}, []
         for i, r in enumerate(rows):
             iid = r.get("insertId")
@@ -370,6 +373,13 @@ class RestHandler(BaseHandler):
                              for loc, msg in problems]
                 continue
             text = dumps(cleaned)
+            if check_utf8:
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:
+                    errors[i] = [{"reason": "invalid", "location": "", "debugInfo": "",
+                                  "message": "Row contains a string with an unpaired UTF-16 surrogate."}]
+                    continue
             hit = None
             for rx, reason, msg in rules:
                 if rx.search(text):
@@ -696,6 +706,9 @@ class RestHandler(BaseHandler):
             o = obj if isinstance(obj, dict) else {}
             scopes = o.get("scopes") or [SCOPE_CLOUD]
             life = o.get("lifetime")
+            if (life is not None and (isinstance(life, bool) or not isinstance(life, (int, float)) or life <= 0)) \
+                    or not isinstance(scopes, list) or not all(isinstance(x, str) for x in scopes):
+                return self.respond_json(400, {"error": 'expected {"scopes": [str, ...], "lifetime": seconds}'})
             tok, life = emu.tokens.issue(o.get("principal", "control-api"), scopes, "control", life)
             emu.stats.token_grant("control")
             return self.respond_json(200, {"access_token": tok.value, "expires_in": life, "token_type": "Bearer"})

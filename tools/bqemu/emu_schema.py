@@ -379,7 +379,9 @@ def _numeric_checker(kind):
             return "expected a %s string, got %s" % (kind, _show(v))
         if not _DEC_RE.match(text):
             return "%s is not a decimal number" % _show(v)
-        d = decimal.Decimal(text)
+        d = _DEC_CTX.create_decimal(text)    # exact: the default context would round to 28 digits
+        if d.adjusted() > 80:
+            return "%s is out of range for %s" % (_show(v), kind)
         if col.precision is not None:
             scale, int_digits = col.scale, col.precision - col.scale
         elif kind == "NUMERIC":
@@ -388,9 +390,9 @@ def _numeric_checker(kind):
             scale, int_digits = 38, None
         q = d.quantize(decimal.Decimal(1).scaleb(-scale), context=_DEC_CTX)   # BigQuery rounds to the scale
         if int_digits is not None:
-            if abs(q) >= decimal.Decimal(10) ** int_digits:
+            if q.copy_abs() >= decimal.Decimal(10).scaleb(int_digits - 1, _DEC_CTX):
                 return "%s is out of range for %s (%d integer digits max)" % (_show(v), kind, int_digits)
-        elif not (-_BIGNUM_LIMIT <= q < _BIGNUM_LIMIT):
+        elif not (_BIGNUM_LIMIT.copy_negate() <= q < _BIGNUM_LIMIT):
             return "%s is out of range for BIGNUMERIC" % _show(v)
         return None
     return check

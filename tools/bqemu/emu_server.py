@@ -189,7 +189,7 @@ def serve(config):
     log.info("stopping")
     for s in emu.services:
         s.stop()
-    emu.store.close()
+    emu.store.close(checkpoint=True)
     if config.ready_file:
         try:
             os.unlink(config.ready_file)

@@ -121,12 +121,14 @@ class Store:
         row = self.db.execute("SELECT value FROM meta WHERE key='request_seq'").fetchone()
         self.request_seq = int(row[0]) if row else 0
 
-    def close(self):
+    def close(self, checkpoint=False):
+        """Close; checkpoint=True (the server at exit) folds the WAL back into the file."""
         with self.lock:
-            try:
-                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            except sqlite3.Error:
-                pass
+            if checkpoint:
+                try:
+                    self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                except sqlite3.Error:
+                    pass
             self.db.close()
 
     # -- catalog ----------------------------------------------------------------------------

@@ -98,7 +98,6 @@ def main():
     ap.add_argument("--procs", type=int, default=2, help="client processes (default 2)")
     ap.add_argument("--threads", type=int, default=2, help="connections per process (default 2)")
     ap.add_argument("--insert-ids", action="store_true", help="give every row an insertId")
-    ap.add_argument("--stats", action="store_true", help="print the server's row counters afterwards")
     args = ap.parse_args()
     url = args.url or json.load(open(args.ready_file))["base_url"]
     p, d, t = args.table.split(".")

@@ -1,0 +1,137 @@
+#!/usr/bin/python3
+"""relayd's test runner: every suite, one summary line.
+
+Runs, in order:
+  unit      cmocka binaries in build/tests and, under ASan+UBSan, build-asan/tests
+  fuzz      each libFuzzer target in build-fuzz for FUZZ_SMOKE_SECONDS (default 30)
+  emulator  tests/emulator/test_*.py (the local BigQuery emulator)
+  integration  tests/integration/test_*.py against the real relayd binaries
+               (build-asan by default, RELAY_BUILD=build to use the release build)
+
+Ends with the line "N passed, N failed". Exit status 0 only if nothing failed.
+Usage: tests/run.py [-k SUBSTRING] [--only unit|fuzz|emulator|integration]
+"""
+import argparse
+import glob
+import os
+import re
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PY = "/usr/bin/python3"
+
+
+class Tally:
+    def __init__(self):
+        self.passed = 0
+        self.failed = 0
+        self.failures = []
+
+    def add(self, name, passed, failed, output=""):
+        self.passed += passed
+        self.failed += failed
+        if failed:
+            self.failures.append(name)
+            sys.stdout.write(output[-6000:] + "\n")
+        print(f"  {name}: {passed} passed, {failed} failed", flush=True)
+
+
+def run(cmd, timeout, env=None):
+    t0 = time.time()
+    try:
+        p = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           stdin=subprocess.DEVNULL, timeout=timeout, env=env)
+        return p.returncode, p.stdout.decode("utf-8", "replace"), time.time() - t0
+    except subprocess.TimeoutExpired as e:
+        out = (e.stdout or b"").decode("utf-8", "replace")
+        return -1, out + f"\nTIMEOUT after {timeout}s", time.time() - t0
+
+
+def cmocka(tally, binary):
+    env = dict(os.environ)
+    env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
+    rc, out, _ = run([binary], 300, env)
+    passed = sum(int(n) for n in re.findall(r"\[  PASSED  \] (\d+) test", out))
+    failed = sum(int(n) for n in re.findall(r"\[  FAILED  \] (\d+) test", out))
+    if rc != 0 and failed == 0:
+        failed = 1   # crashed, sanitizer report, or leak
+    name = os.path.relpath(binary, ROOT)
+    tally.add(name, passed, failed, out)
+
+
+def pyunit(tally, path, env):
+    rc, out, secs = run([PY, "-m", "unittest", "-v", path], 1800, env)
+    m = re.search(r"Ran (\d+) tests?", out)
+    ran = int(m.group(1)) if m else 0
+    m = re.search(r"FAILED \(([^)]*)\)", out)
+    failed = 0
+    if m:
+        for part in m.group(1).split(","):
+            k, _, v = part.strip().partition("=")
+            if k in ("failures", "errors", "unexpected successes"):
+                failed += int(v)
+    if rc != 0 and failed == 0:
+        failed = 1
+    skipped = 0
+    m = re.search(r"skipped=(\d+)", out)
+    if m:
+        skipped = int(m.group(1))
+    tally.add(f"{os.path.relpath(path, ROOT)} ({secs:.0f}s)", ran - failed - skipped, failed, out)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("-k", default="")
+    ap.add_argument("--only", default="")
+    args = ap.parse_args()
+    tally = Tally()
+    t0 = time.time()
+
+    def want(kind, name):
+        return (not args.only or args.only == kind) and args.k in name
+
+    print("unit tests", flush=True)
+    for d in ("build/tests", "build-asan/tests"):
+        for b in sorted(glob.glob(os.path.join(ROOT, d, "test_*"))):
+            if want("unit", b):
+                cmocka(tally, b)
+
+    secs = int(os.environ.get("FUZZ_SMOKE_SECONDS", "30"))
+    print(f"fuzz smoke ({secs}s per target)", flush=True)
+    for b in sorted(glob.glob(os.path.join(ROOT, "build-fuzz", "fuzz_*"))):
+        if not want("fuzz", b) or not os.access(b, os.X_OK) or os.path.isdir(b):
+            continue
+        name = os.path.basename(b)
+        corpus = os.path.join(ROOT, "build-fuzz", "corpus-" + name)
+        os.makedirs(corpus, exist_ok=True)
+        seeds = os.path.join(ROOT, "tests", "fuzz", "corpus", name[len("fuzz_"):])
+        cmd = [b, f"-max_total_time={secs}", "-max_len=4096", "-print_final_stats=1", corpus]
+        if os.path.isdir(seeds):
+            cmd.append(seeds)
+        rc, out, _ = run(cmd, secs + 120)
+        tally.add(f"fuzz {name}", 1 if rc == 0 else 0, 0 if rc == 0 else 1, out)
+
+    env = dict(os.environ)
+    env["RELAY_BUILD"] = os.path.join(ROOT, env.get("RELAY_BUILD", "build-asan"))
+    env["RELAY_ROOT"] = ROOT
+    env.setdefault("ASAN_OPTIONS", "abort_on_error=0:detect_leaks=1")
+    env["PYTHONPATH"] = os.path.join(ROOT, "tests") + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    for kind, pattern in (("emulator", "tests/emulator/test_*.py"),
+                          ("integration", "tests/integration/test_*.py")):
+        print(f"{kind} tests", flush=True)
+        for path in sorted(glob.glob(os.path.join(ROOT, pattern))):
+            if want(kind, path):
+                pyunit(tally, path, env)
+
+    print(f"total time {time.time() - t0:.0f}s")
+    if tally.failures:
+        print("failed: " + ", ".join(tally.failures))
+    print(f"{tally.passed} passed, {tally.failed} failed")
+    return 1 if tally.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

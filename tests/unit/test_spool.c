@@ -1,0 +1,1402 @@
+/*
+ * test_spool.c -- unit tests for the LMDB spool (spool.h).
+ *
+ * Each test works in its own mkdtemp() directory (the spool itself goes in
+ * a subdirectory that spool_open must create) which the teardown removes.
+ * Tests that damage records or read the dead-letter store close the spool
+ * first and open the environment with the raw LMDB API (one environment per
+ * process at a time: LMDB forbids opening the same one twice), then reopen
+ * it with spool_open.
+ *
+ * Rows are generated from their index so that their contents can be checked
+ * byte for byte after reopening, filling, removing and so on.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <ftw.h>
+#include <limits.h>
+#include <lmdb.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "dlq.h"
+#include "spool.h"
+
+/* ------------------------------------------------------------------------ */
+/* Harness                                                                  */
+/* ------------------------------------------------------------------------ */
+
+struct fixture {
+    char base[64];          /* the mkdtemp directory */
+    char dir[128];          /* base/spool: the spool directory */
+    struct spool *s;
+};
+
+static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb; (void)flag; (void)ftw;
+    return remove(path);
+}
+
+static int setup(void **state)
+{
+    struct fixture *f = calloc(1, sizeof *f);
+    if (!f)
+        return -1;
+    snprintf(f->base, sizeof f->base, "/tmp/relay-test-spool-XXXXXX");
+    if (!mkdtemp(f->base)) {
+        free(f);
+        return -1;
+    }
+    snprintf(f->dir, sizeof f->dir, "%s/spool", f->base);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fixture *f = *state;
+    spool_close(f->s);
+    int rc = nftw(f->base, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    free(f);
+    return rc;
+}
+
+static struct spool *open_opts(const char *dir, uint64_t max_bytes, enum spool_durability d,
+                               bool readonly)
+{
+    struct spool_opts o = { .dir = dir, .max_bytes = max_bytes, .durability = d,
+                            .readonly = readonly };
+    struct spool *s = NULL;
+    char err[512] = "";
+    int rc = spool_open(&o, &s, err, sizeof err);
+    if (rc != SPOOL_OK)
+        fail_msg("spool_open(%s): rc %d: %s", dir, rc, err);
+    assert_non_null(s);
+    return s;
+}
+
+static struct spool *open_spool(struct fixture *f, uint64_t max_bytes)
+{
+    f->s = open_opts(f->dir, max_bytes, SPOOL_NOSYNC, false);
+    return f->s;
+}
+
+static void close_spool(struct fixture *f)
+{
+    spool_close(f->s);
+    f->s = NULL;
+}
+
+static uint32_t dest_id(struct spool *s, const char *name)
+{
+    uint32_t id = 0;
+    assert_int_equal(spool_dest(s, name, true, &id), SPOOL_OK);
+    assert_true(id >= 1 && id <= SPOOL_MAX_DESTS);
+    return id;
+}
+
+/* Row i: a JSON object of exactly len bytes (len >= 16) whose content
+ * depends on i. Caller frees. */
+static char *make_row(uint64_t i, size_t len)
+{
+    assert_true(len >= 16);
+    char *r = malloc(len + 1);
+    assert_non_null(r);
+    int n = snprintf(r, len + 1, "{\"i\":%llu,\"p\":\"", (unsigned long long)i);
+    assert_true(n > 0 && (size_t)n + 2 <= len);
+    for (size_t k = (size_t)n; k < len - 2; k++)
+        r[k] = (char)('a' + (i + k) % 26);
+    r[len - 2] = '"';
+    r[len - 1] = '}';
+    r[len] = 0;
+    return r;
+}
+
+/* Appends one row in its own transaction; returns its seq. */
+static uint64_t append1(struct spool *s, uint32_t dest, const char *row, size_t len,
+                        uint64_t time_ms)
+{
+    struct spool_txn *t;
+    assert_int_equal(spool_txn_begin(s, &t), SPOOL_OK);
+    uint64_t seq = 0;
+    assert_int_equal(spool_txn_append(t, dest, row, len, time_ms, &seq), SPOOL_OK);
+    assert_int_equal(spool_txn_commit(t), SPOOL_OK);
+    return seq;
+}
+
+static void remove1(struct spool *s, uint32_t dest, uint64_t seq)
+{
+    struct spool_txn *t;
+    assert_int_equal(spool_txn_begin(s, &t), SPOOL_OK);
+    assert_int_equal(spool_txn_remove(t, dest, seq), SPOOL_OK);
+    assert_int_equal(spool_txn_commit(t), SPOOL_OK);
+}
+
+/* Records passed to a spool_read callback, copied. */
+struct rec {
+    uint32_t dest;
+    uint64_t seq, time_ms;
+    char *row;
+    size_t len;
+    bool corrupt;
+    char problem[160];
+};
+
+struct recs {
+    struct rec *v;
+    size_t n, cap;
+    size_t stop_after;      /* callback returns 1 after this many (0: never) */
+};
+
+static int collect(const struct spool_record *r, void *arg)
+{
+    struct recs *rs = arg;
+    if (rs->n == rs->cap) {
+        rs->cap = rs->cap ? rs->cap * 2 : 16;
+        rs->v = realloc(rs->v, rs->cap * sizeof *rs->v);
+        assert_non_null(rs->v);
+    }
+    struct rec *c = &rs->v[rs->n++];
+    memset(c, 0, sizeof *c);
+    c->dest = r->dest;
+    c->seq = r->seq;
+    c->time_ms = r->time_ms;
+    c->len = r->len;
+    c->row = malloc(r->len ? r->len : 1);
+    assert_non_null(c->row);
+    if (r->len)
+        memcpy(c->row, r->row, r->len);
+    c->corrupt = r->corrupt;
+    if (r->corrupt) {
+        assert_non_null(r->problem);
+        snprintf(c->problem, sizeof c->problem, "%s", r->problem);
+    }
+    return rs->stop_after && rs->n >= rs->stop_after;
+}
+
+static void recs_free(struct recs *rs)
+{
+    for (size_t i = 0; i < rs->n; i++)
+        free(rs->v[i].row);
+    free(rs->v);
+    memset(rs, 0, sizeof *rs);
+}
+
+static void read_all(struct spool *s, uint32_t dest, uint64_t from, size_t max_records,
+                     size_t max_bytes, struct recs *rs)
+{
+    assert_int_equal(spool_read(s, dest, from, max_records, max_bytes, collect, rs), SPOOL_OK);
+}
+
+static struct spool_stats *get_stats(struct spool *s)
+{
+    struct spool_stats *st = malloc(sizeof *st);
+    assert_non_null(st);
+    assert_int_equal(spool_stats(s, st), SPOOL_OK);
+    return st;
+}
+
+static const struct spool_dest_stats *find_dstats(const struct spool_stats *st, uint32_t id)
+{
+    for (size_t i = 0; i < st->n_dests; i++)
+        if (st->dests[i].id == id)
+            return &st->dests[i];
+    fail_msg("destination %u missing from stats", id);
+    return NULL;
+}
+
+static uint64_t file_size(const char *path)
+{
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    return (uint64_t)st.st_size;
+}
+
+static void be64(unsigned char *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (unsigned char)(v >> (56 - 8 * i));
+}
+
+/* ---- raw LMDB access (only while no struct spool has the env open) ---- */
+
+static MDB_env *raw_open(const char *dir, bool readonly)
+{
+    MDB_env *env;
+    assert_int_equal(mdb_env_create(&env), 0);
+    assert_int_equal(mdb_env_set_maxdbs(env, SPOOL_MAX_DESTS + 8), 0);
+    /* at least the file: LMDB keeps the larger of this and the file size */
+    assert_int_equal(mdb_env_set_mapsize(env, 64u << 20), 0);
+    int rc = mdb_env_open(env, dir, readonly ? MDB_RDONLY : 0, 0600);
+    if (rc)
+        fail_msg("mdb_env_open(%s): %s", dir, mdb_strerror(rc));
+    return env;
+}
+
+/* Replaces the value of (q.<dest>, seq) with val[0..len). */
+static void raw_put_record(const char *dir, uint32_t dest, uint64_t seq, const void *val,
+                           size_t len)
+{
+    MDB_env *env = raw_open(dir, false);
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    char name[32];
+    snprintf(name, sizeof name, "q.%u", dest);
+    assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+    assert_int_equal(mdb_dbi_open(txn, name, 0, &dbi), 0);
+    unsigned char kb[8];
+    be64(kb, seq);
+    MDB_val k = { 8, kb }, v = { len, (void *)val };
+    assert_int_equal(mdb_put(txn, dbi, &k, &v, 0), 0);
+    assert_int_equal(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+}
+
+/* Copies out the stored value of (q.<dest>, seq). Caller frees. */
+static unsigned char *raw_get_record(const char *dir, uint32_t dest, uint64_t seq, size_t *len)
+{
+    MDB_env *env = raw_open(dir, true);
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    char name[32];
+    snprintf(name, sizeof name, "q.%u", dest);
+    assert_int_equal(mdb_txn_begin(env, NULL, MDB_RDONLY, &txn), 0);
+    assert_int_equal(mdb_dbi_open(txn, name, 0, &dbi), 0);
+    unsigned char kb[8];
+    be64(kb, seq);
+    MDB_val k = { 8, kb }, v;
+    assert_int_equal(mdb_get(txn, dbi, &k, &v), 0);
+    unsigned char *copy = malloc(v.mv_size ? v.mv_size : 1);
+    assert_non_null(copy);
+    memcpy(copy, v.mv_data, v.mv_size);
+    *len = v.mv_size;
+    mdb_txn_abort(txn);
+    mdb_env_close(env);
+    return copy;
+}
+
+/* Copies out the dead-letter entry stored under seq; NULL if absent. */
+static unsigned char *raw_get_dlq(const char *dir, uint64_t seq, size_t *len)
+{
+    MDB_env *env = raw_open(dir, true);
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    assert_int_equal(mdb_txn_begin(env, NULL, MDB_RDONLY, &txn), 0);
+    assert_int_equal(mdb_dbi_open(txn, "dlq", 0, &dbi), 0);
+    unsigned char kb[8];
+    be64(kb, seq);
+    MDB_val k = { 8, kb }, v;
+    unsigned char *copy = NULL;
+    int rc = mdb_get(txn, dbi, &k, &v);
+    if (rc == 0) {
+        copy = malloc(v.mv_size ? v.mv_size : 1);
+        assert_non_null(copy);
+        memcpy(copy, v.mv_data, v.mv_size);
+        *len = v.mv_size;
+    } else {
+        assert_int_equal(rc, MDB_NOTFOUND);
+    }
+    mdb_txn_abort(txn);
+    mdb_env_close(env);
+    return copy;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Opening                                                                  */
+/* ------------------------------------------------------------------------ */
+
+static void test_open_creates_dir_and_files(void **state)
+{
+    struct fixture *f = *state;
+    mode_t old = umask(022);
+    struct stat st;
+    assert_int_equal(stat(f->dir, &st), -1);
+    struct spool *s = open_spool(f, 8u << 20);
+
+    assert_int_equal(stat(f->dir, &st), 0);
+    assert_true(S_ISDIR(st.st_mode));
+    assert_int_equal(st.st_mode & 07777, 0700);
+
+    char path[256];
+    snprintf(path, sizeof path, "%s/data.mdb", f->dir);
+    assert_string_equal(spool_path(s), path);
+    assert_int_equal(stat(path, &st), 0);
+    assert_true(S_ISREG(st.st_mode));
+    assert_int_equal(st.st_mode & 07777, 0600);
+    assert_true(st.st_size > 0);
+    snprintf(path, sizeof path, "%s/lock.mdb", f->dir);
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_mode & 07777, 0600);
+    umask(old);
+}
+
+static void test_open_existing_empty_dir(void **state)
+{
+    struct fixture *f = *state;
+    assert_int_equal(mkdir(f->dir, 0700), 0);
+    struct spool *s = open_spool(f, 8u << 20);
+    uint32_t a = dest_id(s, "a");
+    const char row[] = "{\"x\":1}";
+    assert_int_equal(append1(s, a, row, 7, 1), 1);
+}
+
+static void test_readonly_missing_dir(void **state)
+{
+    struct fixture *f = *state;
+    struct spool_opts o = { .dir = f->dir, .max_bytes = 8u << 20, .readonly = true };
+    struct spool *s = (struct spool *)(uintptr_t)1;
+    char err[512] = "";
+    int rc = spool_open(&o, &s, err, sizeof err);
+    assert_int_not_equal(rc, SPOOL_OK);
+    assert_int_equal(rc, SPOOL_NOTFOUND);
+    assert_ptr_equal(s, (struct spool *)(uintptr_t)1);     /* untouched */
+    assert_non_null(strstr(err, f->dir));
+    assert_true(strlen(err) > strlen(f->dir) + 5);
+    /* nothing was created */
+    struct stat st;
+    assert_int_equal(stat(f->dir, &st), -1);
+    assert_int_equal(errno, ENOENT);
+}
+
+static void test_open_parent_missing_fails(void **state)
+{
+    struct fixture *f = *state;
+    char dir[256];
+    snprintf(dir, sizeof dir, "%s/no/such/parent", f->base);
+    struct spool_opts o = { .dir = dir, .max_bytes = 8u << 20 };
+    struct spool *s = NULL;
+    char err[512] = "";
+    int rc = spool_open(&o, &s, err, sizeof err);
+    assert_int_not_equal(rc, SPOOL_OK);
+    assert_null(s);
+    assert_non_null(strstr(err, dir));
+}
+
+static void test_readonly_open(void **state)
+{
+    struct fixture *f = *state;
+    struct spool *s = open_spool(f, 8u << 20);
+    uint32_t a = dest_id(s, "alpha");
+    char *row = make_row(1, 40);
+    uint64_t seq = append1(s, a, row, 40, 1234);
+    close_spool(f);
+
+    f->s = s = open_opts(f->dir, 8u << 20, SPOOL_SYNC, true);
+    uint32_t id = 0;
+    assert_int_equal(spool_dest(s, "alpha", false, &id), SPOOL_OK);
+    assert_int_equal(id, a);
+    /* cannot create or write */
+    assert_int_equal(spool_dest(s, "beta", true, &id), SPOOL_NOTFOUND);
+    struct spool_txn *t = NULL;
+    assert_int_equal(spool_txn_begin(s, &t), SPOOL_INVAL);
+    struct recs rs = { 0 };
+    read_all(s, a, 0, 100, SIZE_MAX, &rs);
+    assert_int_equal(rs.n, 1);
+    assert_int_equal(rs.v[0].seq, seq);
+    assert_int_equal(rs.v[0].time_ms, 1234);
+    assert_memory_equal(rs.v[0].row, row, 40);
+    recs_free(&rs);
+    struct spool_stats *st = get_stats(s);
+    assert_int_equal(st->records, 1);
+    free(st);
+    free(row);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Destinations                                                             */
+/* ------------------------------------------------------------------------ */
+
+static void test_destinations(void **state)
+{
+    struct fixture *f = *state;
+    struct spool *s = open_spool(f, 8u << 20);
+    uint32_t a = dest_id(s, "alpha");
+    uint32_t b = dest_id(s, "beta");
+    assert_int_not_equal(a, b);
+    /* looked up again: the same ids, with or without create */
+    uint32_t id = 0;
+    assert_int_equal(spool_dest(s, "alpha", false, &id), SPOOL_OK);
+    assert_int_equal(id, a);
+    assert_int_equal(spool_dest(s, "beta", true, &id), SPOOL_OK);
+    assert_int_equal(id, b);
+    /* unknown without create */
+    id = 777;
+    assert_int_equal(spool_dest(s, "gamma", false, &id), SPOOL_NOTFOUND);
+    assert_int_equal(spool_dest(s, "alph", false, &id), SPOOL_NOTFOUND);
+    assert_int_equal(spool_dest(s, "alphaa", false, &id), SPOOL_NOTFOUND);
+    /* names */
+    assert_string_equal(spool_dest_name(s, a), "alpha");
+    assert_string_equal(spool_dest_name(s, b), "beta");
+    assert_null(spool_dest_name(s, 0));
+    assert_null(spool_dest_name(s, 999));
+    assert_null(spool_dest_name(s, SPOOL_MAX_DESTS + 1));
+    assert_null(spool_dest_name(s, UINT32_MAX));
+    /* bad names */
+    assert_int_equal(spool_dest(s, "", true, &id), SPOOL_INVAL);
+    char name[SPOOL_DEST_MAX + 2];
+    memset(name, 'n', SPOOL_DEST_MAX + 1);
+    name[SPOOL_DEST_MAX + 1] = 0;
+    assert_int_equal(spool_dest(s, name, true, &id), SPOOL_INVAL);
+    name[SPOOL_DEST_MAX] = 0;
+    uint32_t longest = dest_id(s, name);
+    assert_string_equal(spool_dest_name(s, longest), name);
+
+    /* stable across reopen; a new one gets a fresh id */
+    close_spool(f);
+    s = open_spool(f, 8u << 20);
+    assert_int_equal(spool_dest(s, "alpha", false, &id), SPOOL_OK);
+    assert_int_equal(id, a);
+    assert_int_equal(spool_dest(s, "beta", false, &id), SPOOL_OK);
+    assert_int_equal(id, b);
+    assert_int_equal(spool_dest(s, name, false, &id), SPOOL_OK);
+    assert_int_equal(id, longest);
+    assert_string_equal(spool_dest_name(s, a), "alpha");
+    assert_int_equal(spool_dest(s, "gamma", false, &id), SPOOL_NOTFOUND);
+    uint32_t g = dest_id(s, "gamma");
+    assert_int_not_equal(g, a);
+    assert_int_not_equal(g, b);
+    assert_int_not_equal(g, longest);
+    assert_int_equal(spool_refresh_dests(s), SPOOL_OK);
+    assert_string_equal(spool_dest_name(s, g), "gamma");
+
+    struct spool_stats *st = get_stats(s);
+    assert_int_equal(st->n_dests, 4);
+    assert_string_equal(find_dstats(st, a)->name, "alpha");
+    assert_string_equal(find_dstats(st, g)->name, "gamma");
+    free(st);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Appending and reading                                                    */
+/* ------------------------------------------------------------------------ */
+
+static void test_append_and_read_in_order(void **state)
+{
+    struct fixture *f = *state;
+    struct spool *s = open_spool(f, 8u << 20);
+    uint32_t a = dest_id(s, "a"), b = dest_id(s, "b");
+    enum { N = 20 };
+    uint64_t seqs[N];
+    size_t lens[N];
+    struct spool_txn *t;
+    /* two transactions, rows alternating between two destinations */
+    for (int part = 0; part < 2; part++) {
+        assert_int_equal(spool_txn_begin(s, &t), SPOOL_OK);
+        for (int i = part * N / 2; i < (part + 1) * N / 2; i++) {
+            lens[i] = 16 + (size_t)i * 13;
+            char *row = make_row((uint64_t)i, lens[i]);
+            assert_int_equal(spool_txn_append(t, i % 2 ? b : a, row, lens[i],
+                                              1000000 + (uint64_t)i, &seqs[i]), SPOOL_OK);
+            free(row);
+        }
+        assert_int_equal(spool_txn_commit(t), SPOOL_OK);
+    }
+    /* seqs are global and grow */
+    for (int i = 1; i < N; i++)
+        assert_true(seqs[i] > seqs[i - 1]);
+
+    for (int d = 0; d < 2; d++) {
+        struct recs rs = { 0 };
+        read_all(s, d ? b : a, 0, 1000, SIZE_MAX, &rs);
+        assert_int_equal(rs.n, N / 2);
+        for (size_t k = 0; k < rs.n; k++) {
+            int i = (int)k * 2 + d;
+            char *row = make_row((uint64_t)i, lens[i]);
+            assert_false(rs.v[k].corrupt);
+            assert_int_equal(rs.v[k].dest, d ? b : a);
+            assert_int_equal(rs.v[k].seq, seqs[i]);
+            assert_int_equal(rs.v[k].time_ms, 1000000 + (uint64_t)i);
+            assert_int_equal(rs.v[k].len, lens[i]);
+            assert_memory_equal(rs.v[k].row, row, lens[i]);
+            free(row);
+        }
+        recs_free(&rs);
+    }
+
+    /* an empty row is a row */
+    uint64_t e = append1(s, a, "", 0, 5);
+    struct recs rs = { 0 };
+    read_all(s, a, e, 10, SIZE_MAX, &rs);
+    assert_int_equal(rs.n, 1);
+    assert_int_equal(rs.v[0].seq, e);
+    assert_int_equal(rs.v[0].len, 0);
+    assert_false(rs.v[0].corrupt);
+    recs_free(&rs);
+
+    /* unknown destinations */
+    assert_int_equal(spool_txn_begin(s, &t), SPOOL_OK);
+    uint64_t seq;
+    assert_int_equal(spool_txn_append(t, 0, "{}", 2, 1, &seq), SPOOL_INVAL);
+    assert_int_equal(spool_txn_append(t, 999, "{}", 2, 1, &seq), SPOOL_INVAL);
+    assert_int_equal(spool_txn_remove(t, 999, 1), SPOOL_INVAL);
+    spool_txn_abort(t);
+    assert_int_equal(spool_read(s, 999, 0, 10, SIZE_MAX, collect, &rs), SPOOL_INVAL);
+    assert_int_equal(rs.n, 0);
+}
+
+static void test_seq_persists_across_reopen(void **state)
+{
+    struct fixture *f = *state;
+    struct spool *s = open_spool(f, 8u << 20);
+    uint32_t a = dest_id(s, "a");
+    uint64_t last = 0;
+    for (int i = 0; i < 5; i++) {
+        uint64_t seq = append1(s, a, "{\"x\":1}", 7, (uint64_t)i + 1);
+        assert_true(seq > last);
+        last = seq;
+    }
+    /* removing the newest does not let its seq be used again */
+    remove1(s, a, last);
+    struct spool_stats *st = get_stats(s);
+    assert_int_equal(st->next_seq, last + 1);
+    free(st);
+    close_spool(f);
+
+    s = open_spool(f, 8u << 20);
+    st = get_stats(s);
+    assert_int_equal(st->next_seq, last + 1);
+    assert_int_equal(st->records, 4);
+    free(st);
+    uint64_t seq = append1(s, a, "{\"x\":2}", 7, 9);
+    assert_int_equal(seq, last + 1);
+    /* the records written before are all there */
+    struct recs rs = { 0 };
+    read_all(s, a, 0, 100, SIZE_MAX, &rs);
+    assert_int_equal(rs.n, 5);
+    for (size_t i = 0; i < 4; i++) {
+        assert_int_equal(rs.v[i].time_ms, i + 1);
+        assert_memory_equal(rs.v[i].row, "{\"x\":1}", 7);
+    }
+    assert_int_equal(rs.v[4].seq, last + 1);
+    recs_free(&rs);
+    close_spool(f);
+
+    s = open_spool(f, 8u << 20);
+    assert_int_equal(append1(s, a, "{}", 2, 1), last + 2);
+}
+
+static void test_read_from_seq_and_limits(void **state)
+{
+    struct fixture *f = *state;
+    struct spool *s = open_spool(f, 8u << 20);
+    uint32_t a = dest_id(s, "a");
+    enum { N = 10 };
+    uint64_t seqs[N];
+    struct spool_txn *t;
+    assert_int_equal(spool_txn_begin(s, &t), SPOOL_OK);
+    for (int i = 0; i < N; i++) {
+        char *row = make_row((uint64_t)i, 100);
+        assert_int_equal(spool_txn_append(t, a, row, 100, 1, &seqs[i]), SPOOL_OK);
+        free(row);
+    }
+    assert_int_equal(spool_txn_commit(t), SPOOL_OK);
+
+    struct recs rs = { 0 };
+    /* from an existing seq */
+    read_all(s, a, seqs[4], 1000, SIZE_MAX, &rs);
+    assert_int_equal(rs.n, 6);
+    assert_int_equal(rs.v[0].seq, seqs[4]);
+    assert_int_equal(rs.v[5].seq, seqs[9]);
+    recs_free(&rs);
+    /* from a gap: the next one */
+    remove1(s, a, seqs[5]);
+    read_all(s, a, seqs[5], 1000, SIZE_MAX, &rs);
+    assert_int_equal(rs.n, 4);
+    assert_int_equal(rs.v[0].seq, seqs[6]);
+    recs_free(&rs);
+    /* past the end */
+    read_all(s, a, seqs[9] + 1, 1000, SIZE_MAX, &rs);
+    assert_int_equal(rs.n, 0);
+    read_all(s, a, UINT64_MAX, 1000, SIZE_MAX, &rs);
+    assert_int_equal(rs.n, 0);
+    /* max_records */
+    read_all(s, a, 0, 3, SIZE_MAX, &rs);
+    assert_int_equal(rs.n, 3);
+    assert_int_equal(rs.v[2].seq, seqs[2]);
+    recs_free(&rs);
+    read_all(s, a, 0, 0, SIZE_MAX, &rs);
+    assert_int_equal(rs.n, 0);
+    /* max_bytes: 250 bytes hold two 100-byte rows */
+    read_all(s, a, 0, 1000, 250, &rs);
+    assert_int_equal(rs.n, 2);
+    recs_free(&rs);
+    read_all(s, a, 0, 1000, 300, &rs);
+    assert_int_equal(rs.n, 3);
+    recs_free(&rs);
+    read_all(s, a, 0, 1000, 299, &rs);
+    assert_int_equal(rs.n, 2);
+    recs_free(&rs);
+    /* at least one, even when it alone is larger than max_bytes */
+    read_all(s, a, 0, 1000, 50, &rs);
+    assert_int_equal(rs.n, 1);
+    assert_int_equal(rs.v[0].seq, seqs[0]);
+    recs_free(&rs);
+    read_all(s, a, seqs[3], 1000, 0, &rs);
+    assert_int_equal(rs.n, 1);
+    assert_int_equal(rs.v[0].seq, seqs[3]);
+    recs_free(&rs);
+    /* both limits: the tighter wins */
+    read_all(s, a, 0, 2, 1000, &rs);
+    assert_int_equal(rs.n, 2);
+    recs_free(&rs);
+    /* the callback stops it */
+    rs.stop_after = 4;
+    read_all(s, a, 0, 1000, SIZE_MAX, &rs);
+    assert_int_equal(rs.n, 4);
+    recs_free(&rs);
+    /* an empty destination */
+    uint32_t b = dest_id(s, "b");
+    read_all(s, b, 0, 1000, SIZE_MAX, &rs);
+    assert_int_equal(rs.n, 0);
+}
+
+static void test_abort_leaves_nothing(void **state)
+{
+    struct fixture *f = *state;
+    struct spool *s = open_spool(f, 8u << 20);
+    uint32_t a = dest_id(s, "a");
+    uint64_t first = append1(s, a, "{\"k\":0}", 7, 10);
+    struct spool_stats *before = get_stats(s);
+
+    struct spool_txn *t;
+    assert_int_equal(spool_txn_begin(s, &t), SPOOL_OK);
+    for (int i = 0; i < 50; i++) {
+        uint64_t seq;
+        assert_int_equal(spool_txn_append(t, a, "{\"k\":1}", 7, 20, &seq), SPOOL_OK);
+    }
+    assert_int_equal(spool_txn_remove(t, a, first), SPOOL_OK);
+    spool_txn_abort(t);
+    spool_txn_abort(NULL);
+
+    struct spool_stats *after = get_stats(s);
+    assert_int_equal(after->records, before->records);
+    assert_int_equal(after->records, 1);
+    assert_int_equal(after->bytes, 7);
+    assert_int_equal(after->next_seq, before->next_seq);
+    assert_int_equal(find_dstats(after, a)->bytes, 7);
+    struct recs rs = { 0 };
+    read_all(s, a, 0, 1000, SIZE_MAX, &rs);
+    assert_int_equal(rs.n, 1);
+    assert_int_equal(rs.v[0].seq, first);
+    assert_int_equal(rs.v[0].time_ms, 10);
+    recs_free(&rs);
+    free(before);
+    free(after);
+
+    /* and the next seq is still larger than everything committed */
+    assert_true(append1(s, a, "{}", 2, 1) > first);
+}
+
+static void test_remove_and_stats(void **state)
+{
+    struct fixture *f = *state;
+    struct spool *s = open_spool(f, 8u << 20);
+    uint32_t a = dest_id(s, "a"), b = dest_id(s, "b");
+
+    struct spool_stats *st = get_stats(s);
+    assert_int_equal(st->records, 0);
+    assert_int_equal(st->bytes, 0);
+    assert_int_equal(st->dlq_records, 0);
+    assert_int_equal(st->next_seq, 1);
+    assert_int_equal(st->n_dests, 2);
+    assert_int_equal(find_dstats(st, a)->oldest_ms, 0);
+    assert_int_equal(st->max_bytes, 8u << 20);
+    free(st);
+
+    /* a: 3 rows of 30, 40, 50 bytes at times 111, 222, 333; b: one of 60 */
+    uint64_t sa[3];
+    struct spool_txn *t;
+    assert_int_equal(spool_txn_begin(s, &t), SPOOL_OK);
+    for (int i = 0; i < 3; i++) {
+        char *row = make_row((uint64_t)i, 30 + 10 * (size_t)i);
+        assert_int_equal(spool_txn_append(t, a, row, 30 + 10 * (size_t)i,
+                                          111 * (uint64_t)(i + 1), &sa[i]), SPOOL_OK);
+        free(row);
+    }
+    char *row = make_row(9, 60);
+    uint64_t sb;
+    assert_int_equal(spool_txn_append(t, b, row, 60, 999, &sb), SPOOL_OK);
+    free(row);
+    assert_int_equal(spool_txn_commit(t), SPOOL_OK);
+
+    st = get_stats(s);
+    assert_int_equal(st->records, 4);
+    assert_int_equal(st->bytes, 30 + 40 + 50 + 60);
+    assert_int_equal(find_dstats(st, a)->records, 3);
+    assert_int_equal(find_dstats(st, a)->bytes, 120);
+    assert_int_equal(find_dstats(st, a)->oldest_ms, 111);
+    assert_int_equal(find_dstats(st, b)->records, 1);
+    assert_int_equal(find_dstats(st, b)->bytes, 60);
+    assert_int_equal(find_dstats(st, b)->oldest_ms, 999);
+    assert_int_equal(st->next_seq, sb + 1);
+    assert_true(st->file_bytes > 0);
+    assert_true(st->used_bytes > 0);
+    assert_true(st->used_bytes <= st->file_bytes);
+    assert_int_equal(st->file_bytes, file_size(spool_path(s)));
+    free(st);
+
+    /* remove the oldest of a: oldest moves on */
+    assert_int_equal(spool_txn_begin(s, &t), SPOOL_OK);
+    assert_int_equal(spool_txn_remove(t, a, sa[0]), SPOOL_OK);
+    /* a missing seq, a seq of the other destination, a removed one */
+    assert_int_equal(spool_txn_remove(t, a, sb), SPOOL_NOTFOUND);
+    assert_int_equal(spool_txn_remove(t, a, sb + 100), SPOOL_NOTFOUND);
+    assert_int_equal(spool_txn_remove(t, a, sa[0]), SPOOL_NOTFOUND);
+    assert_int_equal(spool_txn_remove(t, b, sa[1]), SPOOL_NOTFOUND);
+    /* the transaction is still good after NOTFOUND */
+    assert_int_equal(spool_txn_remove(t, b, sb), SPOOL_OK);
+    assert_int_equal(spool_txn_commit(t), SPOOL_OK);
+
+    st = get_stats(s);
+    assert_int_equal(st->records, 2);
+    assert_int_equal(st->bytes, 90);
+    assert_int_equal(find_dstats(st, a)->records, 2);
+    assert_int_equal(find_dstats(st, a)->bytes, 90);
+    assert_int_equal(find_dstats(st, a)->oldest_ms, 222);
+    assert_int_equal(find_dstats(st, b)->records, 0);
+    assert_int_equal(find_dstats(st, b)->bytes, 0);
+    assert_int_equal(find_dstats(st, b)->oldest_ms, 0);
+    free(st);
+
+    /* the byte counts survive a reopen */
+    close_spool(f);
+    s = open_spool(f, 8u << 20);
+    st = get_stats(s);
+    assert_int_equal(st->records, 2);
+    assert_int_equal(find_dstats(st, a)->bytes, 90);
+    free(st);
+
+    remove1(s, a, sa[1]);
+    remove1(s, a, sa[2]);
+    st = get_stats(s);
+    assert_int_equal(st->records, 0);
+    assert_int_equal(st->bytes, 0);
+    assert_int_equal(find_dstats(st, a)->oldest_ms, 0);
+    assert_int_equal(st->next_seq, sb + 1);
+    free(st);
+}
+
+static void test_large_rows(void **state)
+{
+    struct fixture *f = *state;
+    struct spool *s = open_spool(f, 32u << 20);
+    uint32_t a = dest_id(s, "a");
+    const size_t sizes[] = { 4080, 4096, 100 << 10, 1 << 20, 3 << 20 };
+    uint64_t seqs[5];
+    for (size_t i = 0; i < 5; i++) {
+        char *row = make_row(i, sizes[i]);
+        seqs[i] = append1(s, a, row, sizes[i], 42 + i);
+        free(row);
+    }
+    close_spool(f);
+    s = open_spool(f, 32u << 20);
+    struct recs rs = { 0 };
+    read_all(s, a, 0, 100, SIZE_MAX, &rs);
+    assert_int_equal(rs.n, 5);
+    for (size_t i = 0; i < 5; i++) {
+        char *row = make_row(i, sizes[i]);
+        assert_false(rs.v[i].corrupt);
+        assert_int_equal(rs.v[i].seq, seqs[i]);
+        assert_int_equal(rs.v[i].time_ms, 42 + i);
+        assert_int_equal(rs.v[i].len, sizes[i]);
+        assert_memory_equal(rs.v[i].row, row, sizes[i]);
+        free(row);
+    }
+    recs_free(&rs);
+    struct spool_stats *st = get_stats(s);
+    assert_int_equal(st->bytes, 4080 + 4096 + (100 << 10) + (1 << 20) + (3 << 20));
+    assert_true(st->used_bytes >= st->bytes);
+    assert_true(st->used_bytes <= st->file_bytes);
+    free(st);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Dead letters                                                             */
+/* ------------------------------------------------------------------------ */
+
+static void test_dead_letter(void **state)
+{
+    struct fixture *f = *state;
+    struct spool *s = open_spool(f, 8u << 20);
+    uint32_t a = dest_id(s, "a");
+    uint64_t seqs[3];
+    char *rows[3];
+    for (int i = 0; i < 3; i++) {
+        rows[i] = make_row((uint64_t)i, 50);
+        seqs[i] = append1(s, a, rows[i], 50, 5000 + (uint64_t)i);
+    }
+    uint64_t t0 = (uint64_t)time(NULL) * 1000;
+    struct spool_txn *t;
+    assert_int_equal(spool_txn_begin(s, &t), SPOOL_OK);
+    assert_int_equal(spool_txn_dead_letter(t, a, seqs[1], "invalid",
+                                           "no such field: p"), SPOOL_OK);
+    assert_int_equal(spool_txn_dead_letter(t, a, seqs[1], "invalid", "again"),
+                     SPOOL_NOTFOUND);
+    assert_int_equal(spool_txn_dead_letter(t, a, seqs[2] + 10, "invalid", "x"),
+                     SPOOL_NOTFOUND);
+    assert_int_equal(spool_txn_dead_letter(t, 999, seqs[0], "invalid", "x"), SPOOL_INVAL);
+    assert_int_equal(spool_txn_commit(t), SPOOL_OK);
+    uint64_t t1 = ((uint64_t)time(NULL) + 1) * 1000;
+
+    struct spool_stats *st = get_stats(s);
+    assert_int_equal(st->dlq_records, 1);
+    assert_int_equal(st->records, 2);
+    assert_int_equal(st->bytes, 100);
+    assert_int_equal(find_dstats(st, a)->bytes, 100);
+    free(st);
+    struct recs rs = { 0 };
+    read_all(s, a, 0, 100, SIZE_MAX, &rs);
+    assert_int_equal(rs.n, 2);
+    assert_int_equal(rs.v[0].seq, seqs[0]);
+    assert_int_equal(rs.v[1].seq, seqs[2]);
+    recs_free(&rs);
+    close_spool(f);
+
+    size_t len = 0;
+    unsigned char *buf = raw_get_dlq(f->dir, seqs[1], &len);
+    assert_non_null(buf);
+    struct dlq_entry e;
+    assert_int_equal(dlq_decode(buf, len, seqs[1], &e), 0);
+    assert_int_equal(e.seq, seqs[1]);
+    assert_int_equal(e.dest, a);
+    assert_int_equal(e.reason_len, 7);
+    assert_memory_equal(e.reason, "invalid", 7);
+    assert_int_equal(e.detail_len, strlen("no such field: p"));
+    assert_memory_equal(e.detail, "no such field: p", e.detail_len);
+    assert_int_equal(e.row_len, 50);
+    assert_memory_equal(e.row, rows[1], 50);
+    assert_int_equal(e.enqueued_ms, 5001);
+    assert_true(e.dead_ms >= t0 && e.dead_ms <= t1);
+    /* stored under its own seq only */
+    assert_int_equal(dlq_decode(buf, len, seqs[0], &e), -1);
+    free(buf);
+    assert_null(raw_get_dlq(f->dir, seqs[0], &len));
+
+    /* the dead letter survives a reopen */
+    s = open_spool(f, 8u << 20);
+    st = get_stats(s);
+    assert_int_equal(st->dlq_records, 1);
+    free(st);
+    for (int i = 0; i < 3; i++)
+        free(rows[i]);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Corruption                                                               */
+/* ------------------------------------------------------------------------ */
+
+static void test_corrupt_records(void **state)
+{
+    struct fixture *f = *state;
+    struct spool *s = open_spool(f, 8u << 20);
+    uint32_t a = dest_id(s, "a");
+    enum { N = 7 };
+    uint64_t seqs[N];
+    char *rows[N];
+    for (int i = 0; i < N; i++) {
+        rows[i] = make_row((uint64_t)i, 64);
+        seqs[i] = append1(s, a, rows[i], 64, 7000 + (uint64_t)i);
+    }
+    close_spool(f);
+
+    /* seq[1]: one bit of the row flipped */
+    size_t len;
+    unsigned char *v1 = raw_get_record(f->dir, a, seqs[1], &len);
+    assert_int_equal(len, SPOOL_HDR + 64);
+    v1[SPOOL_HDR + 20] ^= 0x04;
+    raw_put_record(f->dir, a, seqs[1], v1, len);
+    /* seq[3]: cut to 10 bytes, fewer than the header */
+    unsigned char *v3 = raw_get_record(f->dir, a, seqs[3], &len);
+    raw_put_record(f->dir, a, seqs[3], v3, 10);
+    /* seq[4]: one bit of the enqueue time flipped */
+    unsigned char *v4 = raw_get_record(f->dir, a, seqs[4], &len);
+    v4[9] ^= 0x80;
+    raw_put_record(f->dir, a, seqs[4], v4, len);
+    /* seq[5]: a different version byte */
+    unsigned char *v5 = raw_get_record(f->dir, a, seqs[5], &len);
+    v5[4] = 2;
+    raw_put_record(f->dir, a, seqs[5], v5, len);
+    /* seq[6]: cut to 16 + 10 (the header is whole, the row is not) */
+    unsigned char *v6 = raw_get_record(f->dir, a, seqs[6], &len);
+    raw_put_record(f->dir, a, seqs[6], v6, SPOOL_HDR + 10);
+
+    s = open_spool(f, 8u << 20);
+    struct recs rs = { 0 };
+    read_all(s, a, 0, 100, SIZE_MAX, &rs);
+    assert_int_equal(rs.n, N);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(rs.v[i].seq, seqs[i]);
+        assert_int_equal(rs.v[i].dest, a);
+        bool bad = i == 1 || i == 3 || i == 4 || i == 5 || i == 6;
+        if (rs.v[i].corrupt != bad)
+            fail_msg("record %d (seq %llu): corrupt=%d, want %d", i,
+                     (unsigned long long)seqs[i], rs.v[i].corrupt, bad);
+        if (!bad) {
+            assert_int_equal(rs.v[i].len, 64);
+            assert_memory_equal(rs.v[i].row, rows[i], 64);
+            assert_int_equal(rs.v[i].time_ms, 7000 + (uint64_t)i);
+        } else {
+            assert_true(strlen(rs.v[i].problem) > 0);
+        }
+    }
+    /* the raw value is passed for a corrupt record */
+    assert_int_equal(rs.v[1].len, SPOOL_HDR + 64);
+    assert_memory_equal(rs.v[1].row, v1, SPOOL_HDR + 64);
+    assert_non_null(strstr(rs.v[1].problem, "checksum"));
+    assert_int_equal(rs.v[3].len, 10);
+    assert_memory_equal(rs.v[3].row, v3, 10);
+    assert_non_null(strstr(rs.v[3].problem, "truncated"));
+    assert_non_null(strstr(rs.v[4].problem, "checksum"));
+    assert_non_null(strstr(rs.v[5].problem, "version"));
+    assert_int_equal(rs.v[6].len, SPOOL_HDR + 10);
+    recs_free(&rs);
+
+    /* dead-letter two of them: their raw bytes are kept */
+    struct spool_txn *t;
+    assert_int_equal(spool_txn_begin(s, &t), SPOOL_OK);
+    assert_int_equal(spool_txn_dead_letter(t, a, seqs[1], "corrupt", "checksum mismatch"),
+                     SPOOL_OK);
+    assert_int_equal(spool_txn_dead_letter(t, a, seqs[3], "corrupt", NULL), SPOOL_OK);
+    assert_int_equal(spool_txn_commit(t), SPOOL_OK);
+    struct spool_stats *st = get_stats(s);
+    assert_int_equal(st->dlq_records, 2);
+    assert_int_equal(st->records, N - 2);
+    free(st);
+    /* and a corrupt record can be removed like any other */
+    remove1(s, a, seqs[4]);
+    read_all(s, a, 0, 100, SIZE_MAX, &rs);
+    assert_int_equal(rs.n, N - 3);
+    assert_int_equal(rs.v[0].seq, seqs[0]);
+    assert_int_equal(rs.v[1].seq, seqs[2]);
+    assert_int_equal(rs.v[2].seq, seqs[5]);
+    recs_free(&rs);
+    close_spool(f);
+
+    unsigned char *buf = raw_get_dlq(f->dir, seqs[1], &len);
+    assert_non_null(buf);
+    struct dlq_entry e;
+    assert_int_equal(dlq_decode(buf, len, seqs[1], &e), 0);
+    assert_int_equal(e.reason_len, 7);
+    assert_memory_equal(e.reason, "corrupt", 7);
+    assert_int_equal(e.detail_len, strlen("checksum mismatch"));
+    assert_int_equal(e.dest, a);
+    assert_int_equal(e.row_len, SPOOL_HDR + 64);
+    assert_memory_equal(e.row, v1, SPOOL_HDR + 64);
+    free(buf);
+
+    buf = raw_get_dlq(f->dir, seqs[3], &len);
+    assert_non_null(buf);
+    assert_int_equal(dlq_decode(buf, len, seqs[3], &e), 0);
+    assert_memory_equal(e.reason, "corrupt", 7);
+    assert_int_equal(e.detail_len, 0);
+    assert_int_equal(e.row_len, 10);
+    assert_memory_equal(e.row, v3, 10);
+    free(buf);
+
+    free(v1);
+    free(v3);
+    free(v4);
+    free(v5);
+    free(v6);
+    for (int i = 0; i < N; i++)
+        free(rows[i]);
+}
+
+static void test_record_bound_to_its_key(void **state)
+{
+    struct fixture *f = *state;
+    /* a sound record copied under another seq or into another queue fails
+     * its checksum there: the checksum covers (dest, seq) */
+    struct spool *s = open_spool(f, 8u << 20);
+    uint32_t a = dest_id(s, "a"), b = dest_id(s, "b");
+    uint64_t s1 = append1(s, a, "{\"n\":1}", 7, 1);
+    uint64_t s2 = append1(s, a, "{\"n\":2}", 7, 2);
+    uint64_t s3 = append1(s, b, "{\"n\":3}", 7, 3);
+    close_spool(f);
+
+    size_t len;
+    unsigned char *v1 = raw_get_record(f->dir, a, s1, &len);
+    raw_put_record(f->dir, a, s2, v1, len);     /* s1's record under s2 */
+    raw_put_record(f->dir, b, s3, v1, len);     /* a's record in b's queue */
+    free(v1);
+
+    s = open_spool(f, 8u << 20);
+    struct recs rs = { 0 };
+    read_all(s, a, 0, 10, SIZE_MAX, &rs);
+    assert_int_equal(rs.n, 2);
+    assert_false(rs.v[0].corrupt);
+    assert_true(rs.v[1].corrupt);
+    recs_free(&rs);
+    read_all(s, b, 0, 10, SIZE_MAX, &rs);
+    assert_int_equal(rs.n, 1);
+    assert_true(rs.v[0].corrupt);
+    recs_free(&rs);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Full                                                                     */
+/* ------------------------------------------------------------------------ */
+
+#define FULL_ROW 4096
+
+/* Appends rows of FULL_ROW bytes, per transactions of `per` rows, until the
+ * spool refuses; checks the file never exceeds bound. Returns how many rows
+ * were committed; seqs[] gets their seqs (room for max). */
+static size_t fill(struct spool *s, uint32_t dest, size_t per, uint64_t bound,
+                   uint64_t *seqs, size_t max, uint64_t first_index)
+{
+    size_t n = 0;
+    bool full = false;
+    for (int round = 0; round < 10000 && !full; round++) {
+        if (!spool_has_room(s, (uint64_t)per * FULL_ROW, per)) {
+            full = true;
+            break;
+        }
+        struct spool_txn *t;
+        assert_int_equal(spool_txn_begin(s, &t), SPOOL_OK);
+        uint64_t got[64];
+        assert_true(per <= 64);
+        int rc = SPOOL_OK;
+        for (size_t i = 0; i < per && rc == SPOOL_OK; i++) {
+            char *row = make_row(first_index + n + i, FULL_ROW);
+            rc = spool_txn_append(t, dest, row, FULL_ROW, 100 + n + i, &got[i]);
+            free(row);
+        }
+        if (rc != SPOOL_OK) {
+            assert_int_equal(rc, SPOOL_FULL);
+            spool_txn_abort(t);
+            full = true;
+            break;
+        }
+        rc = spool_txn_commit(t);
+        if (rc == SPOOL_FULL) {
+            full = true;
+            break;
+        }
+        assert_int_equal(rc, SPOOL_OK);
+        assert_true(n + per <= max);
+        memcpy(seqs + n, got, per * sizeof *got);
+        n += per;
+        uint64_t fs = file_size(spool_path(s));
+        if (fs > bound)
+            fail_msg("data file is %llu bytes after %zu rows, above the bound %llu",
+                     (unsigned long long)fs, n, (unsigned long long)bound);
+    }
+    assert_true(full);
+    return n;
+}
+
+/* Checks rows [0, n) with seqs[] are stored intact (index offset first). */
+static void check_rows(struct spool *s, uint32_t dest, const uint64_t *seqs, size_t from,
+                       size_t n, uint64_t first_index)
+{
+    struct recs rs = { 0 };
+    read_all(s, dest, seqs[from], n - from, SIZE_MAX, &rs);
+    assert_int_equal(rs.n, n - from);
+    for (size_t i = from; i < n; i++) {
+        struct rec *r = &rs.v[i - from];
+        char *row = make_row(first_index + i, FULL_ROW);
+        assert_false(r->corrupt);
+        assert_int_equal(r->seq, seqs[i]);
+        assert_int_equal(r->len, FULL_ROW);
+        assert_memory_equal(r->row, row, FULL_ROW);
+        free(row);
+    }
+    recs_free(&rs);
+}
+
+static void test_full_and_drain(void **state)
+{
+    struct fixture *f = *state;
+    const uint64_t max = 1u << 20;
+    struct spool *s = open_spool(f, max);
+    uint32_t a = dest_id(s, "a");
+    uint64_t seqs[1024];
+
+    size_t n = fill(s, a, 4, max, seqs, 1024, 0);
+    /* it took some rows, and far fewer than would overrun the bound */
+    assert_true(n >= 16);
+    assert_true(n * FULL_ROW < max);
+    assert_true(file_size(spool_path(s)) <= max);
+    assert_false(spool_has_room(s, 4 * FULL_ROW, 4));
+    struct spool_stats *st = get_stats(s);
+    assert_int_equal(st->records, n);
+    assert_int_equal(st->bytes, n * FULL_ROW);
+    assert_true(st->used_bytes <= st->file_bytes);
+    assert_true(st->file_bytes <= max);
+    free(st);
+    check_rows(s, a, seqs, 0, n, 0);
+
+    /* the reserve: a transaction removing records still commits */
+    size_t removed = 0;
+    struct spool_txn *t;
+    assert_int_equal(spool_txn_begin(s, &t), SPOOL_OK);
+    for (; removed < 8; removed++)
+        assert_int_equal(spool_txn_remove(t, a, seqs[removed]), SPOOL_OK);
+    assert_int_equal(spool_txn_commit(t), SPOOL_OK);
+    check_rows(s, a, seqs, removed, n, 0);
+
+    /* remove more until there is room again, then append works again */
+    while (!spool_has_room(s, 4 * FULL_ROW, 4)) {
+        assert_true(removed < n);
+        size_t k = removed + 8 <= n ? 8 : n - removed;
+        assert_int_equal(spool_txn_begin(s, &t), SPOOL_OK);
+        for (size_t i = 0; i < k; i++)
+            assert_int_equal(spool_txn_remove(t, a, seqs[removed + i]), SPOOL_OK);
+        assert_int_equal(spool_txn_commit(t), SPOOL_OK);
+        removed += k;
+    }
+    assert_true(removed < n);
+    st = get_stats(s);
+    assert_int_equal(st->records, n - removed);
+    free(st);
+
+    assert_int_equal(spool_txn_begin(s, &t), SPOOL_OK);
+    uint64_t ns[4];
+    for (int i = 0; i < 4; i++) {
+        char *row = make_row(5000 + (uint64_t)i, FULL_ROW);
+        assert_int_equal(spool_txn_append(t, a, row, FULL_ROW, 1, &ns[i]), SPOOL_OK);
+        free(row);
+    }
+    assert_int_equal(spool_txn_commit(t), SPOOL_OK);
+    assert_true(ns[0] > seqs[n - 1]);
+    check_rows(s, a, seqs, removed, n, 0);
+    check_rows(s, a, ns, 0, 4, 5000);
+    assert_true(file_size(spool_path(s)) <= max);
+
+    /* fill it again: the space freed is reused, the bound still holds */
+    uint64_t more[1024];
+    size_t m = fill(s, a, 4, max, more, 1024, 10000);
+    assert_true(m >= 4);
+    assert_true(file_size(spool_path(s)) <= max);
+    check_rows(s, a, more, 0, m, 10000);
+    close_spool(f);
+
+    /* everything is still there after a reopen */
+    s = open_spool(f, max);
+    check_rows(s, a, seqs, removed, n, 0);
+    check_rows(s, a, more, 0, m, 10000);
+}
+
+static void test_full_drain_to_empty(void **state)
+{
+    struct fixture *f = *state;
+    const uint64_t max = 1u << 20;
+    struct spool *s = open_spool(f, max);
+    uint32_t a = dest_id(s, "a");
+    uint64_t seqs[1024];
+    size_t n = fill(s, a, 1, max, seqs, 1024, 0);
+    assert_true(n > 0);
+    /* drain one record per transaction: each must commit */
+    for (size_t i = 0; i < n; i++) {
+        struct spool_txn *t;
+        assert_int_equal(spool_txn_begin(s, &t), SPOOL_OK);
+        assert_int_equal(spool_txn_remove(t, a, seqs[i]), SPOOL_OK);
+        int rc = spool_txn_commit(t);
+        if (rc != SPOOL_OK)
+            fail_msg("removing record %zu of %zu from a full spool: %s", i, n,
+                     spool_strerror(rc));
+    }
+    struct spool_stats *st = get_stats(s);
+    assert_int_equal(st->records, 0);
+    assert_int_equal(st->bytes, 0);
+    free(st);
+    assert_true(spool_has_room(s, 4 * FULL_ROW, 4));
+    assert_true(spool_has_room(s, 64 << 10, 1));
+}
+
+static void test_full_tiny_spool_can_drain(void **state)
+{
+    struct fixture *f = *state;
+    /* below the 256 KiB minimum reserve: the spool must still refuse
+     * appends before it is too full to run a removal */
+    const uint64_t max = 192u << 10;
+    struct spool *s = open_spool(f, max);
+    uint32_t a = dest_id(s, "a");
+    uint64_t seqs[1024];
+    size_t n = fill(s, a, 1, max, seqs, 1024, 0);
+    assert_true(n > 0);
+    check_rows(s, a, seqs, 0, n, 0);
+    struct spool_txn *t;
+    assert_int_equal(spool_txn_begin(s, &t), SPOOL_OK);
+    assert_int_equal(spool_txn_remove(t, a, seqs[0]), SPOOL_OK);
+    int rc = spool_txn_commit(t);
+    if (rc != SPOOL_OK)
+        fail_msg("a %llu-byte spool filled with %zu rows cannot commit a removal: %s (%s)",
+                 (unsigned long long)max, n, spool_strerror(rc), spool_last_error());
+}
+
+static void test_full_without_has_room_can_drain(void **state)
+{
+    struct fixture *f = *state;
+    /* a writer that never asks spool_has_room: appends must still be
+     * refused (SPOOL_FULL) before the reserve is gone, so that a
+     * transaction removing records commits afterwards */
+    const uint64_t max = 1u << 20;
+    struct spool *s = open_spool(f, max);
+    uint32_t a = dest_id(s, "a");
+    uint64_t seqs[1024];
+    size_t n = 0;
+    int rc = SPOOL_OK;
+    while (rc == SPOOL_OK) {
+        assert_true(n < 1024);
+        struct spool_txn *t;
+        assert_int_equal(spool_txn_begin(s, &t), SPOOL_OK);
+        char *row = make_row(n, FULL_ROW);
+        rc = spool_txn_append(t, a, row, FULL_ROW, 1, &seqs[n]);
+        free(row);
+        if (rc != SPOOL_OK) {
+            spool_txn_abort(t);
+            break;
+        }
+        rc = spool_txn_commit(t);
+        if (rc == SPOOL_OK)
+            n++;
+    }
+    assert_int_equal(rc, SPOOL_FULL);
+    assert_true(n > 0);
+    assert_true(file_size(spool_path(s)) <= max);
+    check_rows(s, a, seqs, 0, n, 0);
+    struct spool_txn *t;
+    assert_int_equal(spool_txn_begin(s, &t), SPOOL_OK);
+    assert_int_equal(spool_txn_remove(t, a, seqs[0]), SPOOL_OK);
+    assert_int_equal(spool_txn_remove(t, a, seqs[1]), SPOOL_OK);
+    rc = spool_txn_commit(t);
+    if (rc != SPOOL_OK)
+        fail_msg("after %zu appends that were not refused until the map was exhausted, "
+                 "removing records fails: %s (%s)", n, spool_strerror(rc),
+                 spool_last_error());
+}
+
+static void test_reopen_with_smaller_bound(void **state)
+{
+    struct fixture *f = *state;
+    struct spool *s = open_spool(f, 8u << 20);
+    uint32_t a = dest_id(s, "a");
+    enum { N = 400 };
+    uint64_t seqs[N];
+    struct spool_txn *t;
+    assert_int_equal(spool_txn_begin(s, &t), SPOOL_OK);
+    for (size_t i = 0; i < N; i++) {
+        char *row = make_row(i, FULL_ROW);
+        assert_int_equal(spool_txn_append(t, a, row, FULL_ROW, 1, &seqs[i]), SPOOL_OK);
+        free(row);
+    }
+    assert_int_equal(spool_txn_commit(t), SPOOL_OK);
+    close_spool(f);
+    char path[256];
+    snprintf(path, sizeof path, "%s/data.mdb", f->dir);
+    uint64_t fs = file_size(path);
+    assert_true(fs > (1u << 20));
+
+    /* a bound below the file: it opens, keeps everything, refuses appends */
+    s = open_spool(f, 1u << 20);
+    check_rows(s, a, seqs, 0, N, 0);
+    assert_false(spool_has_room(s, FULL_ROW, 1));
+    struct spool_stats *st = get_stats(s);
+    assert_int_equal(st->max_bytes, 1u << 20);
+    assert_int_equal(st->records, N);
+    assert_true(st->file_bytes >= fs);
+    free(st);
+
+    /* drained, there is room again although the file cannot shrink */
+    for (size_t i = 0; i < N; i += 50) {
+        assert_int_equal(spool_txn_begin(s, &t), SPOOL_OK);
+        for (size_t k = i; k < i + 50; k++)
+            assert_int_equal(spool_txn_remove(t, a, seqs[k]), SPOOL_OK);
+        assert_int_equal(spool_txn_commit(t), SPOOL_OK);
+    }
+    st = get_stats(s);
+    assert_int_equal(st->records, 0);
+    fprintf(stderr, "DEBUG used %llu file %llu\n", (unsigned long long)st->used_bytes, (unsigned long long)st->file_bytes);
+    free(st);
+    assert_true(spool_has_room(s, 4 * FULL_ROW, 4));
+    uint64_t seq = append1(s, a, "{}", 2, 1);
+    assert_true(seq > seqs[N - 1]);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Upkeep                                                                   */
+/* ------------------------------------------------------------------------ */
+
+static void test_upkeep(void **state)
+{
+    struct fixture *f = *state;
+    struct spool *s = open_spool(f, 8u << 20);
+    int cleared = -1;
+    assert_int_equal(spool_reader_check(s, &cleared), SPOOL_OK);
+    assert_int_equal(cleared, 0);
+    assert_int_equal(spool_reader_check(s, NULL), SPOOL_OK);
+    uint32_t a = dest_id(s, "a");
+    append1(s, a, "{}", 2, 1);
+    assert_int_equal(spool_sync(s), SPOOL_OK);
+    close_spool(f);
+
+    /* fsync mode works the same */
+    f->s = s = open_opts(f->dir, 8u << 20, SPOOL_SYNC, false);
+    assert_int_equal(append1(s, a, "{}", 2, 1), 2);
+    assert_int_equal(spool_sync(s), SPOOL_OK);
+    close_spool(f);
+    f->s = s = open_opts(f->dir, 8u << 20, SPOOL_NOSYNC_PERIODIC, false);
+    assert_int_equal(append1(s, a, "{}", 2, 1), 3);
+    assert_int_equal(spool_sync(s), SPOOL_OK);
+}
+
+static void test_strerror(void **state)
+{
+    (void)state;
+    const int rcs[] = { SPOOL_OK, SPOOL_FULL, SPOOL_CORRUPT, SPOOL_NOTFOUND, SPOOL_IO,
+                        SPOOL_NOMEM, SPOOL_INVAL };
+    for (size_t i = 0; i < sizeof rcs / sizeof rcs[0]; i++) {
+        const char *m = spool_strerror(rcs[i]);
+        assert_non_null(m);
+        assert_true(strlen(m) > 0);
+        for (size_t j = 0; j < i; j++)
+            assert_string_not_equal(m, spool_strerror(rcs[j]));
+    }
+    assert_non_null(spool_strerror(SPOOL_ERR));
+    assert_non_null(spool_strerror(12345));
+    assert_non_null(spool_last_error());
+}
+
+int main(void)
+{
+#define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
+    const struct CMUnitTest tests[] = {
+        T(test_open_creates_dir_and_files),
+        T(test_open_existing_empty_dir),
+        T(test_readonly_missing_dir),
+        T(test_open_parent_missing_fails),
+        T(test_readonly_open),
+        T(test_destinations),
+        T(test_append_and_read_in_order),
+        T(test_seq_persists_across_reopen),
+        T(test_read_from_seq_and_limits),
+        T(test_abort_leaves_nothing),
+        T(test_remove_and_stats),
+        T(test_large_rows),
+        T(test_dead_letter),
+        T(test_corrupt_records),
+        T(test_record_bound_to_its_key),
+        T(test_full_and_drain),
+        T(test_full_drain_to_empty),
+        T(test_full_tiny_spool_can_drain),
+        T(test_full_without_has_room_can_drain),
+        T(test_reopen_with_smaller_bound),
+        T(test_upkeep),
+        T(test_strerror),
+    };
+#undef T
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
