@@ -106,7 +106,7 @@ struct ingest {
     struct line_limits limits;
     uint64_t start_ms;
     /* counters */
-    uint64_t records, bytes, acked_records, lines_refused[N_REASONS], accepted_conns,
+    uint64_t records, bytes, stored_records, lines_refused[N_REASONS], accepted_conns,
              denied_conns;
     uint64_t rate_t[RATE_SLOTS], rate_rec[RATE_SLOTS], rate_bytes[RATE_SLOTS];
     unsigned rate_i, ticks;
@@ -631,12 +631,13 @@ static void finish_batches(struct ingest *in, struct batch *list)
         for (size_t i = 0; i < b->n; i++) {
             const struct batch_rec *r = &b->recs[i];
             struct conn *c = in->conns[r->conn];
+            if (b->status == SPOOL_OK)
+                in->stored_records++;
             if (!c || c->gen != r->gen)
                 continue;     /* the producer left; its records are stored all the same */
             c->inflight--;
             if (b->status == SPOOL_OK) {
                 c->durable_line = r->line;
-                in->acked_records++;
             } else if (b->status == SPOOL_FULL) {
                 refuse(in, c, r->line, "full", "spool is full: %s, for longer than "
                        "full_wait; nothing was stored: retry later", in->full_why);
@@ -708,7 +709,7 @@ static char *status_json(struct ingest *in)
     json_object_set_new(ing, "connections", json_integer((json_int_t)in->n_conns));
     json_object_set_new(ing, "records", json_integer((json_int_t)in->records));
     json_object_set_new(ing, "bytes", json_integer((json_int_t)in->bytes));
-    json_object_set_new(ing, "acked", json_integer((json_int_t)in->acked_records));
+    json_object_set_new(ing, "stored", json_integer((json_int_t)in->stored_records));
     json_object_set_new(ing, "denied_connections", json_integer((json_int_t)in->denied_conns));
     json_object_set_new(ing, "records_per_s", json_real(rate(in->rate_rec, in->rate_t, in->rate_i)));
     json_object_set_new(ing, "bytes_per_s", json_real(rate(in->rate_bytes, in->rate_t, in->rate_i)));

@@ -65,12 +65,10 @@ typedef unsigned char u8;
 
 #if defined(__GNUC__) || defined(__clang__)
 #define JC_COLD     __attribute__((cold, noinline))
-#define JC_LIKELY(x)   __builtin_expect(!!(x), 1)
-#define JC_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define JC_LIKELY(x) __builtin_expect(!!(x), 1)
 #else
 #define JC_COLD
-#define JC_LIKELY(x)   (x)
-#define JC_UNLIKELY(x) (x)
+#define JC_LIKELY(x) (x)
 #endif
 
 /* ------------------------------------------------------------------------ */
@@ -201,8 +199,8 @@ static inline const u8 *first_special_slow(const u8 *p)
 #define FIRST_SPECIAL(p, m) ((void)(m), first_special_slow(p))
 #endif
 
-/* p points just past a string byte that began a \u escape's hex digits.
- * Reads exactly four hex digits into *cp. */
+/* p points at the first of the four hex digits of a \u escape; reads them
+ * into *cp and returns the byte after them. */
 static const u8 *scan_hex4(const u8 *p, const u8 *end, const u8 *base,
                            struct jcheck_result *res, unsigned *cp)
 {
@@ -210,7 +208,7 @@ static const u8 *scan_hex4(const u8 *p, const u8 *end, const u8 *base,
     for (int i = 0; i < 4; i++, p++) {
         int d;
         if (p == end)
-            return FAIL2(JC_SYNTAX, p, "", "unterminated string");
+            return FAIL2(JC_SYNTAX, p, "unterminated string", "unterminated string");
         d = hex_value(*p);
         if (d < 0)
             return FAIL(JC_SYNTAX, p, "expected 4 hex digits after '\\u'");
@@ -230,7 +228,7 @@ static const u8 *scan_escape(const u8 *p, const u8 *end, const u8 *base,
 
     p++;
     if (p == end)
-        return FAIL2(JC_SYNTAX, p, "", "unterminated string");
+        return FAIL2(JC_SYNTAX, p, "unterminated string", "unterminated string");
     switch (*p) {
     case '"': case '\\': case '/': case 'b': case 'f': case 'n': case 'r': case 't':
         return p + 1;
@@ -345,7 +343,7 @@ static inline const u8 *scan_string(const u8 *p, const u8 *end, const u8 *base,
             while (p < end && k_plain[*p])
                 p++;
             if (p == end)
-                return FAIL2(JC_SYNTAX, p, "", "unterminated string");
+                return FAIL2(JC_SYNTAX, p, "unterminated string", "unterminated string");
         }
         if (JC_LIKELY(*p == '"'))
             return p + 1;

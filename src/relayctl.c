@@ -624,11 +624,11 @@ static int cmd_status(struct ctx *x, int argc, char **argv)
                json_string_value(json_object_get(root, "state")),
                (long long)jint(root, "pid"), fmt_age((double)jint(root, "uptime_s"), b1, sizeof b1),
                json_string_value(json_object_get(sp, "durability")));
-        printf("ingest: %lld connection(s), %lld rows (%s) received, %lld acknowledged, "
+        printf("ingest: %lld connection(s), %lld rows (%s) received, %lld stored, "
                "%.0f rows/s (%s/s) over the last 10 s\n",
                (long long)jint(ing, "connections"), (long long)jint(ing, "records"),
                util_fmt_bytes((uint64_t)jint(ing, "bytes"), b1, sizeof b1),
-               (long long)jint(ing, "acked"), jreal(ing, "records_per_s"),
+               (long long)jint(ing, "stored"), jreal(ing, "records_per_s"),
                util_fmt_bytes((uint64_t)jreal(ing, "bytes_per_s"), b2, sizeof b2));
         json_t *ref = json_object_get(ing, "refused");
         const char *k;

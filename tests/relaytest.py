@@ -199,10 +199,11 @@ class Producer:
             raise AssertionError(f"unexpected reply {line!r}")
 
     def poll_replies(self, block=True):
-        try:
-            data = self.s.recv(65536) if block else self.s.recv(65536, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return True
+        if not block:
+            import select
+            if not select.select([self.s], [], [], 0)[0]:
+                return True
+        data = self.s.recv(65536)
         if not data:
             self.closed = True
             return False

@@ -17,7 +17,8 @@ from relaytest import RelayTest
 
 KILLS = int(os.environ.get("CRASH_KILLS", "50"))
 PRODUCERS = 4
-WINDOW = 4000          # lines in flight per producer
+WINDOW = 2000          # lines in flight per producer
+SESSION = 2500         # records per producer between kills (bounds the test's run time)
 PAD = "x" * 150
 
 
@@ -57,7 +58,7 @@ class ProducerThread(threading.Thread):
         acked_line = 0
         buf = b""
         while self.run_flag.is_set():
-            if len(sent) - acked_line < WINDOW:
+            if len(sent) - acked_line < WINDOW and len(sent) < SESSION:
                 chunk = []
                 for _ in range(200):
                     k = self.next_k
@@ -71,7 +72,8 @@ class ProducerThread(threading.Thread):
                         data = data[n:]
                     except BlockingIOError:
                         acked_line, buf = self.read(s, sent, acked_line, buf, 0.01)
-            acked_line, buf = self.read(s, sent, acked_line, buf, 0)
+            acked_line, buf = self.read(s, sent, acked_line, buf,
+                                        0.01 if len(sent) >= SESSION else 0)
 
     def read(self, s, sent, acked_line, buf, wait):
         import select
@@ -109,7 +111,7 @@ class CrashTest(RelayTest):
         for i in range(KILLS):
             for p in producers:
                 p.run_flag.set()
-            time.sleep(rng.uniform(0.05, 0.4))   # the random point of the kill
+            time.sleep(rng.uniform(0.02, 0.3))   # the random point of the kill
             d.kill9()
             for p in producers:                  # producers notice the death
                 if not p.idle.wait(30):

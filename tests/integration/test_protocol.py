@@ -73,7 +73,7 @@ class ProtocolTest(RelayTest):
         st = self.d.status()
         self.assertEqual(st["state"], "accepting")
         self.assertEqual(st["ingest"]["records"], 3)
-        self.assertEqual(st["ingest"]["acked"], 3)
+        self.assertEqual(st["ingest"]["stored"], 3)
         self.assertEqual(st["ingest"]["refused"]["json"], 1)
         self.assertEqual(st["spool"]["records"], 3)
         dests = {d["name"]: d for d in st["destinations"]}

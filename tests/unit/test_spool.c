@@ -1279,21 +1279,23 @@ static void test_full_without_has_room_can_drain(void **state)
                  spool_last_error());
 }
 
-static void test_reopen_with_smaller_bound(void **state)
+/* Writes N rows of FULL_ROW bytes to a fresh 8 MiB spool, per rows per
+ * transaction, closes it and reopens it with a 1 MiB bound. */
+static struct spool *smaller_bound(struct fixture *f, uint32_t *a, uint64_t *seqs, size_t n,
+                                   size_t per)
 {
-    struct fixture *f = *state;
     struct spool *s = open_spool(f, 8u << 20);
-    uint32_t a = dest_id(s, "a");
-    enum { N = 400 };
-    uint64_t seqs[N];
-    struct spool_txn *t;
-    assert_int_equal(spool_txn_begin(s, &t), SPOOL_OK);
-    for (size_t i = 0; i < N; i++) {
-        char *row = make_row(i, FULL_ROW);
-        assert_int_equal(spool_txn_append(t, a, row, FULL_ROW, 1, &seqs[i]), SPOOL_OK);
-        free(row);
+    *a = dest_id(s, "a");
+    for (size_t i = 0; i < n; i += per) {
+        struct spool_txn *t;
+        assert_int_equal(spool_txn_begin(s, &t), SPOOL_OK);
+        for (size_t k = i; k < i + per && k < n; k++) {
+            char *row = make_row(k, FULL_ROW);
+            assert_int_equal(spool_txn_append(t, *a, row, FULL_ROW, 1, &seqs[k]), SPOOL_OK);
+            free(row);
+        }
+        assert_int_equal(spool_txn_commit(t), SPOOL_OK);
     }
-    assert_int_equal(spool_txn_commit(t), SPOOL_OK);
     close_spool(f);
     char path[256];
     snprintf(path, sizeof path, "%s/data.mdb", f->dir);
@@ -1302,28 +1304,113 @@ static void test_reopen_with_smaller_bound(void **state)
 
     /* a bound below the file: it opens, keeps everything, refuses appends */
     s = open_spool(f, 1u << 20);
-    check_rows(s, a, seqs, 0, N, 0);
+    check_rows(s, *a, seqs, 0, n, 0);
     assert_false(spool_has_room(s, FULL_ROW, 1));
     struct spool_stats *st = get_stats(s);
     assert_int_equal(st->max_bytes, 1u << 20);
-    assert_int_equal(st->records, N);
+    assert_int_equal(st->records, n);
     assert_true(st->file_bytes >= fs);
     free(st);
+    return s;
+}
 
-    /* drained, there is room again although the file cannot shrink */
-    for (size_t i = 0; i < N; i += 50) {
+/* Removes rows [0, n), per per transaction; the spool must drain. */
+static void drain_smaller(struct spool *s, uint32_t a, const uint64_t *seqs, size_t n,
+                          size_t per)
+{
+    for (size_t i = 0; i < n; i += per) {
+        struct spool_txn *t;
         assert_int_equal(spool_txn_begin(s, &t), SPOOL_OK);
-        for (size_t k = i; k < i + 50; k++)
-            assert_int_equal(spool_txn_remove(t, a, seqs[k]), SPOOL_OK);
-        assert_int_equal(spool_txn_commit(t), SPOOL_OK);
+        int rc = SPOOL_OK;
+        for (size_t k = i; k < i + per && k < n && rc == SPOOL_OK; k++)
+            rc = spool_txn_remove(t, a, seqs[k]);
+        if (rc == SPOOL_OK)
+            rc = spool_txn_commit(t);
+        else
+            spool_txn_abort(t);
+        if (rc != SPOOL_OK)
+            fail_msg("spool reopened with a bound below its file cannot drain: removing "
+                     "records %zu.. fails: %s (%s)", i, spool_strerror(rc),
+                     spool_last_error());
     }
-    st = get_stats(s);
+    struct spool_stats *st = get_stats(s);
     assert_int_equal(st->records, 0);
-    fprintf(stderr, "DEBUG used %llu file %llu\n", (unsigned long long)st->used_bytes, (unsigned long long)st->file_bytes);
     free(st);
+    /* drained, there is room again although the file cannot shrink */
     assert_true(spool_has_room(s, 4 * FULL_ROW, 4));
-    uint64_t seq = append1(s, a, "{}", 2, 1);
-    assert_true(seq > seqs[N - 1]);
+    assert_true(append1(s, a, "{}", 2, 1) > seqs[n - 1]);
+}
+
+static void test_reopen_with_smaller_bound(void **state)
+{
+    struct fixture *f = *state;
+    enum { N = 400 };
+    uint64_t seqs[N];
+    uint32_t a;
+    struct spool *s = smaller_bound(f, &a, seqs, N, 10);
+    drain_smaller(s, a, seqs, N, 50);
+}
+
+static void test_reopen_with_smaller_bound_tight_file(void **state)
+{
+    struct fixture *f = *state;
+    /* the same, but the file was written in one transaction so that it holds
+     * (almost) no free pages: the map must still leave room to drain */
+    enum { N = 400 };
+    uint64_t seqs[N];
+    uint32_t a;
+    struct spool *s = smaller_bound(f, &a, seqs, N, N);
+    drain_smaller(s, a, seqs, N, 1);
+}
+
+static void test_has_room_tiny_bound(void **state)
+{
+    struct fixture *f = *state;
+    /* no bound can take a transaction as large as the bound itself */
+    const uint64_t bounds[] = { 8u << 20, 1u << 20, 192u << 10 };
+    for (size_t i = 0; i < sizeof bounds / sizeof bounds[0]; i++) {
+        struct spool *s = open_spool(f, bounds[i]);
+        if (spool_has_room(s, bounds[i], 1))
+            fail_msg("an empty spool bounded to %llu bytes claims room for a %llu-byte row",
+                     (unsigned long long)bounds[i], (unsigned long long)bounds[i]);
+        assert_false(spool_has_room(s, 4 * bounds[i], 4));
+        close_spool(f);
+    }
+}
+
+static void test_has_room_page_sized_rows(void **state)
+{
+    struct fixture *f = *state;
+    /* rows just under a page need two overflow pages each: when has_room
+     * says a transaction of them fits, appending and committing it works */
+    const uint64_t max = 8u << 20;
+    struct spool *s = open_spool(f, max);
+    uint32_t a = dest_id(s, "a");
+    const size_t row_len = 4065;
+    const size_t counts[] = { 1600, 1400, 1200, 1000, 800 };
+    char *row = make_row(1, row_len);
+    for (size_t c = 0; c < sizeof counts / sizeof counts[0]; c++) {
+        size_t n = counts[c];
+        if (!spool_has_room(s, (uint64_t)n * row_len, n))
+            continue;
+        struct spool_txn *t;
+        assert_int_equal(spool_txn_begin(s, &t), SPOOL_OK);
+        int rc = SPOOL_OK;
+        size_t i;
+        for (i = 0; i < n && rc == SPOOL_OK; i++)
+            rc = spool_txn_append(t, a, row, row_len, 1, NULL);
+        if (rc == SPOOL_OK)
+            rc = spool_txn_commit(t);
+        else
+            spool_txn_abort(t);
+        if (rc != SPOOL_OK)
+            fail_msg("spool_has_room(%zu bytes, %zu rows) on an empty %llu-byte spool said "
+                     "yes, but the transaction fails at row %zu: %s", n * row_len, n,
+                     (unsigned long long)max, i, spool_strerror(rc));
+        assert_true(file_size(spool_path(s)) <= max);
+        break;
+    }
+    free(row);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1394,6 +1481,9 @@ int main(void)
         T(test_full_tiny_spool_can_drain),
         T(test_full_without_has_room_can_drain),
         T(test_reopen_with_smaller_bound),
+        T(test_reopen_with_smaller_bound_tight_file),
+        T(test_has_room_tiny_bound),
+        T(test_has_room_page_sized_rows),
         T(test_upkeep),
         T(test_strerror),
     };
