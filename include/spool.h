@@ -143,6 +143,11 @@ int spool_stats(struct spool *s, struct spool_stats *st);
 
 /* Clears reader slots left by dead processes; *cleared gets how many. */
 int spool_reader_check(struct spool *s, int *cleared);
+/* Unmaps the spool pages this process has touched; they stay in the
+ * kernel's page cache. LMDB reads through a shared mapping, so without this
+ * the resident set grows with the spool's size rather than with what is in
+ * use. Any thread, any time. */
+int spool_release_pages(struct spool *s);
 /* Flushes to disk (for the periodic sync of SPOOL_NOSYNC_PERIODIC). */
 int spool_sync(struct spool *s);
 /* The path of the data file. */

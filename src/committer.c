@@ -16,6 +16,10 @@
 
 #define FULL_RETRY_MS    100
 #define READER_CHECK_MS  60000
+/* Keep the resident set small (spool_release_pages): every second, or after
+ * this many row bytes were committed, whichever comes first. */
+#define RELEASE_PAGES_MS    1000
+#define RELEASE_PAGES_BYTES (4u << 20)
 
 struct committer {
     struct spool *spool;
@@ -191,7 +195,8 @@ static void set_full(struct committer *c, bool full)
 static void *committer_main(void *arg)
 {
     struct committer *c = arg;
-    uint64_t last_sync = util_mono_us(), last_rcheck = last_sync;
+    uint64_t last_sync = util_mono_us(), last_rcheck = last_sync, last_release = last_sync;
+    uint64_t released_at_bytes = 0;
     pthread_mutex_lock(&c->lock);
     for (;;) {
         uint64_t now = util_mono_us();
@@ -203,6 +208,12 @@ static void *committer_main(void *arg)
                 fatal_io(rc);
             pthread_mutex_lock(&c->lock);
             last_sync = now;
+        }
+        if (now - last_release >= (uint64_t)RELEASE_PAGES_MS * 1000 ||
+            c->stats.bytes - released_at_bytes >= RELEASE_PAGES_BYTES) {
+            spool_release_pages(c->spool);
+            last_release = now;
+            released_at_bytes = c->stats.bytes;
         }
         if (now - last_rcheck >= (uint64_t)READER_CHECK_MS * 1000) {
             int cleared = 0;

@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <time.h>
@@ -58,6 +59,8 @@ struct spool {
     enum spool_durability durability;
     uint64_t max_bytes;
     unsigned psize;
+    void *map_addr;                /* LMDB's mapping of data.mdb, for release_pages */
+    size_t map_len;
     pthread_mutex_t dbi_lock;      /* mdb_dbi_open is single-transaction only */
     struct dest_slot dest[SPOOL_MAX_DESTS + 1];   /* by id; id 0 unused */
 };
@@ -73,6 +76,8 @@ struct spool_txn {
 };
 
 static __thread char last_error[256];
+
+static void find_map(struct spool *s);
 
 const char *spool_last_error(void) { return last_error; }
 
@@ -407,6 +412,7 @@ int spool_open(const struct spool_opts *o, struct spool **out, char *err, size_t
         return r;
     }
     publish(s, fresh, n);
+    find_map(s);
     *out = s;
     return SPOOL_OK;
 }
@@ -949,6 +955,40 @@ int spool_reader_check(struct spool *s, int *cleared)
     if (cleared)
         *cleared = dead;
     return map_rc(rc, "reader check");
+}
+
+/* LMDB does not say where it mapped the file (me_mapaddr is only set with
+ * MDB_FIXEDMAP), so find the mapping of our data file in /proc/self/maps. */
+static void find_map(struct spool *s)
+{
+    struct stat st;
+    if (stat(s->datafile, &st) != 0)
+        return;
+    FILE *f = fopen("/proc/self/maps", "r");
+    if (!f)
+        return;
+    char line[4096];
+    while (fgets(line, sizeof line, f)) {
+        unsigned long lo, hi, ino;
+        if (sscanf(line, "%lx-%lx %*s %*s %*s %lu", &lo, &hi, &ino) == 3 &&
+            ino == (unsigned long)st.st_ino && strstr(line, "data.mdb")) {
+            s->map_addr = (void *)lo;
+            s->map_len = hi - lo;
+            break;
+        }
+    }
+    fclose(f);
+}
+
+int spool_release_pages(struct spool *s)
+{
+    if (!s->map_addr)
+        return SPOOL_NOTFOUND;
+    /* Safe on LMDB's read-only shared file mapping: the pages stay in the
+     * page cache and fault back in (a minor fault) on the next access. */
+    if (madvise(s->map_addr, s->map_len, MADV_DONTNEED) != 0)
+        return map_rc(errno, "madvise");
+    return SPOOL_OK;
 }
 
 int spool_sync(struct spool *s)

@@ -34,7 +34,14 @@
 /* Harness                                                                  */
 /* ------------------------------------------------------------------------ */
 
+/* Done batches collected in the order they came back. */
+struct done {
+    struct batch *v[512];
+    size_t n;
+};
+
 struct fixture {
+    struct done d;          /* done batches taken so far (freed by teardown) */
     char base[64];
     char dir[128];
     struct spool *s;
@@ -72,9 +79,12 @@ static int setup(void **state)
     return 0;
 }
 
+static void free_done(struct done *d);
+
 static int teardown(void **state)
 {
     struct fixture *f = *state;
+    free_done(&f->d);
     if (f->c) {
         struct batch *left = NULL;
         committer_stop(f->c, &left);
@@ -126,12 +136,6 @@ static bool wait_fd(struct committer *c, uint64_t deadline)
     }
     return true;
 }
-
-/* Done batches collected in the order they came back. */
-struct done {
-    struct batch *v[512];
-    size_t n;
-};
 
 static void take(struct committer *c, struct done *d)
 {
@@ -395,9 +399,9 @@ static void test_commit_one_batch(void **state)
     start(f, 16u << 20, SPOOL_SYNC, 0);
     struct batch *b = new_batch(f, 0, 5, 100, true);
     committer_submit(f->c, b);
-    struct done d = { .n = 0 };
-    wait_done(f->c, &d, 1);
-    assert_ptr_equal(d.v[0], b);
+    struct done *d = &f->d;
+    wait_done(f->c, d, 1);
+    assert_ptr_equal(d->v[0], b);
     assert_int_equal(b->status, SPOOL_OK);
     assert_null(committer_take_done(f->c));
     check_stored(f, 1, 5, 100, true);
@@ -411,7 +415,7 @@ static void test_commit_one_batch(void **state)
     assert_true(st.total_commit_us >= st.last_commit_us);
     assert_int_equal(st.full_events, 0);
     assert_false(committer_full(f->c));
-    free_done(&d);
+    free_done(d);
 }
 
 static void test_submission_order_and_group_commit(void **state)
@@ -424,11 +428,11 @@ static void test_submission_order_and_group_commit(void **state)
         sent[i] = new_batch(f, i, NR, 64 + (size_t)i, true);
         committer_submit(f->c, sent[i]);
     }
-    struct done d = { .n = 0 };
-    wait_done(f->c, &d, NB);
+    struct done *d = &f->d;
+    wait_done(f->c, d, NB);
     for (int i = 0; i < NB; i++) {
-        assert_ptr_equal(d.v[i], sent[i]);          /* back in submission order */
-        assert_int_equal(d.v[i]->status, SPOOL_OK);
+        assert_ptr_equal(d->v[i], sent[i]);          /* back in submission order */
+        assert_int_equal(d->v[i]->status, SPOOL_OK);
     }
     /* stored in submission order */
     struct stored_list l;
@@ -451,7 +455,7 @@ static void test_submission_order_and_group_commit(void **state)
     for (int i = 0; i < NB; i++)
         bytes += (uint64_t)NR * (64 + (uint64_t)i);
     assert_int_equal(st.bytes, bytes);
-    free_done(&d);
+    free_done(d);
 }
 
 static void test_group_commit_shares_commits(void **state)
@@ -466,11 +470,11 @@ static void test_group_commit_shares_commits(void **state)
         sent[i] = new_batch(f, i, 1, 48, false);
     for (int i = 0; i < NB; i++)
         committer_submit(f->c, sent[i]);
-    struct done d = { .n = 0 };
-    wait_done(f->c, &d, NB);
+    struct done *d = &f->d;
+    wait_done(f->c, d, NB);
     for (int i = 0; i < NB; i++) {
-        assert_ptr_equal(d.v[i], sent[i]);
-        assert_int_equal(d.v[i]->status, SPOOL_OK);
+        assert_ptr_equal(d->v[i], sent[i]);
+        assert_int_equal(d->v[i]->status, SPOOL_OK);
     }
     struct committer_stats st;
     committer_get_stats(f->c, &st);
@@ -478,7 +482,7 @@ static void test_group_commit_shares_commits(void **state)
     assert_true(st.commits <= NB);
     assert_int_equal(st.records, NB);
     check_stored(f, NB, 1, 48, false);
-    free_done(&d);
+    free_done(d);
 }
 
 static void test_submit_after_take(void **state)
@@ -496,10 +500,12 @@ static void test_submit_after_take(void **state)
             assert_int_equal(batch_add(b, 0, 0, 0, f->a, row, 60), 0);
         }
         committer_submit(f->c, b);
-        struct done d = { .n = 0 };
-        wait_done(f->c, &d, 1);
-        assert_ptr_equal(d.v[0], b);
+        struct done *d = &f->d;
+        wait_done(f->c, d, 1);
+        assert_int_equal(d->n, 1);
+        assert_ptr_equal(d->v[0], b);
         assert_int_equal(b->status, SPOOL_OK);
+        d->n = 0;            /* b is ours again: reused, freed below */
     }
     batch_free(b);
     check_stored(f, 10, 3, 60, false);
@@ -514,14 +520,14 @@ static void test_periodic_sync_mode(void **state)
         sent[i] = new_batch(f, i, 4, 80, true);
         committer_submit(f->c, sent[i]);
     }
-    struct done d = { .n = 0 };
-    wait_done(f->c, &d, 5);
+    struct done *d = &f->d;
+    wait_done(f->c, d, 5);
     for (int i = 0; i < 5; i++) {
-        assert_ptr_equal(d.v[i], sent[i]);
-        assert_int_equal(d.v[i]->status, SPOOL_OK);
+        assert_ptr_equal(d->v[i], sent[i]);
+        assert_int_equal(d->v[i]->status, SPOOL_OK);
     }
     check_stored(f, 5, 4, 80, true);
-    free_done(&d);
+    free_done(d);
     struct batch *left = (struct batch *)(uintptr_t)1;
     committer_stop(f->c, &left);
     f->c = NULL;
@@ -660,14 +666,14 @@ static void test_full_then_reject(void **state)
     struct fixture *f = *state;
     start(f, 1u << 20, SPOOL_NOSYNC, 0);
     struct batch *sent[256];
-    struct done d = { .n = 0 };
-    int n = fill_until_full(f, 5, sent, 256, &d);
+    struct done *d = &f->d;
+    int n = fill_until_full(f, 5, sent, 256, d);
 
     committer_reject(f->c);
-    wait_done(f->c, &d, (size_t)n + 6);
+    wait_done(f->c, d, (size_t)n + 6);
     for (int i = 0; i < n + 6; i++) {
-        assert_ptr_equal(d.v[i], sent[i]);
-        assert_int_equal(d.v[i]->status, i < n ? SPOOL_OK : SPOOL_FULL);
+        assert_ptr_equal(d->v[i], sent[i]);
+        assert_int_equal(d->v[i]->status, i < n ? SPOOL_OK : SPOOL_FULL);
     }
     /* nothing of the refused ones was stored */
     check_stored(f, n, FREC, FROW, false);
@@ -676,7 +682,7 @@ static void test_full_then_reject(void **state)
     struct committer_stats st;
     committer_get_stats(f->c, &st);
     assert_int_equal(st.records, (uint64_t)n * FREC);
-    free_done(&d);
+    free_done(d);
 }
 
 static void test_full_retries_when_room_appears(void **state)
@@ -684,24 +690,24 @@ static void test_full_retries_when_room_appears(void **state)
     struct fixture *f = *state;
     start(f, 1u << 20, SPOOL_NOSYNC, 0);
     struct batch *sent[256];
-    struct done d = { .n = 0 };
-    int n = fill_until_full(f, 2, sent, 256, &d);
+    struct done *d = &f->d;
+    int n = fill_until_full(f, 2, sent, 256, d);
 
     /* make room from outside: the committer retries by itself and commits
      * what it kept, in order */
     drain_spool(f);
-    wait_done(f->c, &d, (size_t)n + 3);
+    wait_done(f->c, d, (size_t)n + 3);
     for (int i = 0; i < n + 3; i++) {
-        assert_ptr_equal(d.v[i], sent[i]);
-        assert_int_equal(d.v[i]->status, SPOOL_OK);
+        assert_ptr_equal(d->v[i], sent[i]);
+        assert_int_equal(d->v[i]->status, SPOOL_OK);
     }
-    wait_full(f->c, &d, false);
+    wait_full(f->c, d, false);
     check_stored_range(f, n, n + 3);
     struct committer_stats st;
     committer_get_stats(f->c, &st);
     assert_int_equal(st.records, (uint64_t)(n + 3) * FREC);
     assert_int_equal(st.full_events, 1);
-    free_done(&d);
+    free_done(d);
 }
 
 /* After a reject, committer_full() stays true "until room appears again":
@@ -711,28 +717,28 @@ static void full_clears_after_reject(struct fixture *f, uint64_t max_bytes)
 {
     start(f, max_bytes, SPOOL_NOSYNC, 0);
     struct batch *sent[512];
-    struct done d = { .n = 0 };
-    int n = fill_until_full(f, 1, sent, 512, &d);
+    struct done *d = &f->d;
+    int n = fill_until_full(f, 1, sent, 512, d);
     committer_reject(f->c);
-    wait_done(f->c, &d, (size_t)n + 2);
-    assert_int_equal(d.v[n]->status, SPOOL_FULL);
-    assert_int_equal(d.v[n + 1]->status, SPOOL_FULL);
+    wait_done(f->c, d, (size_t)n + 2);
+    assert_int_equal(d->v[n]->status, SPOOL_FULL);
+    assert_int_equal(d->v[n + 1]->status, SPOOL_FULL);
     assert_true(committer_full(f->c));
 
     drain_spool(f);
     /* the spool is empty: room has appeared */
     assert_true(spool_has_room(f->s, (uint64_t)FREC * FROW, FREC));
-    if (!wait_full_for(f->c, &d, false, 5000))
+    if (!wait_full_for(f->c, d, false, 5000))
         fail_msg("a %llu-byte spool was drained empty after a reject, but committer_full() "
                  "stayed true for 5 s", (unsigned long long)max_bytes);
-    free_done(&d);
+    free_done(d);
 
     /* and batches are committed again */
     struct batch *b = new_batch(f, 0, 2, 100, false);
     committer_submit(f->c, b);
-    wait_done(f->c, &d, 1);
+    wait_done(f->c, d, 1);
     assert_int_equal(b->status, SPOOL_OK);
-    free_done(&d);
+    free_done(d);
 }
 
 static void test_full_clears_after_reject_8m(void **state)
@@ -751,9 +757,9 @@ static void test_stop_while_full(void **state)
     struct fixture *f = *state;
     start(f, 1u << 20, SPOOL_NOSYNC, 0);
     struct batch *sent[256];
-    struct done d = { .n = 0 };
-    int n = fill_until_full(f, 3, sent, 256, &d);
-    free_done(&d);
+    struct done *d = &f->d;
+    int n = fill_until_full(f, 3, sent, 256, d);
+    free_done(d);
     /* the kept batches come back with status -1: not stored */
     struct batch *left = NULL;
     committer_stop(f->c, &left);

@@ -52,13 +52,14 @@ static int group_teardown(void **state)
     return nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
-/* Writes text (len bytes) into a new file; returns its path (static buffer
- * per call site is not enough: the caller frees it). */
+/* Writes text (len bytes) into a new file; returns its path (a static
+ * buffer, valid until the next call). */
+static char conf_path[PATH_MAX];
+
 static char *write_conf_len(const char *text, size_t len)
 {
-    char *path = malloc(PATH_MAX);
-    assert_non_null(path);
-    snprintf(path, PATH_MAX, "%s/relayd-%u.conf", tmpdir, ++file_no);
+    char *path = conf_path;
+    snprintf(path, sizeof conf_path, "%s/relayd-%u.conf", tmpdir, ++file_no);
     FILE *f = fopen(path, "w");
     assert_non_null(f);
     assert_int_equal(fwrite(text, 1, len, f), len);
@@ -85,7 +86,6 @@ static void load_ok_at(const char *text, struct conf *c, const char *file, int l
     if (c->path == NULL || strcmp(c->path, path) != 0)
         fail_msg("%s:%d: c->path is '%s', want '%s'", file, line,
                  c->path ? c->path : "(null)", path);
-    free(path);
 }
 #define LOAD_OK(text, c) load_ok_at((text), (c), __FILE__, __LINE__)
 
@@ -114,7 +114,6 @@ static void load_bad_len_at(const char *text, size_t len, unsigned line,
     for (size_t i = 0; frags && frags[i]; i++)
         if (strstr(err, frags[i]) == NULL)
             fail_msg("%s:%d: message '%s' lacks '%s'", file, ln, err, frags[i]);
-    free(path);
 }
 #define LOAD_BAD(text, line, ...) do {                                        \
         const char *const frags_[] = { __VA_ARGS__, NULL };                  \

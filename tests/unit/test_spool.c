@@ -355,12 +355,12 @@ static void test_readonly_missing_dir(void **state)
 {
     struct fixture *f = *state;
     struct spool_opts o = { .dir = f->dir, .max_bytes = 8u << 20, .readonly = true };
-    struct spool *s = (struct spool *)(uintptr_t)1;
+    struct spool *s = NULL;
     char err[512] = "";
     int rc = spool_open(&o, &s, err, sizeof err);
     assert_int_not_equal(rc, SPOOL_OK);
     assert_int_equal(rc, SPOOL_NOTFOUND);
-    assert_ptr_equal(s, (struct spool *)(uintptr_t)1);     /* untouched */
+    assert_null(s);
     assert_non_null(strstr(err, f->dir));
     assert_true(strlen(err) > strlen(f->dir) + 5);
     /* nothing was created */
@@ -1403,10 +1403,12 @@ static void test_has_room_page_sized_rows(void **state)
             rc = spool_txn_commit(t);
         else
             spool_txn_abort(t);
-        if (rc != SPOOL_OK)
+        if (rc != SPOOL_OK) {
+            free(row);
             fail_msg("spool_has_room(%zu bytes, %zu rows) on an empty %llu-byte spool said "
                      "yes, but the transaction fails at row %zu: %s", n * row_len, n,
                      (unsigned long long)max, i, spool_strerror(rc));
+        }
         assert_true(file_size(spool_path(s)) <= max);
         break;
     }
