@@ -48,8 +48,8 @@ struct conf {
     /* [ingest] */
     char *socket_path;
     mode_t socket_mode;
-    char *socket_owner;            /* user name or uid, NULL: relayd's own */
-    char *socket_group;            /* group name or gid, NULL: relayd's own */
+    uid_t socket_uid;              /* socket_owner resolved; (uid_t)-1: relayd's own */
+    gid_t socket_gid;              /* socket_group resolved; (gid_t)-1: relayd's own */
     bool allow_any_uid;            /* allowed_uids = * */
     uid_t *allowed_uids;
     size_t n_allowed_uids;
@@ -86,7 +86,8 @@ const struct conf_dest *conf_find_dest(const struct conf *c, const char *name, s
 bool conf_valid_name(const char *name, size_t len);
 
 /* True if a peer with this uid/gid may use the sockets: root, relayd's own uid,
- * allowed_uids (or '*'), allowed_gids. */
+ * allowed_uids (or '*'), or membership (primary or supplementary) of a group
+ * in allowed_gids or of socket_group. May look up the user's groups (NSS). */
 bool conf_peer_allowed(const struct conf *c, uid_t uid, gid_t gid);
 
 void conf_free(struct conf *c);

@@ -28,7 +28,7 @@
 #include <unistd.h>
 
 enum key_type { T_STR, T_PATH, T_SIZE, T_DURATION, T_UINT, T_MODE, T_LOGLEVEL,
-                T_DURABILITY, T_UIDS, T_GIDS };
+                T_DURABILITY, T_UIDS, T_GIDS, T_USER, T_GROUP };
 
 struct key_def {
     const char *section;
@@ -50,8 +50,8 @@ static const struct key_def keys[] = {
     { "spool",  "sync_interval",       T_DURATION,   OFF(sync_interval_ms), 1, 3600000 },
     { "ingest", "socket",              T_PATH,       OFF(socket_path), 0, 0 },
     { "ingest", "socket_mode",         T_MODE,       OFF(socket_mode), 0, 0 },
-    { "ingest", "socket_owner",        T_STR,        OFF(socket_owner), 0, 0 },
-    { "ingest", "socket_group",        T_STR,        OFF(socket_group), 0, 0 },
+    { "ingest", "socket_owner",        T_USER,       OFF(socket_uid), 0, 0 },
+    { "ingest", "socket_group",        T_GROUP,      OFF(socket_gid), 0, 0 },
     { "ingest", "allowed_uids",        T_UIDS,       0, 0, 0 },
     { "ingest", "allowed_gids",        T_GIDS,       0, 0, 0 },
     { "ingest", "max_record_bytes",    T_SIZE,       OFF(max_record_bytes), 16, 64 << 20 },
@@ -94,6 +94,8 @@ void conf_defaults(struct conf *c)
     c->sync_interval_ms = 1000;
     c->socket_path = xstrdup("/run/relayd/relayd.sock");
     c->socket_mode = 0660;
+    c->socket_uid = (uid_t)-1;
+    c->socket_gid = (gid_t)-1;
     c->max_record_bytes = 9ULL << 20;
     c->max_connections = 4096;
     c->full_wait_ms = 5000;
@@ -107,8 +109,6 @@ void conf_free(struct conf *c)
     free(c->control_socket);
     free(c->spool_dir);
     free(c->socket_path);
-    free(c->socket_owner);
-    free(c->socket_group);
     free(c->allowed_uids);
     free(c->allowed_gids);
     free(c->default_table);
@@ -141,6 +141,16 @@ const struct conf_dest *conf_find_dest(const struct conf *c, const char *name, s
     return NULL;
 }
 
+static bool gid_allowed(const struct conf *c, gid_t gid)
+{
+    if (c->socket_gid != (gid_t)-1 && gid == c->socket_gid)
+        return true;
+    for (size_t i = 0; i < c->n_allowed_gids; i++)
+        if (c->allowed_gids[i] == gid)
+            return true;
+    return false;
+}
+
 bool conf_peer_allowed(const struct conf *c, uid_t uid, gid_t gid)
 {
     if (uid == 0 || uid == geteuid() || c->allow_any_uid)
@@ -148,8 +158,21 @@ bool conf_peer_allowed(const struct conf *c, uid_t uid, gid_t gid)
     for (size_t i = 0; i < c->n_allowed_uids; i++)
         if (c->allowed_uids[i] == uid)
             return true;
-    for (size_t i = 0; i < c->n_allowed_gids; i++)
-        if (c->allowed_gids[i] == gid)
+    if (gid_allowed(c, gid))
+        return true;
+    if (c->n_allowed_gids == 0 && c->socket_gid == (gid_t)-1)
+        return false;
+    /* SO_PEERCRED gives the primary group only: look up the others */
+    struct passwd pw, *res = NULL;
+    char buf[4096];
+    if (getpwuid_r(uid, &pw, buf, sizeof buf, &res) != 0 || !res)
+        return false;
+    gid_t groups[256];
+    int n = 256;
+    if (getgrouplist(pw.pw_name, pw.pw_gid, groups, &n) < 0)
+        n = 256;   /* truncated: check what we have */
+    for (int i = 0; i < n; i++)
+        if (gid_allowed(c, groups[i]))
             return true;
     return false;
 }
@@ -298,6 +321,26 @@ static int set_key(struct parser *p, struct conf *c, const struct key_def *k, ch
         else
             return perr(p, k->name, "expected one of fsync, os, none, got '%s'", v);
         *(enum conf_durability *)(void *)base = d;
+        return 0;
+    }
+    case T_USER: {
+        struct passwd *pw;
+        if (util_parse_u64(v, UINT32_MAX - 1, &n) == 0)
+            *(uid_t *)(void *)base = (uid_t)n;
+        else if ((pw = getpwnam(v)))
+            *(uid_t *)(void *)base = pw->pw_uid;
+        else
+            return perr(p, k->name, "no such user '%s'", v);
+        return 0;
+    }
+    case T_GROUP: {
+        struct group *gr;
+        if (util_parse_u64(v, UINT32_MAX - 1, &n) == 0)
+            *(gid_t *)(void *)base = (gid_t)n;
+        else if ((gr = getgrnam(v)))
+            *(gid_t *)(void *)base = gr->gr_gid;
+        else
+            return perr(p, k->name, "no such group '%s'", v);
         return 0;
     }
     case T_UIDS:

@@ -20,9 +20,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <grp.h>
 #include <jansson.h>
-#include <pwd.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -142,8 +140,8 @@ static bool out_reserve(struct conn *c, size_t n)
     if (c->out_off > 0) {   /* compact */
         memmove(c->out, c->out + c->out_off, c->out_len - c->out_off);
         c->out_len -= c->out_off;
-        if (c->tail_ok != NO_OK)
-            c->tail_ok -= c->out_off;
+        if (c->tail_ok != NO_OK)   /* a partly sent "ok" can no longer be replaced */
+            c->tail_ok = c->tail_ok >= c->out_off ? c->tail_ok - c->out_off : NO_OK;
         c->out_off = 0;
         if (c->out_len + n <= c->out_cap)
             return true;
@@ -895,37 +893,6 @@ static void on_signal(struct ingest *in)
 
 /* ---- sockets ---- */
 
-static int resolve_owner(const struct conf *c, uid_t *uid, gid_t *gid, char *err, size_t errlen)
-{
-    *uid = (uid_t)-1;
-    *gid = (gid_t)-1;
-    if (c->socket_owner) {
-        uint64_t v;
-        struct passwd *pw;
-        if (util_parse_u64(c->socket_owner, UINT32_MAX - 1, &v) == 0)
-            *uid = (uid_t)v;
-        else if ((pw = getpwnam(c->socket_owner)))
-            *uid = pw->pw_uid;
-        else {
-            snprintf(err, errlen, "[ingest] socket_owner: no such user '%s'", c->socket_owner);
-            return -1;
-        }
-    }
-    if (c->socket_group) {
-        uint64_t v;
-        struct group *gr;
-        if (util_parse_u64(c->socket_group, UINT32_MAX - 1, &v) == 0)
-            *gid = (gid_t)v;
-        else if ((gr = getgrnam(c->socket_group)))
-            *gid = gr->gr_gid;
-        else {
-            snprintf(err, errlen, "[ingest] socket_group: no such group '%s'", c->socket_group);
-            return -1;
-        }
-    }
-    return 0;
-}
-
 /* Creates a listening Unix socket at path with mode and owner. A stale socket
  * file (nobody listening) is replaced; a live one means another relayd. */
 static int listen_unix(const char *path, mode_t mode, uid_t uid, gid_t gid, int backlog,
@@ -1014,15 +981,12 @@ int ingest_create(struct conf *conf, struct spool *s, struct ingest **out,
     if (map_dests(in, conf, &in->dests, &in->n_dests, &in->default_dest, err, errlen) != 0)
         goto fail;
 
-    uid_t uid;
-    gid_t gid;
-    if (resolve_owner(conf, &uid, &gid, err, errlen) != 0)
-        goto fail;
-    in->lfd = listen_unix(conf->socket_path, conf->socket_mode, uid, gid, 1024, err, errlen);
+    in->lfd = listen_unix(conf->socket_path, conf->socket_mode, conf->socket_uid,
+                          conf->socket_gid, 1024, err, errlen);
     if (in->lfd < 0)
         goto fail;
-    in->cfd = listen_unix(conf->control_socket, conf->control_socket_mode, uid, gid, 64,
-                          err, errlen);
+    in->cfd = listen_unix(conf->control_socket, conf->control_socket_mode, conf->socket_uid,
+                          conf->socket_gid, 64, err, errlen);
     if (in->cfd < 0)
         goto fail;
 
