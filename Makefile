@@ -68,7 +68,10 @@ $(BUILD)/bench/%: tests/bench/%.c $(BUILD)/librelay.a | $(BUILD)/bench
 $(BUILD)/obj $(BUILD)/tests $(BUILD)/bench $(BUILD)/tools:
 	mkdir -p $@
 
-unit: all $(UNITBIN) $(TOOLBIN)
+$(BUILD)/tools/faultinject.so: tests/preload/faultinject.c | $(BUILD)/tools
+	$(CC) -std=c11 -O2 -g -Wall -Wextra -Werror -fPIC -shared -o $@ $< -ldl
+
+unit: all $(UNITBIN) $(TOOLBIN) $(BUILD)/tools/faultinject.so
 
 asan:
 	$(MAKE) BUILD=build-asan OPT=-O1 \
