@@ -15,7 +15,7 @@ BUILD   ?= build
 CC      ?= cc
 PY      := /usr/bin/python3
 
-PKGS     := lmdb jansson zlib
+PKGS     := lmdb jansson zlib libcurl openssl
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 

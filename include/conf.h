@@ -27,9 +27,28 @@ enum conf_durability {
     DURABILITY_NONE,       /* ack after the commit is in the kernel; never synced (benchmarks) */
 };
 
+enum conf_api { API_INSERTALL = 0, API_STORAGE };
+
 struct conf_dest {
     char *name;            /* the section's name: what producers write after '@' */
+    /* where: a destination without project and dataset only queues (no delivery) */
+    char *project, *dataset;
+    char *table;           /* BigQuery table id; NULL: the destination's name */
+    enum conf_api api;
+    char *credentials;     /* "adc", "metadata" or a JSON key file */
+    char *endpoint;        /* https://bigquery.googleapis.com */
+    char *ca_file;         /* extra CA bundle; TLS is always verified */
+    char *template_suffix; /* insertAll templateSuffix, or NULL */
+    bool gzip, skip_invalid_rows, ignore_unknown_values;
+    /* batching */
+    uint64_t batch_rows, batch_bytes, flush_interval_ms, max_inflight, request_timeout_ms;
+    /* retrying */
+    uint64_t retry_base_ms, retry_cap_ms, rate_limit_wait_ms, quota_wait_ms, park_wait_ms;
+    uint64_t max_age_ms;   /* 0: records never expire */
 };
+
+/* True if d names a BigQuery table to deliver to (project and dataset set). */
+bool conf_dest_delivers(const struct conf_dest *d);
 
 struct conf {
     char *path;                    /* the file it was loaded from, or NULL */

@@ -94,9 +94,13 @@ int spool_txn_dead_letter(struct spool_txn *t, uint32_t dest, uint64_t seq,
 int spool_txn_commit(struct spool_txn *t);
 void spool_txn_abort(struct spool_txn *t);
 
-/* Would a transaction adding rows totalling bytes (n rows) fit? Cheap unless
- * the file is near its bound. */
-bool spool_has_room(struct spool *s, uint64_t bytes, uint64_t n);
+/* The bytes of spool pages a row of row_len bytes takes (an estimate that
+ * errs on the large side). */
+uint64_t spool_footprint(size_t row_len);
+/* Would a transaction adding rows whose spool_footprint()s sum to footprint
+ * fit under the bound (less the reserve) and on the disk? Cheap unless the
+ * file is near its bound. On false, spool_last_error() says why. */
+bool spool_has_room(struct spool *s, uint64_t footprint);
 
 /* ---- reading ---- */
 

@@ -34,4 +34,24 @@ int util_mkdir_p(const char *path, mode_t mode);
 /* Writes all of buf to fd, retrying on EINTR and short writes. Returns 0 or -1. */
 int util_write_all(int fd, const void *buf, size_t len);
 
-#endif
+
+
+/* ---- a growable byte buffer ---- */
+#ifndef RELAY_BUF_DEFINED
+#define RELAY_BUF_DEFINED
+struct buf {
+    char *data;
+    size_t len, cap;
+};
+/* All return 0, or -1 when out of memory (the buffer is then unchanged). */
+int buf_reserve(struct buf *b, size_t extra);
+int buf_append(struct buf *b, const void *p, size_t n);
+int buf_puts(struct buf *b, const char *s);
+int buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Appends s as the body of a JSON string (escaped, without the quotes). */
+int buf_json_escape(struct buf *b, const char *s, size_t n);
+void buf_reset(struct buf *b);   /* len = 0, keeps memory */
+void buf_free(struct buf *b);
+#endif /* RELAY_BUF_DEFINED */
+
+#endif /* RELAY_UTIL_H */

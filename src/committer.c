@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #define FULL_RETRY_MS    100
+#define PROBE_MAX        (256u << 10)
 #define READER_CHECK_MS  60000
 /* Keep the resident set small (spool_release_pages): every second, or after
  * this many row bytes were committed, whichever comes first. */
@@ -31,6 +32,7 @@ struct committer {
     struct batch *done, **done_tail;         /* committed or refused */
     bool stop, reject, full;
     char full_why[256];          /* why the spool is full, for messages */
+    uint64_t probe;              /* footprint that must fit to leave the full state */
     int efd;
     struct committer_stats stats;
 };
@@ -129,6 +131,15 @@ static void unshift_pending(struct committer *c, struct batch *list)
     c->pending = list;
 }
 
+static uint64_t list_footprint(const struct batch *list)
+{
+    uint64_t footprint = 0;
+    for (const struct batch *b = list; b; b = b->next)
+        for (size_t i = 0; i < b->n; i++)
+            footprint += spool_footprint(b->recs[i].len);
+    return footprint;
+}
+
 static int commit_list(struct committer *c, struct batch *list)
 {
     uint64_t bytes = 0, n = 0;
@@ -136,7 +147,7 @@ static int commit_list(struct committer *c, struct batch *list)
         bytes += b->len;
         n += b->n;
     }
-    if (!spool_has_room(c->spool, bytes, n))
+    if (!spool_has_room(c->spool, list_footprint(list)))
         return SPOOL_FULL;
     struct spool_txn *t;
     int rc = spool_txn_begin(c->spool, &t);
@@ -155,8 +166,10 @@ static int commit_list(struct committer *c, struct batch *list)
     }
     rc = spool_txn_commit(t);
     if (rc == SPOOL_OK) {
+        pthread_mutex_lock(&c->lock);
         c->stats.records += n;
         c->stats.bytes += bytes;
+        pthread_mutex_unlock(&c->lock);
     }
     return rc;
 }
@@ -237,7 +250,7 @@ static void *committer_main(void *arg)
             if (c->full) {
                 /* refusing: look for room now and then */
                 pthread_mutex_unlock(&c->lock);
-                bool room = spool_has_room(c->spool, 1 << 20, 1);
+                bool room = spool_has_room(c->spool, c->probe);
                 pthread_mutex_lock(&c->lock);
                 if (room) {
                     set_full(c, false);
@@ -272,12 +285,25 @@ static void *committer_main(void *arg)
             notify(c);
         } else if (rc == SPOOL_FULL) {
             snprintf(c->full_why, sizeof c->full_why, "%s", spool_last_error());
+            /* after a reject, "room again" means room for what did not fit
+             * (up to a cap: a huge group must not keep ingest refusing) */
+            c->probe = list_footprint(list);
+            if (c->probe > PROBE_MAX)
+                c->probe = PROBE_MAX;
             unshift_pending(c, list);
             set_full(c, true);
             if (c->stop)
                 break;   /* cannot finish: leave them unacknowledged */
             if (!c->reject)
                 timed_wait(c, FULL_RETRY_MS);
+        } else if (rc == SPOOL_NOMEM) {
+            unshift_pending(c, list);   /* transient: try again shortly */
+            timed_wait(c, FULL_RETRY_MS);
+        } else if (rc == SPOOL_INVAL) {
+            log_error("commit refused: %s; the records of this commit were not stored",
+                      spool_last_error());
+            push_done(c, list, -1);
+            notify(c);
         } else {
             pthread_mutex_unlock(&c->lock);
             fatal_io(rc);

@@ -28,7 +28,7 @@
 #include <unistd.h>
 
 enum key_type { T_STR, T_PATH, T_SIZE, T_DURATION, T_UINT, T_MODE, T_LOGLEVEL,
-                T_DURABILITY, T_UIDS, T_GIDS, T_USER, T_GROUP };
+                T_DURABILITY, T_UIDS, T_GIDS, T_USER, T_GROUP, T_BOOL, T_API, T_URL };
 
 struct key_def {
     const char *section;
@@ -60,6 +60,33 @@ static const struct key_def keys[] = {
     { "ingest", "max_pending_bytes",   T_SIZE,       OFF(max_pending_bytes), 64 << 10, 1ULL << 32 },
     { "ingest", "max_depth",           T_UINT,       OFF(max_depth), 1, 1000 },
     { "ingest", "default_table",       T_STR,        OFF(default_table), 0, 0 },
+};
+
+#define DOFF(f) offsetof(struct conf_dest, f)
+
+static const struct key_def dest_keys[] = {
+    { "destination", "project",               T_STR,      DOFF(project), 0, 0 },
+    { "destination", "dataset",               T_STR,      DOFF(dataset), 0, 0 },
+    { "destination", "table",                 T_STR,      DOFF(table), 0, 0 },
+    { "destination", "api",                   T_API,      DOFF(api), 0, 0 },
+    { "destination", "credentials",           T_STR,      DOFF(credentials), 0, 0 },
+    { "destination", "endpoint",              T_URL,      DOFF(endpoint), 0, 0 },
+    { "destination", "ca_file",               T_PATH,     DOFF(ca_file), 0, 0 },
+    { "destination", "template_suffix",       T_STR,      DOFF(template_suffix), 0, 0 },
+    { "destination", "gzip",                  T_BOOL,     DOFF(gzip), 0, 0 },
+    { "destination", "skip_invalid_rows",     T_BOOL,     DOFF(skip_invalid_rows), 0, 0 },
+    { "destination", "ignore_unknown_values", T_BOOL,     DOFF(ignore_unknown_values), 0, 0 },
+    { "destination", "batch_rows",            T_UINT,     DOFF(batch_rows), 1, 50000 },
+    { "destination", "batch_bytes",           T_SIZE,     DOFF(batch_bytes), 1024, 9961472 },
+    { "destination", "flush_interval",        T_DURATION, DOFF(flush_interval_ms), 0, 3600000 },
+    { "destination", "max_inflight",          T_UINT,     DOFF(max_inflight), 1, 64 },
+    { "destination", "request_timeout",       T_DURATION, DOFF(request_timeout_ms), 1000, 3600000 },
+    { "destination", "retry_base",            T_DURATION, DOFF(retry_base_ms), 1, 3600000 },
+    { "destination", "retry_cap",             T_DURATION, DOFF(retry_cap_ms), 1, 86400000 },
+    { "destination", "rate_limit_wait",       T_DURATION, DOFF(rate_limit_wait_ms), 0, 86400000 },
+    { "destination", "quota_wait",            T_DURATION, DOFF(quota_wait_ms), 0, 86400000 },
+    { "destination", "park_wait",             T_DURATION, DOFF(park_wait_ms), 1000, 86400000 },
+    { "destination", "max_age",               T_DURATION, DOFF(max_age_ms), 0, 0 },
 };
 
 static char *xstrdup(const char *s)
@@ -103,6 +130,42 @@ void conf_defaults(struct conf *c)
     c->max_depth = 15 + 1;   /* BigQuery allows 15 levels of nested RECORD below the row */
 }
 
+static void dest_defaults(struct conf_dest *d)
+{
+    d->api = API_INSERTALL;
+    d->credentials = xstrdup("adc");
+    d->endpoint = xstrdup("https://bigquery.googleapis.com");
+    d->gzip = true;
+    d->skip_invalid_rows = true;
+    d->batch_rows = 500;
+    d->batch_bytes = 5u << 20;
+    d->flush_interval_ms = 200;
+    d->max_inflight = 4;
+    d->request_timeout_ms = 60000;
+    d->retry_base_ms = 1000;
+    d->retry_cap_ms = 300000;
+    d->rate_limit_wait_ms = 5000;
+    d->quota_wait_ms = 600000;
+    d->park_wait_ms = 60000;
+}
+
+static void dest_free(struct conf_dest *d)
+{
+    free(d->name);
+    free(d->project);
+    free(d->dataset);
+    free(d->table);
+    free(d->credentials);
+    free(d->endpoint);
+    free(d->ca_file);
+    free(d->template_suffix);
+}
+
+bool conf_dest_delivers(const struct conf_dest *d)
+{
+    return d->project && d->dataset;
+}
+
 void conf_free(struct conf *c)
 {
     free(c->path);
@@ -113,7 +176,7 @@ void conf_free(struct conf *c)
     free(c->allowed_gids);
     free(c->default_table);
     for (size_t i = 0; i < c->n_dests; i++)
-        free(c->dests[i].name);
+        dest_free(&c->dests[i]);
     free(c->dests);
     memset(c, 0, sizeof *c);
 }
@@ -182,7 +245,7 @@ bool conf_peer_allowed(const struct conf *c, uid_t uid, gid_t gid)
 struct parser {
     const char *file;
     unsigned line;
-    char section[64];
+    char section[sizeof "destination " + CONF_NAME_MAX];
     char section_arg[CONF_NAME_MAX + 8];
     char *err;
     size_t errlen;
@@ -268,9 +331,9 @@ static int parse_ids(struct parser *p, const char *key, char *v, bool groups, st
     return 0;
 }
 
-static int set_key(struct parser *p, struct conf *c, const struct key_def *k, char *v)
+static int set_key(struct parser *p, struct conf *c, void *obj, const struct key_def *k, char *v)
 {
-    char *base = (char *)c + k->offset;
+    char *base = (char *)obj + k->offset;
     uint64_t n;
     switch (k->type) {
     case T_STR:
@@ -343,6 +406,38 @@ static int set_key(struct parser *p, struct conf *c, const struct key_def *k, ch
             return perr(p, k->name, "no such group '%s'", v);
         return 0;
     }
+    case T_BOOL: {
+        bool b;
+        if (!strcmp(v, "yes") || !strcmp(v, "true") || !strcmp(v, "on") || !strcmp(v, "1"))
+            b = true;
+        else if (!strcmp(v, "no") || !strcmp(v, "false") || !strcmp(v, "off") || !strcmp(v, "0"))
+            b = false;
+        else
+            return perr(p, k->name, "expected yes or no, got '%s'", v);
+        *(bool *)(void *)base = b;
+        return 0;
+    }
+    case T_API:
+        if (strcmp(v, "insertall") == 0)
+            *(enum conf_api *)(void *)base = API_INSERTALL;
+        else if (strcmp(v, "storage") == 0)
+            return perr(p, k->name, "the Storage Write API is not available in this version: "
+                        "use api = insertall");
+        else
+            return perr(p, k->name, "expected insertall or storage, got '%s'", v);
+        return 0;
+    case T_URL: {
+        char **dst = (char **)(void *)base;
+        if (strncmp(v, "https://", 8) != 0 || !v[8])
+            return perr(p, k->name, "expected an https:// URL (TLS is always verified; use "
+                        "ca_file for a private CA), got '%s'", v);
+        size_t vl = strlen(v);
+        while (vl > 8 && v[vl - 1] == '/')
+            v[--vl] = 0;
+        free(*dst);
+        *dst = xstrdup(v);
+        return 0;
+    }
     case T_UIDS:
         return parse_ids(p, k->name, v, false, c);
     case T_GIDS:
@@ -384,6 +479,7 @@ static int begin_section(struct parser *p, struct conf *c, char *hdr)
             return perr(p, NULL, "out of memory");
         c->dests = d;
         memset(&d[c->n_dests], 0, sizeof *d);
+        dest_defaults(&d[c->n_dests]);
         d[c->n_dests].name = xstrdup(arg);
         c->n_dests++;
         snprintf(p->section, sizeof p->section, "destination %s", arg);
@@ -417,11 +513,15 @@ static int parse_line(struct parser *p, struct conf *c, char *raw)
     char *key = trim(s), *val = trim(eq + 1);
     if (!p->section[0])
         return perr(p, NULL, "key '%s' before any [section]", key);
-    if (p->section_arg[0])   /* [destination NAME]: no keys yet */
+    if (p->section_arg[0]) {   /* [destination NAME] */
+        for (size_t i = 0; i < sizeof dest_keys / sizeof dest_keys[0]; i++)
+            if (strcmp(dest_keys[i].name, key) == 0)
+                return set_key(p, c, &c->dests[c->n_dests - 1], &dest_keys[i], val);
         return perr(p, key, "unknown key");
+    }
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
         if (strcmp(keys[i].section, p->section) == 0 && strcmp(keys[i].name, key) == 0)
-            return set_key(p, c, &keys[i], val);
+            return set_key(p, c, c, &keys[i], val);
     }
     return perr(p, key, "unknown key");
 }
@@ -436,6 +536,26 @@ int conf_validate(const struct conf *c, char *err, size_t errlen)
     if (c->n_dests == 0) {
         snprintf(err, errlen, "no [destination NAME] section: records need somewhere to go");
         return -1;
+    }
+    for (size_t i = 0; i < c->n_dests; i++) {
+        const struct conf_dest *d = &c->dests[i];
+        if (!d->project != !d->dataset) {
+            snprintf(err, errlen, "[destination %s]: set both project and dataset (or neither, "
+                     "to only queue its records)", d->name);
+            return -1;
+        }
+        if (d->retry_cap_ms < d->retry_base_ms) {
+            snprintf(err, errlen, "[destination %s] retry_cap must be at least retry_base",
+                     d->name);
+            return -1;
+        }
+        if (conf_dest_delivers(d) && d->batch_bytes < c->max_record_bytes + 1024) {
+            snprintf(err, errlen, "[destination %s] batch_bytes (%llu) must hold the largest "
+                     "record: raise it or lower [ingest] max_record_bytes (%llu)", d->name,
+                     (unsigned long long)d->batch_bytes,
+                     (unsigned long long)c->max_record_bytes);
+            return -1;
+        }
     }
     if (c->max_pending_bytes < c->max_record_bytes) {
         snprintf(err, errlen, "[ingest] max_pending_bytes (%llu) must be at least "
@@ -478,8 +598,12 @@ int conf_load(const char *path, struct conf *c, char *err, size_t errlen)
     if (rc == 0 && ferror(f))
         rc = perr(&p, NULL, "read error: %s", strerror(errno));
     fclose(f);
-    if (rc == 0)
-        rc = conf_validate(c, err, errlen);
+    if (rc == 0) {
+        char verr[768];
+        rc = conf_validate(c, verr, sizeof verr);
+        if (rc)
+            snprintf(err, errlen, "%s: %s", path, verr);
+    }
     if (rc == 0) {
         free(c->path);
         c->path = xstrdup(path);

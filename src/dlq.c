@@ -56,7 +56,7 @@ void dlq_encode(const struct dlq_entry *e, void *out)
     put64(p + 44, e->last_attempt_ms);
     put32(p + 52, (uint32_t)e->reason_len);
     put32(p + 56, (uint32_t)e->detail_len);
-    /* row_len is implied by the total size; it is stored for checking */
+    /* row_len is not stored: the row is the rest of the value */
     unsigned char *q = p + DLQ_HDR;
     if (e->reason_len)
         memcpy(q, e->reason, e->reason_len);

@@ -78,6 +78,7 @@ struct spool_txn {
 static __thread char last_error[256];
 
 static void find_map(struct spool *s);
+static uint64_t reserve_bytes(uint64_t max);
 
 const char *spool_last_error(void) { return last_error; }
 
@@ -250,7 +251,7 @@ static void unpublish_failed(struct spool *s, const uint32_t *ids, size_t n)
 
 int spool_refresh_dests(struct spool *s)
 {
-    static uint32_t fresh[SPOOL_MAX_DESTS];
+    uint32_t fresh[SPOOL_MAX_DESTS];
     pthread_mutex_lock(&s->dbi_lock);
     MDB_txn *txn;
     int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
@@ -346,10 +347,11 @@ int spool_open(const struct spool_opts *o, struct spool **out, char *err, size_t
         }
     }
     uint64_t map = o->max_bytes;
-    if (stat(s->datafile, &st) == 0 && (uint64_t)st.st_size > map) {
-        /* LMDB cannot shrink a file: keep it mapped whole; appends stay
-         * refused until it has drained below the new bound. */
-        map = (uint64_t)st.st_size;
+    if (stat(s->datafile, &st) == 0 && (uint64_t)st.st_size + reserve_bytes(o->max_bytes) > map) {
+        /* LMDB cannot shrink a file: keep it mapped whole plus the reserve,
+         * so that it can drain; appends stay refused until it is below the
+         * new bound. */
+        map = (uint64_t)st.st_size + reserve_bytes(o->max_bytes);
     }
     s->max_bytes = o->max_bytes;
     map = (map + s->psize - 1) / s->psize * s->psize;
@@ -397,7 +399,7 @@ int spool_open(const struct spool_opts *o, struct spool **out, char *err, size_t
         return map_rc(rc, "open databases");
     }
     int r = init_meta(s, txn, err, errlen);
-    static uint32_t fresh[SPOOL_MAX_DESTS];
+    uint32_t fresh[SPOOL_MAX_DESTS];
     size_t n = 0;
     if (r == SPOOL_OK && (r = load_dests(s, txn, fresh, &n)) != SPOOL_OK)
         snprintf(err, errlen, "%s: cannot load destinations: %s", o->dir, spool_strerror(r));
@@ -787,6 +789,8 @@ static uint64_t reserve_bytes(uint64_t max)
         r = RESERVE_MIN;
     if (r > RESERVE_MAX)
         r = RESERVE_MAX;
+    if (r > max / 4)         /* tiny bounds: never reserve the whole map */
+        r = max / 4;
     return r;
 }
 
@@ -806,15 +810,28 @@ static uint64_t disk_avail(struct spool *s)
     return (uint64_t)vs.f_bavail * vs.f_frsize;
 }
 
-bool spool_has_room(struct spool *s, uint64_t bytes, uint64_t n)
+uint64_t spool_footprint(size_t row_len)
+{
+    /* LMDB keeps a value in its leaf page when the node (8-byte header,
+     * 8-byte key, value) fits in about half a page (nodemax = (4096-16)/2 for
+     * 4 KiB pages); a larger value gets whole overflow pages of its own plus
+     * a small node. Leaves filled by MDB_APPEND are nearly full, so a small
+     * record costs its node plus its 2-byte slot. */
+    uint64_t v = SPOOL_HDR + row_len;
+    if (v + 16 <= 2040)
+        return v + 16 + 2;
+    return (v + 16 + 4095) / 4096 * 4096 + 16 + 2;
+}
+
+bool spool_has_room(struct spool *s, uint64_t footprint)
 {
     MDB_envinfo info;
     if (mdb_env_info(s->env, &info))
         return false;
     uint64_t ps = s->psize;
-    /* A small row costs its bytes plus a node header and key; a large one
-     * goes to overflow pages rounded up to whole pages. Over-estimate. */
-    uint64_t need = (bytes + n * (SPOOL_HDR + 40)) / (ps - 64) + n / 2 + 8;
+    /* pages for the rows, a tenth more for branch pages and the pages the
+     * commit copies, and a few for meta and the destination entries */
+    uint64_t need = footprint / ps + footprint / ps / 10 + 8;
     uint64_t limit = (s->max_bytes - reserve_bytes(s->max_bytes)) / ps;
     /* The disk must hold what the file may grow by, plus a small reserve
      * so that removals can still commit on a full disk. */

@@ -4,6 +4,7 @@
 #include "util.h"
 
 #include <ctype.h>
+#include <stdarg.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
@@ -173,4 +174,102 @@ int util_write_all(int fd, const void *buf, size_t len)
         len -= (size_t)w;
     }
     return 0;
+}
+
+/* ---- struct buf ---- */
+
+int buf_reserve(struct buf *b, size_t extra)
+{
+    if (b->len + extra <= b->cap)
+        return 0;
+    size_t nc = b->cap ? b->cap : 256;
+    while (nc < b->len + extra)
+        nc *= 2;
+    char *d = realloc(b->data, nc);
+    if (!d)
+        return -1;
+    b->data = d;
+    b->cap = nc;
+    return 0;
+}
+
+int buf_append(struct buf *b, const void *p, size_t n)
+{
+    if (buf_reserve(b, n + 1))
+        return -1;
+    memcpy(b->data + b->len, p, n);
+    b->len += n;
+    b->data[b->len] = 0;   /* always NUL-terminated for convenience */
+    return 0;
+}
+
+int buf_puts(struct buf *b, const char *s)
+{
+    return buf_append(b, s, strlen(s));
+}
+
+int buf_printf(struct buf *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (n < 0 || buf_reserve(b, (size_t)n + 1))
+        return -1;
+    va_start(ap, fmt);
+    vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
+    return 0;
+}
+
+int buf_json_escape(struct buf *b, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    if (buf_reserve(b, n + 1))
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        char esc[7];
+        const char *out = NULL;
+        size_t ol = 0;
+        switch (c) {
+        case '"':  out = "\\\""; ol = 2; break;
+        case '\\': out = "\\\\"; ol = 2; break;
+        case '\n': out = "\\n"; ol = 2; break;
+        case '\r': out = "\\r"; ol = 2; break;
+        case '\t': out = "\\t"; ol = 2; break;
+        default:
+            if (c < 0x20) {
+                esc[0] = '\\'; esc[1] = 'u'; esc[2] = '0'; esc[3] = '0';
+                esc[4] = hex[c >> 4]; esc[5] = hex[c & 15];
+                out = esc;
+                ol = 6;
+            }
+        }
+        if (out) {
+            if (buf_append(b, out, ol))
+                return -1;
+        } else {
+            if (buf_reserve(b, 2))
+                return -1;
+            b->data[b->len++] = (char)c;
+            b->data[b->len] = 0;
+        }
+    }
+    return 0;
+}
+
+void buf_reset(struct buf *b)
+{
+    b->len = 0;
+    if (b->data)
+        b->data[0] = 0;
+}
+
+void buf_free(struct buf *b)
+{
+    free(b->data);
+    b->data = NULL;
+    b->len = b->cap = 0;
 }

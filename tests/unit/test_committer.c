@@ -727,7 +727,7 @@ static void full_clears_after_reject(struct fixture *f, uint64_t max_bytes)
 
     drain_spool(f);
     /* the spool is empty: room has appeared */
-    assert_true(spool_has_room(f->s, (uint64_t)FREC * FROW, FREC));
+    assert_true(spool_has_room(f->s, (uint64_t)FREC * spool_footprint(FROW)));
     if (!wait_full_for(f->c, d, false, 5000))
         fail_msg("a %llu-byte spool was drained empty after a reject, but committer_full() "
                  "stayed true for 5 s", (unsigned long long)max_bytes);

@@ -140,8 +140,8 @@ static void test_defaults(void **state)
     assert_int_equal(c.sync_interval_ms, 1000);
     assert_string_equal(c.socket_path, "/run/relayd/relayd.sock");
     assert_int_equal(c.socket_mode, 0660);
-    assert_null(c.socket_owner);          /* NULL: relayd's own */
-    assert_null(c.socket_group);
+    assert_int_equal(c.socket_uid, (uid_t)-1);     /* -1: relayd's own */
+    assert_int_equal(c.socket_gid, (gid_t)-1);
     assert_false(c.allow_any_uid);
     assert_null(c.allowed_uids);
     assert_int_equal(c.n_allowed_uids, 0);
@@ -242,8 +242,8 @@ static void test_all_keys(void **state)
     assert_int_equal(c.sync_interval_ms, 250);
     assert_string_equal(c.socket_path, "/tmp/x/in.sock");
     assert_int_equal(c.socket_mode, 0666);
-    assert_string_equal(c.socket_owner, "root");
-    assert_string_equal(c.socket_group, "0");
+    assert_int_equal(c.socket_uid, 0);
+    assert_int_equal(c.socket_gid, 0);
     assert_false(c.allow_any_uid);
     assert_int_equal(c.n_allowed_uids, 2);
     assert_int_equal(c.allowed_uids[0], 1000);
@@ -276,13 +276,16 @@ static void test_whitespace_and_verbatim_values(void **state)
             "\tmax_spool_bytes=40M   \n"
             "   durability   =   none\t\n"
             "[ingest]\n"
-            "socket_owner = us#er;x\n"        /* no inline comments */
-            "socket_group =\n"                /* empty: back to NULL */
+            "[relayd]\n"
+            "control_socket = /run/a#b;c\n"    /* no inline comments */
+            "[ingest]\n"
+            "default_table = events\n"
+            "default_table =\n"               /* empty: back to none */
             DEST, &c);
     assert_int_equal(c.max_spool_bytes, 40ULL << 20);
     assert_int_equal(c.durability, DURABILITY_NONE);
-    assert_string_equal(c.socket_owner, "us#er;x");
-    assert_null(c.socket_group);
+    assert_string_equal(c.control_socket, "/run/a#b;c");
+    assert_null(c.default_table);
     conf_free(&c);
 
     /* a later value replaces an earlier one */
@@ -530,6 +533,34 @@ static void test_uids_and_gids(void **state)
     LOAD_BAD("[ingest]\nallowed_uids = 4294967295\n" DEST, 2, "[ingest] allowed_uids: ");
 }
 
+static void test_socket_owner_group(void **state)
+{
+    (void)state;
+    struct conf c;
+    LOAD_OK("[ingest]\nsocket_owner = 0\nsocket_group = root\n" DEST, &c);
+    assert_int_equal(c.socket_uid, 0);
+    assert_int_equal(c.socket_gid, 0);
+    conf_free(&c);
+    LOAD_OK("[ingest]\nsocket_owner = 1234\nsocket_group = 4294967294\n" DEST, &c);
+    assert_int_equal(c.socket_uid, 1234);
+    assert_int_equal(c.socket_gid, 4294967294U);
+    conf_free(&c);
+    struct passwd *pw = getpwnam("daemon");
+    if (pw) {
+        uid_t du = pw->pw_uid;
+        LOAD_OK("[ingest]\nsocket_owner = daemon\n" DEST, &c);
+        assert_int_equal(c.socket_uid, du);
+        assert_int_equal(c.socket_gid, (gid_t)-1);
+        conf_free(&c);
+    }
+    LOAD_BAD("[ingest]\nsocket_owner = no_such_user_x9\n" DEST, 2,
+             "[ingest] socket_owner: ", "no_such_user_x9");
+    LOAD_BAD("[ingest]\n\nsocket_group = no_such_group_x9\n" DEST, 3,
+             "[ingest] socket_group: ", "no_such_group_x9");
+    /* (uid_t)-1 is "relayd's own", not a uid one can write */
+    LOAD_BAD("[ingest]\nsocket_owner = 4294967295\n" DEST, 2, "[ingest] socket_owner: ");
+}
+
 /* ------------------------------------------------------------------------ */
 /* Structure errors                                                         */
 /* ------------------------------------------------------------------------ */
@@ -551,8 +582,8 @@ static void test_unknown_key(void **state)
     LOAD_BAD("[spool]\nmax_bytes = 1G\n" DEST, 2, "[spool] max_bytes: ", "unknown key");
     /* a key valid in another section */
     LOAD_BAD("[relayd]\n# x\nsocket = /run/x\n" DEST, 3, "[relayd] socket: ", "unknown key");
-    /* destinations take no keys (yet) */
-    LOAD_BAD(DEST "project = p\n", 2, "[destination events] project: ", "unknown key");
+    /* a key that destinations do not have */
+    LOAD_BAD(DEST "projekt = p\n", 2, "[destination events] projekt: ", "unknown key");
     /* after a destination, a normal section works again */
     struct conf c;
     LOAD_OK(DEST "[spool]\nmax_spool_bytes = 70M\n", &c);
@@ -638,9 +669,9 @@ static void test_long_destination_named_in_messages(void **state)
     char name[129], text[512];
     memset(name, 'q', 100);
     name[100] = 0;
-    snprintf(text, sizeof text, "[destination %s]\nproject = x\n", name);
+    snprintf(text, sizeof text, "[destination %s]\nprojekt = x\n", name);
     char sect[200];
-    snprintf(sect, sizeof sect, "[destination %s] project: ", name);
+    snprintf(sect, sizeof sect, "[destination %s] projekt: ", name);
     LOAD_BAD(text, 2, sect);
 }
 
@@ -789,6 +820,67 @@ static void test_peer_allowed(void **state)
     assert_true(conf_peer_allowed(&c, stranger, 0));
     assert_false(conf_peer_allowed(&c, stranger, sgid));
     conf_free(&c);
+
+    /* members of socket_group are allowed, by primary gid */
+    LOAD_OK("[ingest]\nsocket_group = 4242\n" DEST, &c);
+    assert_true(conf_peer_allowed(&c, stranger, 4242));
+    assert_false(conf_peer_allowed(&c, stranger, sgid));
+    conf_free(&c);
+}
+
+/* Finds a user that is a supplementary (not primary) member of a group,
+ * other than root and us. Returns false if the system has none. */
+static bool find_supplementary(uid_t *uid, gid_t *primary, gid_t *group)
+{
+    bool found = false;
+    setgrent();
+    for (struct group *g; !found && (g = getgrent()) != NULL; ) {
+        for (char **m = g->gr_mem; m && *m && !found; m++) {
+            char name[256];
+            snprintf(name, sizeof name, "%s", *m);
+            gid_t gid = g->gr_gid;
+            struct passwd *pw = getpwnam(name);
+            if (pw && pw->pw_uid != 0 && pw->pw_uid != geteuid() && pw->pw_gid != gid) {
+                *uid = pw->pw_uid;
+                *primary = pw->pw_gid;
+                *group = gid;
+                found = true;
+            }
+        }
+    }
+    endgrent();
+    return found;
+}
+
+static void test_peer_allowed_supplementary_groups(void **state)
+{
+    (void)state;
+    /* allowed_gids and socket_group match supplementary membership too
+     * (SO_PEERCRED gives only the primary gid) */
+    uid_t uid;
+    gid_t primary, group;
+    if (!find_supplementary(&uid, &primary, &group)) {
+        print_message("no user with a supplementary group on this system: skipped\n");
+        return;
+    }
+    char text[256];
+    struct conf c;
+    snprintf(text, sizeof text, "[ingest]\nallowed_gids = %u\n" DEST, (unsigned)group);
+    LOAD_OK(text, &c);
+    assert_true(conf_peer_allowed(&c, uid, primary));
+    conf_free(&c);
+    snprintf(text, sizeof text, "[ingest]\nsocket_group = %u\n" DEST, (unsigned)group);
+    LOAD_OK(text, &c);
+    assert_true(conf_peer_allowed(&c, uid, primary));
+    conf_free(&c);
+    /* a group the user is not in */
+    LOAD_OK("[ingest]\nallowed_gids = 54329\n" DEST, &c);
+    assert_false(conf_peer_allowed(&c, uid, primary));
+    conf_free(&c);
+    /* no groups configured: membership does not matter */
+    conf_defaults(&c);
+    assert_false(conf_peer_allowed(&c, uid, primary));
+    conf_free(&c);
 }
 
 int main(void)
@@ -808,6 +900,7 @@ int main(void)
         cmocka_unit_test(test_modes),
         cmocka_unit_test(test_paths),
         cmocka_unit_test(test_uids_and_gids),
+        cmocka_unit_test(test_socket_owner_group),
         cmocka_unit_test(test_unknown_section),
         cmocka_unit_test(test_unknown_key),
         cmocka_unit_test(test_key_before_section),
@@ -821,6 +914,7 @@ int main(void)
         cmocka_unit_test(test_missing_file),
         cmocka_unit_test(test_valid_name),
         cmocka_unit_test(test_peer_allowed),
+        cmocka_unit_test(test_peer_allowed_supplementary_groups),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -1059,7 +1059,7 @@ static size_t fill(struct spool *s, uint32_t dest, size_t per, uint64_t bound,
     size_t n = 0;
     bool full = false;
     for (int round = 0; round < 10000 && !full; round++) {
-        if (!spool_has_room(s, (uint64_t)per * FULL_ROW, per)) {
+        if (!spool_has_room(s, (uint64_t)per * spool_footprint(FULL_ROW))) {
             full = true;
             break;
         }
@@ -1116,6 +1116,59 @@ static void check_rows(struct spool *s, uint32_t dest, const uint64_t *seqs, siz
     recs_free(&rs);
 }
 
+/* The reserve documented in docs/configuration.md: 1/32 of the bound,
+ * 256 KiB .. 64 MiB. */
+static uint64_t doc_reserve(uint64_t max)
+{
+    uint64_t r = max / 32;
+    if (r < (256u << 10))
+        r = 256u << 10;
+    if (r > (64ull << 20))
+        r = 64ull << 20;
+    return r;
+}
+
+static void test_full_keeps_reserve(void **state)
+{
+    struct fixture *f = *state;
+    /* appends admitted by spool_has_room stop short of the bound by the
+     * reserve: the pages in use never reach into it */
+    const uint64_t max = 1u << 20;
+    const size_t row_lens[] = { 300, 2000, 4000, 4096, 8000 };
+    const size_t pers[] = { 1, 16 };
+    char *row = make_row(7, 8000);
+    for (size_t ri = 0; ri < sizeof row_lens / sizeof row_lens[0]; ri++) {
+        for (size_t pi = 0; pi < 2; pi++) {
+            char sub[160];
+            snprintf(sub, sizeof sub, "%s/r%zu-%zu", f->base, ri, pi);
+            struct spool *s = open_opts(sub, max, SPOOL_NOSYNC, false);
+            uint32_t a = dest_id(s, "a");
+            size_t len = row_lens[ri], per = pers[pi], n = 0;
+            while (spool_has_room(s, (uint64_t)per * spool_footprint(len))) {
+                struct spool_txn *t;
+                assert_int_equal(spool_txn_begin(s, &t), SPOOL_OK);
+                for (size_t i = 0; i < per; i++)
+                    assert_int_equal(spool_txn_append(t, a, row, len, 1, NULL), SPOOL_OK);
+                assert_int_equal(spool_txn_commit(t), SPOOL_OK);
+                n += per;
+                assert_true(n < 100000);
+            }
+            struct spool_stats *st = get_stats(s);
+            uint64_t used = st->used_bytes;
+            free(st);
+            spool_close(s);
+            if (used > max - doc_reserve(max)) {
+                free(row);
+                fail_msg("rows of %zu bytes, %zu per transaction: %zu admitted, %llu bytes in "
+                         "use, beyond the bound %llu less its reserve %llu", len, per, n,
+                         (unsigned long long)used, (unsigned long long)max,
+                         (unsigned long long)doc_reserve(max));
+            }
+        }
+    }
+    free(row);
+}
+
 static void test_full_and_drain(void **state)
 {
     struct fixture *f = *state;
@@ -1129,7 +1182,7 @@ static void test_full_and_drain(void **state)
     assert_true(n >= 16);
     assert_true(n * FULL_ROW < max);
     assert_true(file_size(spool_path(s)) <= max);
-    assert_false(spool_has_room(s, 4 * FULL_ROW, 4));
+    assert_false(spool_has_room(s, (uint64_t)(4) * spool_footprint(FULL_ROW)));
     struct spool_stats *st = get_stats(s);
     assert_int_equal(st->records, n);
     assert_int_equal(st->bytes, n * FULL_ROW);
@@ -1148,7 +1201,7 @@ static void test_full_and_drain(void **state)
     check_rows(s, a, seqs, removed, n, 0);
 
     /* remove more until there is room again, then append works again */
-    while (!spool_has_room(s, 4 * FULL_ROW, 4)) {
+    while (!spool_has_room(s, (uint64_t)(4) * spool_footprint(FULL_ROW))) {
         assert_true(removed < n);
         size_t k = removed + 8 <= n ? 8 : n - removed;
         assert_int_equal(spool_txn_begin(s, &t), SPOOL_OK);
@@ -1212,8 +1265,8 @@ static void test_full_drain_to_empty(void **state)
     assert_int_equal(st->records, 0);
     assert_int_equal(st->bytes, 0);
     free(st);
-    assert_true(spool_has_room(s, 4 * FULL_ROW, 4));
-    assert_true(spool_has_room(s, 64 << 10, 1));
+    assert_true(spool_has_room(s, (uint64_t)(4) * spool_footprint(FULL_ROW)));
+    assert_true(spool_has_room(s, spool_footprint(64 << 10)));
 }
 
 static void test_full_tiny_spool_can_drain(void **state)
@@ -1305,7 +1358,7 @@ static struct spool *smaller_bound(struct fixture *f, uint32_t *a, uint64_t *seq
     /* a bound below the file: it opens, keeps everything, refuses appends */
     s = open_spool(f, 1u << 20);
     check_rows(s, *a, seqs, 0, n, 0);
-    assert_false(spool_has_room(s, FULL_ROW, 1));
+    assert_false(spool_has_room(s, spool_footprint(FULL_ROW)));
     struct spool_stats *st = get_stats(s);
     assert_int_equal(st->max_bytes, 1u << 20);
     assert_int_equal(st->records, n);
@@ -1337,7 +1390,7 @@ static void drain_smaller(struct spool *s, uint32_t a, const uint64_t *seqs, siz
     assert_int_equal(st->records, 0);
     free(st);
     /* drained, there is room again although the file cannot shrink */
-    assert_true(spool_has_room(s, 4 * FULL_ROW, 4));
+    assert_true(spool_has_room(s, (uint64_t)(4) * spool_footprint(FULL_ROW)));
     assert_true(append1(s, a, "{}", 2, 1) > seqs[n - 1]);
 }
 
@@ -1370,10 +1423,10 @@ static void test_has_room_tiny_bound(void **state)
     const uint64_t bounds[] = { 8u << 20, 1u << 20, 192u << 10 };
     for (size_t i = 0; i < sizeof bounds / sizeof bounds[0]; i++) {
         struct spool *s = open_spool(f, bounds[i]);
-        if (spool_has_room(s, bounds[i], 1))
+        if (spool_has_room(s, spool_footprint(bounds[i])))
             fail_msg("an empty spool bounded to %llu bytes claims room for a %llu-byte row",
                      (unsigned long long)bounds[i], (unsigned long long)bounds[i]);
-        assert_false(spool_has_room(s, 4 * bounds[i], 4));
+        assert_false(spool_has_room(s, (uint64_t)(4) * spool_footprint(bounds[i])));
         close_spool(f);
     }
 }
@@ -1391,7 +1444,7 @@ static void test_has_room_page_sized_rows(void **state)
     char *row = make_row(1, row_len);
     for (size_t c = 0; c < sizeof counts / sizeof counts[0]; c++) {
         size_t n = counts[c];
-        if (!spool_has_room(s, (uint64_t)n * row_len, n))
+        if (!spool_has_room(s, (uint64_t)n * spool_footprint(row_len)))
             continue;
         struct spool_txn *t;
         assert_int_equal(spool_txn_begin(s, &t), SPOOL_OK);
@@ -1478,6 +1531,7 @@ int main(void)
         T(test_dead_letter),
         T(test_corrupt_records),
         T(test_record_bound_to_its_key),
+        T(test_full_keeps_reserve),
         T(test_full_and_drain),
         T(test_full_drain_to_empty),
         T(test_full_tiny_spool_can_drain),
