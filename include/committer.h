@@ -55,6 +55,10 @@ void batch_free(struct batch *b);
 struct committer_opts {
     enum spool_durability durability;
     uint64_t sync_interval_ms;   /* SPOOL_NOSYNC_PERIODIC */
+    /* called on the committer thread after each successful commit (e.g. to
+     * wake the sender); may be NULL */
+    void (*on_commit)(void *arg);
+    void *on_commit_arg;
 };
 
 struct committer_stats {

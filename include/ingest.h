@@ -32,6 +32,19 @@ struct ingest;
  * owned by ingest from now on (freed by ingest_destroy, replaced on reload). */
 int ingest_create(struct conf *conf, struct spool *s, struct ingest **out,
                   char *err, size_t errlen);
+/* Optional hooks, set before ingest_create's caller runs the loop:
+ * on_commit runs on the committer thread after each commit; status adds to
+ * the status document (a jansson json_t *) on the ingest thread. */
+struct ingest_hooks {
+    void (*on_commit)(void *arg);
+    void (*status)(void *arg, void *root);
+    void *arg;
+};
+
+/* Like ingest_create, with hooks. */
+int ingest_create_hooked(struct conf *conf, struct spool *s, const struct ingest_hooks *h,
+                         struct ingest **out, char *err, size_t errlen);
+
 /* Runs until SIGTERM/SIGINT; returns the process exit code. */
 int ingest_run(struct ingest *in);
 void ingest_destroy(struct ingest *in);

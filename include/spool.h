@@ -3,7 +3,7 @@
  * destination, the dead-letter store, and the metadata that ties them.
  *
  * Layout (docs/ARCHITECTURE.md has the picture):
- *   meta        "version" -> u32, "next_seq" -> u64, "next_dest" -> u32
+ *   meta        "version" -> u32, "uuid" -> 16 bytes, "next_seq" -> u64, "next_dest" -> u32
  *   dests       destination name -> struct { u32 id; u32 flags; u64 bytes; u64 created_ms }
  *   q.<id>      one database per destination: be64 seq -> record
  *   dlq         be64 seq -> dead-letter entry (format in dlq.h)
@@ -63,6 +63,9 @@ int spool_open(const struct spool_opts *opts, struct spool **out, char *err, siz
 void spool_close(struct spool *s);
 
 const char *spool_strerror(int rc);
+/* 32 hex digits, random, made when the spool was created: with a record's
+ * seq it names the record uniquely across hosts (BigQuery insertIds). */
+const char *spool_uuid(const struct spool *s);
 /* The LMDB message behind the last SPOOL_ERR/SPOOL_IO in this thread. */
 const char *spool_last_error(void);
 
@@ -89,6 +92,16 @@ int spool_txn_remove(struct spool_txn *t, uint32_t dest, uint64_t seq);
  * unreadable its raw bytes are kept as the row. */
 int spool_txn_dead_letter(struct spool_txn *t, uint32_t dest, uint64_t seq,
                           const char *reason, const char *detail);
+/* The same with the delivery history kept in the dead letter. */
+struct spool_dl_info {
+    const char *reason;        /* token: invalid, corrupt, expired, http-403, ... */
+    const char *detail;        /* human text, may be NULL */
+    uint32_t http_status;      /* 0 if none */
+    uint32_t attempts;
+    uint64_t first_attempt_ms, last_attempt_ms;
+};
+int spool_txn_dead_letter_info(struct spool_txn *t, uint32_t dest, uint64_t seq,
+                               const struct spool_dl_info *info);
 /* Makes the transaction durable as the durability mode says. On SPOOL_FULL or
  * any error nothing of it was written and t is gone either way. */
 int spool_txn_commit(struct spool_txn *t);
@@ -120,6 +133,14 @@ struct spool_record {
 typedef int (*spool_record_cb)(const struct spool_record *r, void *arg);
 int spool_read(struct spool *s, uint32_t dest, uint64_t from_seq, size_t max_records,
                size_t max_bytes, spool_record_cb cb, void *arg);
+
+/* Calls cb for up to max entries of the dead-letter store with seq >=
+ * from_seq, in seq order, stopping when cb returns non-zero. A damaged entry
+ * is passed with e->reason "damaged-entry" and its raw bytes as the row.
+ * e's pointers are valid only during the callback. */
+struct dlq_entry;
+typedef int (*spool_dlq_cb)(const struct dlq_entry *e, void *arg);
+int spool_dlq_read(struct spool *s, uint64_t from_seq, size_t max, spool_dlq_cb cb, void *arg);
 
 /* ---- statistics and upkeep ---- */
 

@@ -283,6 +283,8 @@ static void *committer_main(void *arg)
             set_full(c, false);
             push_done(c, list, SPOOL_OK);
             notify(c);
+            if (c->opts.on_commit)
+                c->opts.on_commit(c->opts.on_commit_arg);
         } else if (rc == SPOOL_FULL) {
             snprintf(c->full_why, sizeof c->full_why, "%s", spool_last_error());
             /* after a reject, "room again" means room for what did not fit

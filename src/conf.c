@@ -138,7 +138,7 @@ static void dest_defaults(struct conf_dest *d)
     d->gzip = true;
     d->skip_invalid_rows = true;
     d->batch_rows = 500;
-    d->batch_bytes = 5u << 20;
+    d->batch_bytes = 9961472;   /* 9.5 MiB: under the 10 MB request limit with room for the envelope */
     d->flush_interval_ms = 200;
     d->max_inflight = 4;
     d->request_timeout_ms = 60000;

@@ -82,6 +82,7 @@ struct dest_map {
 
 struct ingest {
     struct conf *conf;
+    struct ingest_hooks hooks;
     struct spool *spool;
     struct committer *committer;
     int epfd, lfd, cfd, sfd, tfd;
@@ -755,6 +756,8 @@ static char *status_json(struct ingest *in)
                         json_real(oldest && oldest < now ? (double)(now - oldest) / 1000 : 0));
     json_object_set_new(root, "spool", sp);
     json_object_set_new(root, "destinations", ds);
+    if (in->hooks.status)
+        in->hooks.status(in->hooks.arg, root);
     free(st);
     char *s = json_dumps(root, JSON_COMPACT);
     json_decref(root);
@@ -954,11 +957,19 @@ static int ep_add(struct ingest *in, int fd, uint64_t tag)
 int ingest_create(struct conf *conf, struct spool *s, struct ingest **out,
                   char *err, size_t errlen)
 {
+    return ingest_create_hooked(conf, s, NULL, out, err, errlen);
+}
+
+int ingest_create_hooked(struct conf *conf, struct spool *s, const struct ingest_hooks *h,
+                         struct ingest **out, char *err, size_t errlen)
+{
     struct ingest *in = calloc(1, sizeof *in);
     if (!in) {
         snprintf(err, errlen, "out of memory");
         return -1;
     }
+    if (h)
+        in->hooks = *h;
     in->conf = conf;
     in->spool = s;
     in->epfd = in->lfd = in->cfd = in->sfd = in->tfd = -1;
@@ -1009,6 +1020,8 @@ int ingest_create(struct conf *conf, struct spool *s, struct ingest **out,
         .durability = conf->durability == DURABILITY_FSYNC ? SPOOL_SYNC :
                       conf->durability == DURABILITY_OS ? SPOOL_NOSYNC_PERIODIC : SPOOL_NOSYNC,
         .sync_interval_ms = conf->sync_interval_ms,
+        .on_commit = in->hooks.on_commit,
+        .on_commit_arg = in->hooks.arg,
     };
     if (committer_start(s, &co, &in->committer) != 0) {
         snprintf(err, errlen, "cannot start the committer thread: %s", strerror(errno));

@@ -6,6 +6,7 @@
 #include "conf.h"
 #include "ingest.h"
 #include "log.h"
+#include "sender.h"
 #include "spool.h"
 #include "util.h"
 #include "version.h"
@@ -195,10 +196,33 @@ int main(int argc, char **argv)
     if (cleared)
         log_warn("cleared %d stale LMDB reader slot(s) left by dead processes", cleared);
 
-    struct ingest *in;
-    if (ingest_create(conf, spool, &in, err, sizeof err) != 0) {
+    /* The sender keeps pointers into this config for its whole life; ingest
+     * takes ownership of conf and may replace it on SIGHUP, so the sender
+     * gets a copy of its own. */
+    struct conf *sconf = malloc(sizeof *sconf);
+    struct sender *sender = NULL;
+    if (!sconf) {
+        spool_close(spool);
+        return EXIT_START;
+    }
+    conf_defaults(sconf);
+    if (conf_load(path, sconf, err, sizeof err) != 0 ||
+        sender_create(sconf, spool, &sender, err, sizeof err) != 0) {
         log_error("%s", err);
         spool_close(spool);
+        return EXIT_START;
+    }
+    struct ingest_hooks hooks = { .on_commit = sender_wake, .status = sender_status,
+                                  .arg = sender };
+    struct ingest *in;
+    if (ingest_create_hooked(conf, spool, &hooks, &in, err, sizeof err) != 0) {
+        log_error("%s", err);
+        sender_free(sender);
+        spool_close(spool);
+        return EXIT_START;
+    }
+    if (sender_start(sender) != 0) {
+        log_error("cannot start the sender thread");
         return EXIT_START;
     }
     struct spool_stats *st = malloc(sizeof *st);
@@ -211,6 +235,10 @@ int main(int argc, char **argv)
     free(st);
     int code = ingest_run(in);
     ingest_destroy(in);
+    sender_stop(sender, 5000);   /* let requests in flight finish and record them */
+    sender_free(sender);
+    conf_free(sconf);
+    free(sconf);
     spool_close(spool);
     close(lockfd);
     return code;

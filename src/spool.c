@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <time.h>
@@ -55,6 +56,7 @@ struct spool {
     MDB_dbi meta, dests, dlq;
     char *dir;
     char *datafile;
+    char uuid[33];
     bool readonly;
     enum spool_durability durability;
     uint64_t max_bytes;
@@ -273,6 +275,38 @@ int spool_refresh_dests(struct spool *s)
     return rc;
 }
 
+/* Reads the spool's uuid, creating it when missing (and writable). */
+static int load_uuid(struct spool *s, MDB_txn *txn, char *err, size_t errlen)
+{
+    MDB_val k = { 4, "uuid" }, v;
+    unsigned char id[16];
+    int rc = mdb_get(txn, s->meta, &k, &v);
+    if (rc == 0 && v.mv_size == sizeof id) {
+        memcpy(id, v.mv_data, sizeof id);
+    } else if (rc == MDB_NOTFOUND && !s->readonly) {
+        if (getrandom(id, sizeof id, 0) != (ssize_t)sizeof id) {
+            snprintf(err, errlen, "%s: cannot get random bytes: %s", s->dir, strerror(errno));
+            return SPOOL_ERR;
+        }
+        v.mv_size = sizeof id;
+        v.mv_data = id;
+        if ((rc = mdb_put(txn, s->meta, &k, &v, 0)) != 0) {
+            snprintf(err, errlen, "%s: cannot write uuid: %s", s->dir, mdb_strerror(rc));
+            return map_rc(rc, "uuid");
+        }
+    } else if (rc == MDB_NOTFOUND) {
+        memset(id, 0, sizeof id);   /* read-only and older than uuids: none yet */
+    } else {
+        snprintf(err, errlen, "%s: metadata is damaged (uuid)", s->dir);
+        return SPOOL_CORRUPT;
+    }
+    for (int i = 0; i < 16; i++)
+        snprintf(s->uuid + 2 * i, 3, "%02x", id[i]);
+    return SPOOL_OK;
+}
+
+const char *spool_uuid(const struct spool *s) { return s->uuid; }
+
 static int init_meta(struct spool *s, MDB_txn *txn, char *err, size_t errlen)
 {
     MDB_val k = { 7, "version" }, v;
@@ -399,6 +433,8 @@ int spool_open(const struct spool_opts *o, struct spool **out, char *err, size_t
         return map_rc(rc, "open databases");
     }
     int r = init_meta(s, txn, err, errlen);
+    if (r == SPOOL_OK)
+        r = load_uuid(s, txn, err, errlen);
     uint32_t fresh[SPOOL_MAX_DESTS];
     size_t n = 0;
     if (r == SPOOL_OK && (r = load_dests(s, txn, fresh, &n)) != SPOOL_OK)
@@ -673,6 +709,14 @@ int spool_txn_remove(struct spool_txn *t, uint32_t dest, uint64_t seq)
 int spool_txn_dead_letter(struct spool_txn *t, uint32_t dest, uint64_t seq,
                           const char *reason, const char *detail)
 {
+    struct spool_dl_info info = { .reason = reason, .detail = detail };
+    return spool_txn_dead_letter_info(t, dest, seq, &info);
+}
+
+int spool_txn_dead_letter_info(struct spool_txn *t, uint32_t dest, uint64_t seq,
+                               const struct spool_dl_info *info)
+{
+    const char *reason = info->reason, *detail = info->detail;
     MDB_cursor *c;
     unsigned char kb[8];
     MDB_val v;
@@ -680,7 +724,13 @@ int spool_txn_dead_letter(struct spool_txn *t, uint32_t dest, uint64_t seq,
     if (rc)
         return rc;
     struct dlq_entry e = { .seq = seq, .dest = dest };
-    e.dead_ms = (uint64_t)time(NULL) * 1000;
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    e.dead_ms = (uint64_t)now.tv_sec * 1000 + (uint64_t)now.tv_nsec / 1000000;
+    e.http_status = info->http_status;
+    e.attempts = info->attempts;
+    e.first_attempt_ms = info->first_attempt_ms;
+    e.last_attempt_ms = info->last_attempt_ms;
     e.reason = reason;
     e.reason_len = strlen(reason);
     e.detail = detail ? detail : "";
@@ -908,6 +958,46 @@ int spool_read(struct spool *s, uint32_t dest, uint64_t from_seq, size_t max_rec
     mdb_txn_abort(txn);
     if (rc && rc != MDB_NOTFOUND)
         return map_rc(rc, "read");
+    return SPOOL_OK;
+}
+
+int spool_dlq_read(struct spool *s, uint64_t from_seq, size_t max, spool_dlq_cb cb, void *arg)
+{
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
+    if (rc)
+        return map_rc(rc, "begin read");
+    MDB_cursor *c;
+    if ((rc = mdb_cursor_open(txn, s->dlq, &c)) != 0) {
+        mdb_txn_abort(txn);
+        return map_rc(rc, "cursor");
+    }
+    unsigned char kb[8];
+    be64(kb, from_seq);
+    MDB_val k = { 8, kb }, v;
+    size_t n = 0;
+    int op = MDB_SET_RANGE;
+    while (n < max && (rc = mdb_cursor_get(c, &k, &v, op)) == 0) {
+        op = MDB_NEXT;
+        n++;
+        uint64_t seq = k.mv_size == 8 ? rd_be64(k.mv_data) : 0;
+        struct dlq_entry e;
+        if (dlq_decode(v.mv_data, v.mv_size, seq, &e) != 0) {
+            memset(&e, 0, sizeof e);
+            e.seq = seq;
+            e.reason = "damaged-entry";
+            e.reason_len = strlen(e.reason);
+            e.detail = "";
+            e.row = v.mv_data;
+            e.row_len = v.mv_size;
+        }
+        if (cb(&e, arg))
+            break;
+    }
+    mdb_cursor_close(c);
+    mdb_txn_abort(txn);
+    if (rc && rc != MDB_NOTFOUND)
+        return map_rc(rc, "read dead letters");
     return SPOOL_OK;
 }
 

@@ -73,7 +73,13 @@ class Relayd:
                 for k, v in kv.items():
                     f.write(f"{k} = {v}\n")
             for d in self.dests:
-                f.write(f"[destination {d}]\n")
+                if isinstance(d, tuple):
+                    name, kv = d
+                else:
+                    name, kv = d, {}
+                f.write(f"[destination {name}]\n")
+                for k, v in kv.items():
+                    f.write(f"{k} = {v}\n")
 
     def start(self, timeout=10):
         t0 = time.monotonic()
@@ -247,3 +253,129 @@ class RelayTest(unittest.TestCase):
         d = Relayd(self, **kw)
         self.__dict__.setdefault("_daemons", []).append(d)
         return d
+
+
+# ---------------------------------------------------------------- emulator
+
+BQEMU = os.path.join(ROOT, "tools", "bqemu", "bqemu.py")
+PY = "/usr/bin/python3"
+_TLS_CACHE = {}
+
+
+def _tls_dir():
+    """One test CA and server certificate per test process (key generation is slow)."""
+    if "dir" not in _TLS_CACHE:
+        d = tempfile.mkdtemp(prefix="bqemu-tls-")
+        subprocess.run([PY, BQEMU, "gen-tls", "--dir", d, "--wrong-ca"], check=True,
+                       stdout=subprocess.DEVNULL)
+        _TLS_CACHE["dir"] = d
+    return _TLS_CACHE["dir"]
+
+
+class Emulator:
+    """The local BigQuery emulator (tools/bqemu) over real HTTPS, with a test CA."""
+
+    def __init__(self, testcase=None, token_lifetime=3600, fast=False, dedup="inf"):
+        self.dir = tempfile.mkdtemp(prefix="bqemu-")
+        self.data = os.path.join(self.dir, "data")
+        self.tls = _tls_dir()
+        self.ca = os.path.join(self.tls, "ca.pem")
+        self.wrong_ca = os.path.join(self.tls, "wrong-ca.pem")
+        self.ready = os.path.join(self.dir, "ready.json")
+        self.token_lifetime = token_lifetime
+        self.fast = fast
+        self.dedup = dedup
+        self.port = 0
+        self.proc = None
+        self.key = None
+        if testcase is not None:
+            testcase.addCleanup(self.cleanup)
+
+    def start(self, timeout=30):
+        if os.path.exists(self.ready):
+            os.unlink(self.ready)
+        cmd = [PY, BQEMU, "serve", "--dir", self.data, "--port", str(self.port),
+               "--tls-cert", os.path.join(self.tls, "server.pem"),
+               "--tls-key", os.path.join(self.tls, "server.key"),
+               "--token-lifetime", str(self.token_lifetime), "--dedup-window", str(self.dedup),
+               "--ready-file", self.ready]
+        if self.fast:
+            cmd.append("--fast")
+        self.log = open(os.path.join(self.dir, "bqemu.log"), "ab")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL)
+        wait_for(lambda: os.path.exists(self.ready) or self.proc.poll() is not None, timeout,
+                 "the emulator's ready file")
+        if self.proc.poll() is not None:
+            raise AssertionError("emulator died: " + open(os.path.join(self.dir, "bqemu.log")).read())
+        with open(self.ready) as f:
+            info = json.load(f)
+        self.port = info["https_port"]
+        self.url = info["base_url"]
+        self.token_uri = info["token_uri"]
+        if not self.key:
+            self.key = os.path.join(self.dir, "key.json")
+            subprocess.run([PY, BQEMU, "gen-key", "--dir", self.data, "--out", self.key,
+                            "--token-uri", self.token_uri], check=True, stdout=subprocess.DEVNULL)
+            os.chmod(self.key, 0o600)
+        return self
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(30)
+        self.proc = None
+
+    def create_table(self, fqtn, fields):
+        path = os.path.join(self.dir, fqtn + ".schema.json")
+        with open(path, "w") as f:
+            json.dump({"fields": fields}, f)
+        subprocess.run([PY, BQEMU, "create-table", "--dir", self.data, fqtn, "--schema", path,
+                        "--replace"], check=True, stdout=subprocess.DEVNULL)
+
+    def _call(self, method, path, body=None):
+        import ssl
+        import urllib.request
+        ctx = ssl.create_default_context(cafile=self.ca)
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, context=ctx, timeout=30) as r:
+            return json.loads(r.read() or b"null")
+
+    def fault(self, **spec):
+        return self._call("POST", "/_emu/faults", spec)
+
+    def clear_faults(self):
+        return self._call("DELETE", "/_emu/faults")
+
+    def stats(self):
+        return self._call("GET", "/_emu/stats")
+
+    def rows(self, table):
+        return self._call("GET", "/_emu/rows?table=" + table)["rows"]
+
+    def count(self, table):
+        return self._call("GET", "/_emu/rows?table=" + table + "&limit=1")["tables"].get(
+            table, {}).get("stored", 0)
+
+    def cleanup(self):
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+EVENTS_SCHEMA = [
+    {"name": "p", "type": "INTEGER"},
+    {"name": "i", "type": "INTEGER", "mode": "REQUIRED"},
+    {"name": "msg", "type": "STRING"},
+    {"name": "ok", "type": "BOOLEAN"},
+]
+
+
+def deliver_to(emu, project="proj", dataset="logs", **extra):
+    """Destination keys for relayd to deliver to the emulator."""
+    kv = {"project": project, "dataset": dataset, "credentials": emu.key,
+          "endpoint": emu.url, "ca_file": emu.ca, "flush_interval": "50ms",
+          "retry_base": "100ms", "retry_cap": "2s", "rate_limit_wait": "500ms",
+          "quota_wait": "2s", "park_wait": "2s"}
+    kv.update(extra)
+    return kv

@@ -1,0 +1,1019 @@
+/*
+ * sender.c -- the delivery loop: spool -> insertAll requests -> outcomes.
+ * See sender.h for the contract and docs/delivery.md for the rules.
+ *
+ * Vocabulary. A "chunk" is a set of rows sent in one request; it owns a copy
+ * of the rows' JSON. A chunk is either in flight (a "request"), waiting on
+ * its destination's retry list, or finished. Rows in a chunk all have
+ * seq < dest->read_seq, so reading new rows never picks them up twice.
+ *
+ * Outcomes (remove / dead-letter) are collected while responses arrive and
+ * applied in one spool transaction per loop turn: a row leaves its queue only
+ * in the transaction that records what became of it.
+ */
+#include "sender.h"
+#include "auth.h"
+#include "bqrest.h"
+#include "log.h"
+#include "util.h"
+#include "version.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+#define TICK_MS          1000   /* look at every queue at least this often */
+#define ID_MAX           64
+
+struct row {
+    uint64_t seq;
+    uint64_t time_ms;
+    size_t off;
+    uint32_t len;
+};
+
+struct dest;
+
+struct chunk {
+    struct chunk *next;
+    struct row *rows;
+    size_t n;
+    char *data;               /* the rows' JSON, back to back */
+    size_t data_len;
+    uint32_t attempts;
+    uint64_t first_attempt_ms, last_attempt_ms;
+    bool auth_retried;        /* a 401 gets one immediate retry with a new token */
+};
+
+struct request {
+    struct request *next;         /* on the free list */
+    struct request *next_active;  /* on the active list */
+    struct dest *d;
+    struct chunk *ch;
+    CURL *easy;
+    struct curl_slist *headers;
+    struct buf body, gz, resp;
+    long retry_after_s;
+    char errbuf[CURL_ERROR_SIZE];
+};
+
+enum dstate { D_IDLE, D_SENDING, D_BACKOFF, D_PARKED, D_HOLD };
+static const char *const dstate_names[] = { "idle", "sending", "backoff", "parked", "hold" };
+
+struct dest {
+    const struct conf_dest *cd;
+    uint32_t id;
+    char *url;
+    char table[512];          /* project.dataset.table, for messages */
+    struct auth *auth;
+    uint64_t read_seq;
+    struct chunk *retry, **retry_tail;
+    unsigned inflight;
+    uint64_t not_before_us;
+    unsigned fail_streak;     /* consecutive failed requests, for the backoff */
+    enum dstate state;
+    uint64_t flush_at_ms;     /* when the partial batch at the head is due */
+    /* counters and state for status (under sender->stats_lock) */
+    uint64_t delivered, retried, dead_lettered, requests, failed, bytes_raw, bytes_sent;
+    char why[256];            /* why backing off / parked */
+    char last_error[512];
+    uint64_t last_error_ms;
+};
+
+struct outcome {
+    struct dest *d;
+    uint64_t seq;
+    bool dead;                /* false: delivered, remove */
+    struct spool_dl_info info;
+    char reason[48];
+    char detail[640];
+};
+
+struct sender {
+    const struct conf *conf;
+    struct spool *spool;
+    struct dest *dests;
+    size_t n_dests;
+    CURLM *multi;
+    pthread_t thread;
+    bool started;
+    volatile int stop;
+    unsigned stop_wait_ms;
+    struct request *free_reqs;
+    struct request *active;       /* in flight */
+    struct outcome *outs;
+    size_t n_outs, cap_outs;
+    pthread_mutex_t stats_lock;
+};
+
+static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+static void curl_init_once(void) { curl_global_init(CURL_GLOBAL_DEFAULT); }
+
+static uint64_t rand_below(uint64_t n)
+{
+    uint64_t r;
+    if (n == 0)
+        return 0;
+    if (getrandom(&r, sizeof r, GRND_NONBLOCK) != (ssize_t)sizeof r)
+        r = util_mono_us() * 6364136223846793005ull;
+    return r % n;
+}
+
+/* ---- chunks ---- */
+
+static void chunk_free(struct chunk *ch)
+{
+    if (!ch)
+        return;
+    free(ch->rows);
+    free(ch->data);
+    free(ch);
+}
+
+/* A new chunk holding rows [from, from+n) of src. */
+static struct chunk *chunk_slice(const struct chunk *src, size_t from, size_t n)
+{
+    struct chunk *ch = calloc(1, sizeof *ch);
+    if (!ch)
+        return NULL;
+    size_t bytes = 0;
+    for (size_t i = 0; i < n; i++)
+        bytes += src->rows[from + i].len;
+    ch->rows = malloc((n ? n : 1) * sizeof *ch->rows);
+    ch->data = malloc(bytes ? bytes : 1);
+    if (!ch->rows || !ch->data) {
+        chunk_free(ch);
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const struct row *r = &src->rows[from + i];
+        memcpy(ch->data + ch->data_len, src->data + r->off, r->len);
+        ch->rows[i] = *r;
+        ch->rows[i].off = ch->data_len;
+        ch->data_len += r->len;
+    }
+    ch->n = n;
+    ch->attempts = src->attempts;
+    ch->first_attempt_ms = src->first_attempt_ms;
+    ch->last_attempt_ms = src->last_attempt_ms;
+    return ch;
+}
+
+static void retry_push_front(struct dest *d, struct chunk *ch)
+{
+    ch->next = d->retry;
+    d->retry = ch;
+    if (d->retry_tail == &d->retry)
+        d->retry_tail = &ch->next;
+}
+
+/* ---- outcomes ---- */
+
+static struct outcome *new_outcome(struct sender *s, struct dest *d, uint64_t seq)
+{
+    if (s->n_outs == s->cap_outs) {
+        size_t nc = s->cap_outs ? s->cap_outs * 2 : 1024;
+        struct outcome *o = realloc(s->outs, nc * sizeof *o);
+        if (!o)
+            return NULL;
+        s->outs = o;
+        s->cap_outs = nc;
+    }
+    struct outcome *o = &s->outs[s->n_outs++];
+    memset(o, 0, sizeof *o);
+    o->d = d;
+    o->seq = seq;
+    return o;
+}
+
+static void note_error(struct sender *s, struct dest *d, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void note_error(struct sender *s, struct dest *d, const char *fmt, ...)
+{
+    va_list ap;
+    pthread_mutex_lock(&s->stats_lock);
+    va_start(ap, fmt);
+    vsnprintf(d->last_error, sizeof d->last_error, fmt, ap);
+    va_end(ap);
+    d->last_error_ms = util_now_ms();
+    pthread_mutex_unlock(&s->stats_lock);
+}
+
+static void dead_letter(struct sender *s, struct dest *d, const struct chunk *ch, size_t i,
+                        const char *reason, uint32_t http, const char *fmt, ...)
+    __attribute__((format(printf, 7, 8)));
+
+static void dead_letter(struct sender *s, struct dest *d, const struct chunk *ch, size_t i,
+                        const char *reason, uint32_t http, const char *fmt, ...)
+{
+    struct outcome *o = new_outcome(s, d, ch->rows[i].seq);
+    if (!o)
+        return;   /* out of memory: the row stays queued and is retried */
+    o->dead = true;
+    snprintf(o->reason, sizeof o->reason, "%s", reason);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(o->detail, sizeof o->detail, fmt, ap);
+    va_end(ap);
+    o->info.http_status = http;
+    o->info.attempts = ch->attempts;
+    o->info.first_attempt_ms = ch->first_attempt_ms;
+    o->info.last_attempt_ms = ch->last_attempt_ms;
+}
+
+static void delivered(struct sender *s, struct dest *d, const struct chunk *ch, size_t i)
+{
+    new_outcome(s, d, ch->rows[i].seq);
+}
+
+/* Records every collected outcome in one transaction. */
+static void apply_outcomes(struct sender *s)
+{
+    if (s->n_outs == 0)
+        return;
+    struct spool_txn *t;
+    int rc = spool_txn_begin(s->spool, &t);
+    size_t ok = 0, dead = 0;
+    for (size_t i = 0; rc == SPOOL_OK && i < s->n_outs; i++) {
+        struct outcome *o = &s->outs[i];
+        if (o->dead) {
+            o->info.reason = o->reason;
+            o->info.detail = o->detail;
+            rc = spool_txn_dead_letter_info(t, o->d->id, o->seq, &o->info);
+        } else {
+            rc = spool_txn_remove(t, o->d->id, o->seq);
+        }
+        if (rc == SPOOL_NOTFOUND)
+            rc = SPOOL_OK;   /* removed meanwhile (relayctl purge): nothing to record */
+    }
+    if (rc == SPOOL_OK)
+        rc = spool_txn_commit(t);
+    else if (t)
+        spool_txn_abort(t);
+    if (rc == SPOOL_IO) {
+        log_error("recording delivery outcomes failed: %s (%s). Stopping: restart relayd; "
+                  "rows whose outcome was not recorded are resent with the same insertId",
+                  spool_strerror(rc), spool_last_error());
+        _exit(5);
+    }
+    if (rc != SPOOL_OK) {
+        /* keep them: retried next turn (a full map frees up as others drain) */
+        log_warn("cannot record %zu delivery outcome(s) yet: %s", s->n_outs, spool_strerror(rc));
+        return;
+    }
+    pthread_mutex_lock(&s->stats_lock);
+    for (size_t i = 0; i < s->n_outs; i++) {
+        if (s->outs[i].dead) {
+            s->outs[i].d->dead_lettered++;
+            dead++;
+        } else {
+            s->outs[i].d->delivered++;
+            ok++;
+        }
+    }
+    pthread_mutex_unlock(&s->stats_lock);
+    if (dead)
+        log_warn("moved %zu row(s) to the dead-letter store (relayctl dlq list)", dead);
+    s->n_outs = 0;
+}
+
+/* ---- reading batches ---- */
+
+struct reader {
+    struct sender *s;
+    struct dest *d;
+    struct chunk *ch;
+    size_t cap_rows, cap_data;
+    size_t body_bytes;        /* estimated request body */
+    bool full;                /* stopped because the next row would not fit */
+    uint64_t last_seq;
+    bool any;
+};
+
+static int read_row(const struct spool_record *r, void *arg)
+{
+    struct reader *rd = arg;
+    struct chunk *ch = rd->ch;
+    const struct conf_dest *cd = rd->d->cd;
+    if (r->corrupt) {
+        /* a damaged record never reaches BigQuery and never blocks the queue */
+        struct chunk one = { .rows = &(struct row){ .seq = r->seq }, .n = 1 };
+        dead_letter(rd->s, rd->d, &one, 0, "corrupt", 0, "%s", r->problem);
+        rd->last_seq = r->seq;
+        rd->any = true;
+        return 0;
+    }
+    size_t cost = r->len + BQREST_ROW_OVERHEAD(ID_MAX);
+    if (ch->n > 0 && (ch->n >= cd->batch_rows || rd->body_bytes + cost > cd->batch_bytes)) {
+        rd->full = true;
+        return 1;
+    }
+    if (ch->n == rd->cap_rows) {
+        size_t nc = rd->cap_rows ? rd->cap_rows * 2 : 64;
+        struct row *nr = realloc(ch->rows, nc * sizeof *nr);
+        if (!nr)
+            return 1;
+        ch->rows = nr;
+        rd->cap_rows = nc;
+    }
+    if (ch->data_len + r->len > rd->cap_data) {
+        size_t nc = rd->cap_data ? rd->cap_data : 16384;
+        while (nc < ch->data_len + r->len)
+            nc *= 2;
+        char *nd = realloc(ch->data, nc);
+        if (!nd)
+            return 1;
+        ch->data = nd;
+        rd->cap_data = nc;
+    }
+    memcpy(ch->data + ch->data_len, r->row, r->len);
+    ch->rows[ch->n++] = (struct row){ r->seq, r->time_ms, ch->data_len, (uint32_t)r->len };
+    ch->data_len += r->len;
+    rd->body_bytes += cost;
+    rd->last_seq = r->seq;
+    rd->any = true;
+    return 0;
+}
+
+/* Reads the next batch at the head of d's queue. Returns NULL when there is
+ * nothing to send yet (empty, or a partial batch not yet due). */
+static struct chunk *read_batch(struct sender *s, struct dest *d, uint64_t now_ms)
+{
+    const struct conf_dest *cd = d->cd;
+    struct reader rd = { .s = s, .d = d };
+    rd.ch = calloc(1, sizeof *rd.ch);
+    if (!rd.ch)
+        return NULL;
+    spool_read(s->spool, d->id, d->read_seq, cd->batch_rows + 1, SIZE_MAX, read_row, &rd);
+    struct chunk *ch = rd.ch;
+    if (ch->n == 0) {
+        if (rd.any)   /* only corrupt records: they are dealt with */
+            d->read_seq = rd.last_seq + 1;
+        chunk_free(ch);
+        d->flush_at_ms = 0;
+        return NULL;
+    }
+    bool due = rd.full || ch->n >= cd->batch_rows ||
+               now_ms >= ch->rows[0].time_ms + cd->flush_interval_ms || s->stop;
+    if (!due) {
+        d->flush_at_ms = ch->rows[0].time_ms + cd->flush_interval_ms;
+        /* corrupt ones already read are recorded; the rest is read again later */
+        chunk_free(ch);
+        return NULL;
+    }
+    d->flush_at_ms = 0;
+    d->read_seq = ch->rows[ch->n - 1].seq + 1;
+    if (rd.last_seq + 1 > d->read_seq)
+        d->read_seq = rd.last_seq + 1;
+    return ch;
+}
+
+/* ---- requests ---- */
+
+static size_t on_body(char *p, size_t size, size_t n, void *arg)
+{
+    struct request *rq = arg;
+    if (rq->resp.len + size * n > (16u << 20))
+        return 0;   /* a response this big is not insertAll's: fail it */
+    return buf_append(&rq->resp, p, size * n) == 0 ? size * n : 0;
+}
+
+static size_t on_header(char *p, size_t size, size_t n, void *arg)
+{
+    struct request *rq = arg;
+    size_t len = size * n;
+    if (len > 12 && strncasecmp(p, "Retry-After:", 12) == 0) {
+        long v = strtol(p + 12, NULL, 10);
+        if (v > 0 && v < 86400)
+            rq->retry_after_s = v;
+    }
+    return len;
+}
+
+static void request_release(struct sender *s, struct request *rq)
+{
+    for (struct request **p = &s->active; *p; p = &(*p)->next_active) {
+        if (*p == rq) {
+            *p = rq->next_active;
+            break;
+        }
+    }
+    curl_multi_remove_handle(s->multi, rq->easy);
+    curl_slist_free_all(rq->headers);
+    rq->headers = NULL;
+    buf_reset(&rq->body);
+    buf_reset(&rq->gz);
+    buf_reset(&rq->resp);
+    rq->ch = NULL;
+    rq->d = NULL;
+    rq->next = s->free_reqs;
+    s->free_reqs = rq;
+}
+
+static void request_destroy(struct request *rq)
+{
+    curl_easy_cleanup(rq->easy);
+    curl_slist_free_all(rq->headers);
+    buf_free(&rq->body);
+    buf_free(&rq->gz);
+    buf_free(&rq->resp);
+    free(rq);
+}
+
+static void backoff(struct sender *s, struct dest *d, enum bq_action a, long retry_after_s,
+                    const char *why);
+
+/* Sends ch for d. On failure before sending, ch goes back to the retry list. */
+static void start_request(struct sender *s, struct dest *d, struct chunk *ch)
+{
+    const struct conf_dest *cd = d->cd;
+    char token[4096], err[512];
+    if (auth_token(d->auth, token, sizeof token, err, sizeof err) != 0) {
+        retry_push_front(d, ch);
+        note_error(s, d, "credentials: %s", err);
+        backoff(s, d, BQ_RETRY, 0, err);
+        return;
+    }
+    struct request *rq = s->free_reqs;
+    if (rq) {
+        s->free_reqs = rq->next;
+    } else {
+        rq = calloc(1, sizeof *rq);
+        if (!rq || !(rq->easy = curl_easy_init())) {
+            free(rq);
+            retry_push_front(d, ch);
+            return;
+        }
+    }
+    rq->d = d;
+    rq->ch = ch;
+    rq->retry_after_s = 0;
+    rq->errbuf[0] = 0;
+
+    /* the body: rows with their insertIds */
+    struct bq_row *rows = malloc(ch->n * sizeof *rows);
+    char *ids = malloc(ch->n * ID_MAX);
+    if (!rows || !ids) {
+        free(rows);
+        free(ids);
+        retry_push_front(d, ch);
+        request_release(s, rq);
+        return;
+    }
+    const char *uuid = spool_uuid(s->spool);
+    for (size_t i = 0; i < ch->n; i++) {
+        snprintf(ids + i * ID_MAX, ID_MAX, "%s-%llu", uuid, (unsigned long long)ch->rows[i].seq);
+        rows[i] = (struct bq_row){ ch->data + ch->rows[i].off, ch->rows[i].len, ids + i * ID_MAX };
+    }
+    struct bq_insert_opts io = { cd->skip_invalid_rows, cd->ignore_unknown_values,
+                                 cd->template_suffix };
+    int rc = bqrest_insertall_body(&rq->body, rows, ch->n, &io);
+    free(rows);
+    free(ids);
+    const struct buf *payload = &rq->body;
+    if (rc == 0 && cd->gzip) {
+        rc = bqrest_gzip(rq->body.data, rq->body.len, &rq->gz, 1);
+        payload = &rq->gz;
+    }
+    char auth_hdr[4200];
+    snprintf(auth_hdr, sizeof auth_hdr, "Authorization: Bearer %s", token);
+    memset(token, 0, sizeof token);
+    struct curl_slist *h = NULL;
+    h = curl_slist_append(h, auth_hdr);
+    memset(auth_hdr, 0, sizeof auth_hdr);
+    h = curl_slist_append(h, "Content-Type: application/json; charset=utf-8");
+    if (cd->gzip)
+        h = curl_slist_append(h, "Content-Encoding: gzip");
+    h = curl_slist_append(h, "Expect:");
+    rq->headers = h;
+    if (rc != 0 || !h) {
+        retry_push_front(d, ch);
+        request_release(s, rq);
+        return;
+    }
+    CURL *e = rq->easy;
+    curl_easy_reset(e);
+    curl_easy_setopt(e, CURLOPT_URL, d->url);
+    curl_easy_setopt(e, CURLOPT_POST, 1L);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, payload->data);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)payload->len);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, h);
+    curl_easy_setopt(e, CURLOPT_USERAGENT, "relayd/" RELAY_VERSION);
+    curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, rq);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, rq);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, rq->errbuf);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)cd->request_timeout_ms);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);   /* always */
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
+    if (cd->ca_file)
+        curl_easy_setopt(e, CURLOPT_CAINFO, cd->ca_file);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, rq);
+    if (curl_multi_add_handle(s->multi, e) != CURLM_OK) {
+        retry_push_front(d, ch);
+        request_release(s, rq);
+        return;
+    }
+    rq->next_active = s->active;
+    s->active = rq;
+    uint64_t now = util_now_ms();
+    if (!ch->first_attempt_ms)
+        ch->first_attempt_ms = now;
+    ch->last_attempt_ms = now;
+    ch->attempts++;
+    d->inflight++;
+    d->state = D_SENDING;
+    pthread_mutex_lock(&s->stats_lock);
+    d->requests++;
+    d->bytes_raw += rq->body.len;
+    d->bytes_sent += payload->len;
+    pthread_mutex_unlock(&s->stats_lock);
+}
+
+/* Waits before d's next request. */
+static void backoff(struct sender *s, struct dest *d, enum bq_action a, long retry_after_s,
+                    const char *why)
+{
+    const struct conf_dest *cd = d->cd;
+    uint64_t base = cd->retry_base_ms, cap = cd->retry_cap_ms, delay;
+    if (a == BQ_RATE_LIMITED)
+        base = cd->rate_limit_wait_ms ? cd->rate_limit_wait_ms : base;
+    else if (a == BQ_QUOTA)
+        base = cd->quota_wait_ms ? cd->quota_wait_ms : base;
+    if (cap < base)
+        cap = base;
+    unsigned k = d->fail_streak < 30 ? d->fail_streak : 30;
+    d->fail_streak++;
+    uint64_t exp = base << k;
+    if (exp > cap || exp < base)
+        exp = cap;
+    if (a == BQ_QUOTA)              /* at least quota_wait, plus up to 10 % */
+        delay = exp + rand_below(exp / 10 + 1);
+    else if (a == BQ_RATE_LIMITED)  /* "equal jitter": at least half */
+        delay = exp / 2 + rand_below(exp / 2 + 1);
+    else                            /* "full jitter" */
+        delay = rand_below(exp + 1);
+    if ((uint64_t)retry_after_s * 1000 > delay)
+        delay = (uint64_t)retry_after_s * 1000;
+    uint64_t until = util_mono_us() + delay * 1000;
+    if (until > d->not_before_us)
+        d->not_before_us = until;
+    d->state = a == BQ_NOT_FOUND ? D_PARKED : D_BACKOFF;
+    pthread_mutex_lock(&s->stats_lock);
+    snprintf(d->why, sizeof d->why, "%s", why);
+    pthread_mutex_unlock(&s->stats_lock);
+}
+
+static void park(struct sender *s, struct dest *d, const char *why)
+{
+    d->not_before_us = util_mono_us() + d->cd->park_wait_ms * 1000;
+    d->state = D_PARKED;
+    pthread_mutex_lock(&s->stats_lock);
+    snprintf(d->why, sizeof d->why, "%s", why);
+    pthread_mutex_unlock(&s->stats_lock);
+}
+
+/* Splits ch in halves onto the front of the retry list (order kept). */
+static bool split(struct dest *d, struct chunk *ch)
+{
+    size_t half = ch->n / 2;
+    struct chunk *a = chunk_slice(ch, 0, half), *b = chunk_slice(ch, half, ch->n - half);
+    if (!a || !b) {
+        chunk_free(a);
+        chunk_free(b);
+        return false;
+    }
+    retry_push_front(d, b);
+    retry_push_front(d, a);
+    chunk_free(ch);
+    return true;
+}
+
+static void handle_done(struct sender *s, struct request *rq, CURLcode res)
+{
+    struct dest *d = rq->d;
+    struct chunk *ch = rq->ch;
+    d->inflight--;
+    long http = 0;
+    curl_easy_getinfo(rq->easy, CURLINFO_RESPONSE_CODE, &http);
+    struct bq_error e;
+    enum bq_action a;
+    char why[640];
+    if (res != CURLE_OK) {
+        a = BQ_RETRY;
+        memset(&e, 0, sizeof e);
+        snprintf(why, sizeof why, "%s: %s%s", curl_easy_strerror(res),
+                 rq->errbuf[0] ? rq->errbuf : "no details",
+                 res == CURLE_PEER_FAILED_VERIFICATION || res == CURLE_SSL_CACERT_BADFILE ?
+                 " (TLS verification failed: check ca_file and endpoint)" : "");
+    } else {
+        a = bqrest_classify(http, rq->resp.data, rq->resp.len, &e);
+        snprintf(why, sizeof why, "HTTP %ld%s%s: %s", http, e.reason[0] ? " " : "", e.reason,
+                 e.message);
+    }
+    if (a != BQ_OK) {
+        pthread_mutex_lock(&s->stats_lock);
+        d->failed++;
+        pthread_mutex_unlock(&s->stats_lock);
+        note_error(s, d, "%s", why);
+    }
+    switch (a) {
+    case BQ_OK: {
+        struct bq_row_result *res_rows = calloc(ch->n, sizeof *res_rows);
+        char perr[256];
+        if (!res_rows || bqrest_parse_insertall(rq->resp.data, rq->resp.len, ch->n, res_rows,
+                                                perr, sizeof perr) != 0) {
+            note_error(s, d, "HTTP %ld with an unreadable body: %s", http,
+                       res_rows ? perr : "out of memory");
+            free(res_rows);
+            retry_push_front(d, ch);
+            backoff(s, d, BQ_RETRY, rq->retry_after_s, "unreadable insertAll response");
+            break;
+        }
+        size_t n_retry = 0;
+        bool transient = false;
+        for (size_t i = 0; i < ch->n; i++) {
+            switch (res_rows[i].fate) {
+            case BQ_ROW_INSERTED:
+                delivered(s, d, ch, i);
+                break;
+            case BQ_ROW_INVALID:
+                dead_letter(s, d, ch, i, res_rows[i].reason[0] ? res_rows[i].reason : "invalid",
+                            200, "%s%s%s", res_rows[i].location,
+                            res_rows[i].location[0] ? ": " : "", res_rows[i].message);
+                break;
+            case BQ_ROW_RETRY:
+                n_retry++;
+                if (strcmp(res_rows[i].reason, "stopped") != 0)
+                    transient = true;
+                break;
+            }
+        }
+        if (n_retry) {
+            /* keep the rows to resend, in order, as one chunk */
+            struct chunk *rc = calloc(1, sizeof *rc);
+            size_t k = 0;
+            if (rc && (rc->rows = malloc(n_retry * sizeof *rc->rows)) &&
+                (rc->data = malloc(ch->data_len ? ch->data_len : 1))) {
+                for (size_t i = 0; i < ch->n; i++) {
+                    if (res_rows[i].fate != BQ_ROW_RETRY)
+                        continue;
+                    const struct row *r = &ch->rows[i];
+                    memcpy(rc->data + rc->data_len, ch->data + r->off, r->len);
+                    rc->rows[k] = *r;
+                    rc->rows[k].off = rc->data_len;
+                    rc->data_len += r->len;
+                    k++;
+                }
+                rc->n = k;
+                rc->attempts = ch->attempts;
+                rc->first_attempt_ms = ch->first_attempt_ms;
+                rc->last_attempt_ms = ch->last_attempt_ms;
+                retry_push_front(d, rc);
+            } else {
+                chunk_free(rc);
+                /* out of memory: resend the whole chunk, insertIds dedupe the rest */
+                retry_push_front(d, ch);
+                ch = NULL;
+            }
+            pthread_mutex_lock(&s->stats_lock);
+            d->retried += n_retry;
+            pthread_mutex_unlock(&s->stats_lock);
+            if (transient)
+                backoff(s, d, BQ_RETRY, rq->retry_after_s, "rows failed with a transient error");
+        } else {
+            d->fail_streak = 0;
+        }
+        free(res_rows);
+        chunk_free(ch);
+        break;
+    }
+    case BQ_RETRY:
+    case BQ_RATE_LIMITED:
+    case BQ_QUOTA:
+        pthread_mutex_lock(&s->stats_lock);
+        d->retried += ch->n;
+        pthread_mutex_unlock(&s->stats_lock);
+        retry_push_front(d, ch);
+        backoff(s, d, a, rq->retry_after_s, why);
+        break;
+    case BQ_UNAUTHORIZED:
+        auth_invalidate(d->auth);
+        retry_push_front(d, ch);
+        if (!ch->auth_retried) {
+            ch->auth_retried = true;   /* once at once, with a fresh token */
+        } else {
+            ch->auth_retried = false;
+            backoff(s, d, BQ_RETRY, rq->retry_after_s, why);
+        }
+        break;
+    case BQ_NOT_FOUND:
+        retry_push_front(d, ch);
+        {
+            char pw[700];
+            snprintf(pw, sizeof pw, "table %s not found (%s): create it; retrying every %llu s",
+                     d->table, e.message, (unsigned long long)d->cd->park_wait_ms / 1000);
+            park(s, d, pw);
+        }
+        break;
+    case BQ_TOO_LARGE:
+    case BQ_BAD_REQUEST:
+        if (ch->n > 1 && split(d, ch))
+            break;   /* bisect: the halves go first */
+        if (ch->n > 1) {       /* could not split (memory): try again later */
+            retry_push_front(d, ch);
+            backoff(s, d, BQ_RETRY, 0, why);
+            break;
+        }
+        dead_letter(s, d, ch, 0, e.reason[0] ? e.reason : (a == BQ_TOO_LARGE ? "too-large" : "invalid"),
+                    (uint32_t)http, "HTTP %ld: %s", http, e.message);
+        chunk_free(ch);
+        break;
+    case BQ_PERMANENT:
+        for (size_t i = 0; i < ch->n; i++)
+            dead_letter(s, d, ch, i, e.reason[0] ? e.reason : "http-error", (uint32_t)http,
+                        "HTTP %ld: %s", http, e.message);
+        chunk_free(ch);
+        break;
+    }
+    request_release(s, rq);
+}
+
+/* Starts what d may start now. */
+static void pump(struct sender *s, struct dest *d, uint64_t now_us, uint64_t now_ms)
+{
+    if (now_us < d->not_before_us)
+        return;
+    if (d->state == D_BACKOFF || d->state == D_PARKED)
+        d->state = d->inflight ? D_SENDING : D_IDLE;
+    while (d->inflight < d->cd->max_inflight && !s->stop) {
+        struct chunk *ch = d->retry;
+        if (ch) {
+            d->retry = ch->next;
+            if (!d->retry)
+                d->retry_tail = &d->retry;
+            ch->next = NULL;
+        } else {
+            ch = read_batch(s, d, now_ms);
+            if (!ch)
+                break;
+        }
+        if (d->cd->max_age_ms) {   /* expired rows leave now, with their history */
+            size_t keep = 0;
+            for (size_t i = 0; i < ch->n; i++) {
+                if (ch->rows[i].time_ms + d->cd->max_age_ms < now_ms)
+                    dead_letter(s, d, ch, i, "expired", 0, "older than max_age (%llu s) after "
+                                "%u attempt(s)", (unsigned long long)d->cd->max_age_ms / 1000,
+                                ch->attempts);
+                else
+                    ch->rows[keep++] = ch->rows[i];
+            }
+            ch->n = keep;
+            if (keep == 0) {
+                chunk_free(ch);
+                continue;
+            }
+        }
+        start_request(s, d, ch);
+        if (now_us < d->not_before_us)
+            break;   /* start_request backed off (credentials) */
+    }
+    if (d->inflight == 0 && d->state == D_SENDING)
+        d->state = D_IDLE;
+}
+
+/* ---- the thread ---- */
+
+static long next_timeout_ms(struct sender *s, uint64_t now_us, uint64_t now_ms)
+{
+    long t = TICK_MS;
+    for (size_t i = 0; i < s->n_dests; i++) {
+        struct dest *d = &s->dests[i];
+        if (d->not_before_us > now_us) {
+            long w = (long)((d->not_before_us - now_us) / 1000) + 1;
+            if (w < t)
+                t = w;
+        } else if (d->flush_at_ms) {
+            long w = d->flush_at_ms > now_ms ? (long)(d->flush_at_ms - now_ms) + 1 : 1;
+            if (w < t)
+                t = w;
+        } else if (d->retry && d->inflight < d->cd->max_inflight) {
+            t = 0;
+        }
+    }
+    return t;
+}
+
+static void *sender_main(void *arg)
+{
+    struct sender *s = arg;
+    uint64_t stop_deadline = 0;
+    for (;;) {
+        uint64_t now_us = util_mono_us(), now_ms = util_now_ms();
+        if (s->stop && !stop_deadline)
+            stop_deadline = now_us + (uint64_t)s->stop_wait_ms * 1000;
+        if (!s->stop)
+            for (size_t i = 0; i < s->n_dests; i++)
+                pump(s, &s->dests[i], now_us, now_ms);
+        int running = 0;
+        curl_multi_perform(s->multi, &running);
+        CURLMsg *m;
+        int left;
+        while ((m = curl_multi_info_read(s->multi, &left))) {
+            if (m->msg != CURLMSG_DONE)
+                continue;
+            struct request *rq;
+            curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&rq);
+            handle_done(s, rq, m->data.result);
+        }
+        apply_outcomes(s);
+        if (s->stop) {
+            unsigned inflight = 0;
+            for (size_t i = 0; i < s->n_dests; i++)
+                inflight += s->dests[i].inflight;
+            if (inflight == 0 || util_mono_us() >= stop_deadline)
+                break;
+        }
+        long t = s->stop ? 50 : next_timeout_ms(s, util_mono_us(), util_now_ms());
+        if (t > 0)
+            curl_multi_poll(s->multi, NULL, 0, (int)t, NULL);
+    }
+    return NULL;
+}
+
+/* ---- status ---- */
+
+void sender_status(void *sender, void *rootp)
+{
+    struct sender *s = sender;
+    json_t *dests = json_object_get((json_t *)rootp, "destinations");
+    uint64_t now_us = util_mono_us(), now_ms = util_now_ms();
+    pthread_mutex_lock(&s->stats_lock);
+    for (size_t i = 0; i < s->n_dests; i++) {
+        struct dest *d = &s->dests[i];
+        size_t k;
+        json_t *o, *match = NULL;
+        json_array_foreach(dests, k, o) {
+            const char *n = json_string_value(json_object_get(o, "name"));
+            if (n && strcmp(n, d->cd->name) == 0)
+                match = o;
+        }
+        if (!match)
+            continue;
+        json_t *dl = json_object();
+        json_object_set_new(dl, "table", json_string(d->table));
+        json_object_set_new(dl, "state", json_string(dstate_names[d->state]));
+        json_object_set_new(dl, "delivered", json_integer((json_int_t)d->delivered));
+        json_object_set_new(dl, "retried", json_integer((json_int_t)d->retried));
+        json_object_set_new(dl, "dead_lettered", json_integer((json_int_t)d->dead_lettered));
+        json_object_set_new(dl, "in_flight", json_integer(d->inflight));
+        json_object_set_new(dl, "requests", json_integer((json_int_t)d->requests));
+        json_object_set_new(dl, "failed_requests", json_integer((json_int_t)d->failed));
+        json_object_set_new(dl, "bytes_raw", json_integer((json_int_t)d->bytes_raw));
+        json_object_set_new(dl, "bytes_sent", json_integer((json_int_t)d->bytes_sent));
+        double wait = d->not_before_us > now_us ? (double)(d->not_before_us - now_us) / 1e6 : 0;
+        json_object_set_new(dl, "backoff_s", json_real(wait));
+        json_object_set_new(dl, "why", json_string(wait > 0 ? d->why : ""));
+        json_object_set_new(dl, "last_error", json_string(d->last_error));
+        json_object_set_new(dl, "last_error_age_s", json_real(d->last_error_ms ?
+                            (double)(now_ms - d->last_error_ms) / 1000 : -1));
+        json_object_set_new(match, "delivery", dl);
+    }
+    pthread_mutex_unlock(&s->stats_lock);
+}
+
+/* ---- life cycle ---- */
+
+int sender_create(const struct conf *conf, struct spool *sp, struct sender **out,
+                  char *err, size_t errlen)
+{
+    pthread_once(&curl_once, curl_init_once);
+    struct sender *s = calloc(1, sizeof *s);
+    if (!s) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    s->conf = conf;
+    s->spool = sp;
+    pthread_mutex_init(&s->stats_lock, NULL);
+    s->dests = calloc(conf->n_dests ? conf->n_dests : 1, sizeof *s->dests);
+    s->multi = curl_multi_init();
+    if (!s->dests || !s->multi) {
+        snprintf(err, errlen, "out of memory");
+        sender_free(s);
+        return -1;
+    }
+    for (size_t i = 0; i < conf->n_dests; i++) {
+        const struct conf_dest *cd = &conf->dests[i];
+        if (!conf_dest_delivers(cd))
+            continue;
+        struct dest *d = &s->dests[s->n_dests];
+        d->cd = cd;
+        d->retry_tail = &d->retry;
+        if (spool_dest(sp, cd->name, true, &d->id) != SPOOL_OK) {
+            snprintf(err, errlen, "[destination %s]: cannot open its queue: %s", cd->name,
+                     spool_last_error());
+            sender_free(s);
+            return -1;
+        }
+        const char *table = cd->table ? cd->table : cd->name;
+        snprintf(d->table, sizeof d->table, "%s.%s.%s", cd->project, cd->dataset, table);
+        struct buf path = { 0 };
+        if (bqrest_insertall_path(&path, cd->project, cd->dataset, table) != 0 ||
+            !(d->url = malloc(strlen(cd->endpoint) + path.len + 1))) {
+            buf_free(&path);
+            snprintf(err, errlen, "out of memory");
+            sender_free(s);
+            return -1;
+        }
+        sprintf(d->url, "%s%s", cd->endpoint, path.data);
+        buf_free(&path);
+        struct auth_opts ao = { .credentials = cd->credentials, .ca_file = cd->ca_file,
+                                .timeout_ms = 10000 };
+        char aerr[512];
+        if (auth_create(&ao, &d->auth, aerr, sizeof aerr) != 0) {
+            snprintf(err, errlen, "[destination %s] credentials: %s", cd->name, aerr);
+            free(d->url);
+            d->url = NULL;
+            sender_free(s);
+            return -1;
+        }
+        s->n_dests++;
+        log_info("destination %s -> %s via insertAll (%s)", cd->name, d->table,
+                 auth_describe(d->auth));
+    }
+    *out = s;
+    return 0;
+}
+
+int sender_start(struct sender *s)
+{
+    if (pthread_create(&s->thread, NULL, sender_main, s) != 0)
+        return -1;
+    s->started = true;
+    return 0;
+}
+
+void sender_wake(void *sender)
+{
+    struct sender *s = sender;
+    if (s && s->multi)
+        curl_multi_wakeup(s->multi);
+}
+
+void sender_stop(struct sender *s, unsigned wait_ms)
+{
+    if (!s || !s->started)
+        return;
+    s->stop_wait_ms = wait_ms;
+    __atomic_store_n(&s->stop, 1, __ATOMIC_RELEASE);
+    curl_multi_wakeup(s->multi);
+    pthread_join(s->thread, NULL);
+    s->started = false;
+}
+
+void sender_free(struct sender *s)
+{
+    if (!s)
+        return;
+    sender_stop(s, 0);
+    /* requests still in flight are abandoned: their rows stay queued */
+    for (size_t i = 0; i < s->n_dests; i++) {
+        struct dest *d = &s->dests[i];
+        while (d->retry) {
+            struct chunk *c = d->retry;
+            d->retry = c->next;
+            chunk_free(c);
+        }
+        auth_free(d->auth);
+        free(d->url);
+    }
+    while (s->active) {            /* abandoned in flight: their rows stay queued */
+        struct request *rq = s->active;
+        chunk_free(rq->ch);
+        request_release(s, rq);
+    }
+    while (s->free_reqs) {
+        struct request *rq = s->free_reqs;
+        s->free_reqs = rq->next;
+        request_destroy(rq);
+    }
+    if (s->multi)
+        curl_multi_cleanup(s->multi);
+    free(s->outs);
+    free(s->dests);
+    pthread_mutex_destroy(&s->stats_lock);
+    free(s);
+}
