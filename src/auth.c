@@ -20,12 +20,13 @@
  * Secrets (private key, refresh token, client secret, JWT, access token) are
  * never put in messages, and the copies this file owns are wiped before they
  * are freed. Errors from the key file never quote its contents: jansson's
- * "near '...'" excerpt is cut off, since it could be part of the key.
+ * "near '...'" excerpt is cut off, since it could be a secret.
  */
 #include "auth.h"
 
 #include "log.h"
 #include "util.h"
+#include "version.h"
 
 #include <curl/curl.h>
 #include <jansson.h>
@@ -84,7 +85,7 @@ struct auth {
     char *key_id;          /* private_key_id, or NULL */
     EVP_PKEY *pkey;
 
-    /* authorized_user (all three are secrets but client_id) */
+    /* authorized_user (client_secret and refresh_token are secrets) */
     char *client_id;
     char *client_secret;
     char *refresh_token;
@@ -142,7 +143,7 @@ static const char *printable(const char *s, char *out, size_t n)
     return out;
 }
 
-/* Does text contain word as a whole word (ASCII letters/digits as word characters)? */
+/* Does text contain word as a whole word (bounded by anything but ASCII letters)? */
 static bool has_word(const char *text, const char *word)
 {
     size_t wl = strlen(word);
@@ -204,48 +205,36 @@ static char *read_cred_file(const char *path, const char *label, size_t *len,
         log_warn("%s: the credentials file is accessible by group or others (mode %04o) "
                  "and holds a secret: chmod 600 it", label, (unsigned)(st.st_mode & 07777));
 
-    size_t cap = (size_t)st.st_size + 1, n = 0;
-    char *data = malloc(cap);
+    size_t size = (size_t)st.st_size, n = 0;
+    char *data = malloc(size + 1);
     if (!data) {
         set_err(err, errlen, "%s: out of memory", label);
         close(fd);
         return NULL;
     }
     for (;;) {
-        if (n + 1 >= cap) {   /* the file grew while we read it */
-            if (cap > MAX_CRED_FILE) {
-                set_err(err, errlen, "%s: too large for a credentials file", label);
-                goto fail;
-            }
-            char *d = malloc(cap * 2);
-            if (!d) {
-                set_err(err, errlen, "%s: out of memory", label);
-                goto fail;
-            }
-            memcpy(d, data, n);
-            OPENSSL_cleanse(data, cap);
-            free(data);
-            data = d;
-            cap *= 2;
-        }
-        ssize_t r = read(fd, data + n, cap - 1 - n);
+        char extra;   /* one byte past the size fstat gave tells a file that grew */
+        ssize_t r = n < size ? read(fd, data + n, size - n) : read(fd, &extra, 1);
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0) {
             set_err(err, errlen, "%s: cannot read: %s", label, strerror(errno));
-            goto fail;
-        }
-        if (r == 0)
             break;
+        }
+        if (r == 0) {
+            data[n] = 0;
+            *len = n;
+            close(fd);
+            return data;
+        }
+        if (n == size) {
+            set_err(err, errlen, "%s: the file changed while it was read; try again", label);
+            break;
+        }
         n += (size_t)r;
     }
     close(fd);
-    data[n] = 0;
-    *len = n;
-    return data;
-fail:
-    close(fd);
-    OPENSSL_cleanse(data, cap);
+    OPENSSL_cleanse(data, size + 1);
     free(data);
     return NULL;
 }
@@ -290,7 +279,11 @@ static int get_member(json_t *root, const char *name, bool required, const char 
         set_err(err, errlen, "%s: %s is not a string", label, name);
         return -1;
     }
-    if (json_string_length(v) == 0 || strlen(json_string_value(v)) != json_string_length(v)) {
+    if (strlen(json_string_value(v)) != json_string_length(v)) {
+        set_err(err, errlen, "%s: %s holds a NUL character", label, name);
+        return -1;
+    }
+    if (json_string_length(v) == 0) {
         if (!required)
             return 0;
         set_err(err, errlen, "%s: %s is empty", label, name);
@@ -365,7 +358,7 @@ static int load_service_account(struct auth *a, json_t *root, const char *label,
         return -1;
     if (!is_http_url(a->token_uri)) {
         char shown[128];
-        set_err(err, errlen, "%s: token_uri \"%s\" is not an https:// URL", label,
+        set_err(err, errlen, "%s: token_uri \"%s\" is not an http(s) URL", label,
                 printable(a->token_uri, shown, sizeof shown));
         return -1;
     }
@@ -400,7 +393,7 @@ static int load_authorized_user(struct auth *a, json_t *root, const char *label,
     }
     if (!is_http_url(a->token_uri)) {
         char shown[128];
-        set_err(err, errlen, "%s: token_uri \"%s\" is not an https:// URL", label,
+        set_err(err, errlen, "%s: token_uri \"%s\" is not an http(s) URL", label,
                 printable(a->token_uri, shown, sizeof shown));
         return -1;
     }
@@ -640,7 +633,7 @@ static int http_exchange(struct auth *a, const char *url, const char *form, bool
     curl_easy_setopt(c, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
     if (a->ca_file)
         curl_easy_setopt(c, CURLOPT_CAINFO, a->ca_file);
-    curl_easy_setopt(c, CURLOPT_USERAGENT, "relayd-auth/1");
+    curl_easy_setopt(c, CURLOPT_USERAGENT, "relayd/" RELAY_VERSION);
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdrs);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, ans);

@@ -42,7 +42,6 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
-#include <strings.h>
 
 #include <jansson.h>
 #include <zlib.h>
@@ -478,21 +477,33 @@ out:
 /* Classification of whole responses                                        */
 /* ------------------------------------------------------------------------ */
 
-/* Case-insensitive search for needle in hay[0..len) (hay need not be
- * NUL-terminated). */
+static unsigned char ascii_lower(unsigned char c)
+{
+    return c >= 'A' && c <= 'Z' ? (unsigned char)(c + ('a' - 'A')) : c;
+}
+
+/* ASCII case-insensitive search for a lower-case needle in hay[0..len) (hay
+ * need not be NUL-terminated). */
 static int contains_ci(const char *hay, size_t len, const char *needle)
 {
+    const unsigned char *h = (const unsigned char *)hay, *nd = (const unsigned char *)needle;
     size_t nl = strlen(needle);
-    if (!hay || nl > len)
+    if (!hay || nl == 0 || nl > len)
         return 0;
-    for (size_t i = 0; i + nl <= len; i++)
-        if (strncasecmp(hay + i, needle, nl) == 0)
+    for (size_t i = 0; i + nl <= len; i++) {
+        if (ascii_lower(h[i]) != nd[0])
+            continue;
+        size_t k = 1;
+        while (k < nl && ascii_lower(h[i + k]) == nd[k])
+            k++;
+        if (k == nl)
             return 1;
+    }
     return 0;
 }
 
 /* Does this text say the request was too big? Google's front end answers an
- * oversized insertAll with a 400 rather than a 413. */
+ * oversized insertAll with a 400 rather than a 413. Phrases in lower case. */
 static int says_too_large(const char *s, size_t len)
 {
     static const char *const phrases[] = {

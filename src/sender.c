@@ -758,7 +758,9 @@ static void pump(struct sender *s, struct dest *d, uint64_t now_us, uint64_t now
         return;
     if (d->state == D_BACKOFF || d->state == D_PARKED)
         d->state = d->inflight ? D_SENDING : D_IDLE;
-    while (d->inflight < d->cd->max_inflight && !s->stop) {
+    /* after failures, probe with one request; full parallelism once it succeeds */
+    unsigned limit = d->fail_streak ? 1 : (unsigned)d->cd->max_inflight;
+    while (d->inflight < limit && !s->stop) {
         struct chunk *ch = d->retry;
         if (ch) {
             d->retry = ch->next;

@@ -275,7 +275,7 @@ def _tls_dir():
 class Emulator:
     """The local BigQuery emulator (tools/bqemu) over real HTTPS, with a test CA."""
 
-    def __init__(self, testcase=None, token_lifetime=3600, fast=False, dedup="inf"):
+    def __init__(self, testcase=None, token_lifetime=3600, fast=False, dedup="inf", extra=()):
         self.dir = tempfile.mkdtemp(prefix="bqemu-")
         self.data = os.path.join(self.dir, "data")
         self.tls = _tls_dir()
@@ -285,6 +285,7 @@ class Emulator:
         self.token_lifetime = token_lifetime
         self.fast = fast
         self.dedup = dedup
+        self.extra = list(extra)
         self.port = 0
         self.proc = None
         self.key = None
@@ -301,6 +302,7 @@ class Emulator:
                "--ready-file", self.ready]
         if self.fast:
             cmd.append("--fast")
+        cmd += self.extra
         self.log = open(os.path.join(self.dir, "bqemu.log"), "ab")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL)
         wait_for(lambda: os.path.exists(self.ready) or self.proc.poll() is not None, timeout,
@@ -350,6 +352,9 @@ class Emulator:
 
     def stats(self):
         return self._call("GET", "/_emu/stats")
+
+    def revoke_tokens(self):
+        return self._call("POST", "/_emu/reset", {"tokens": True, "faults": False, "stats": False})
 
     def rows(self, table):
         return self._call("GET", "/_emu/rows?table=" + table)["rows"]
