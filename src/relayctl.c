@@ -661,11 +661,27 @@ static int cmd_status(struct ctx *x, int argc, char **argv)
         json_t *d;
         json_array_foreach(ds, i, d) {
             json_t *cf = json_object_get(d, "configured");
+            json_t *dl = json_object_get(d, "delivery");
             printf("%-32s %12lld %12s %10s%s\n", json_string_value(json_object_get(d, "name")),
                    (long long)jint(d, "records"),
                    util_fmt_bytes((uint64_t)jint(d, "bytes"), b1, sizeof b1),
                    fmt_age(jreal(d, "oldest_age_s"), b2, sizeof b2),
-                   cf && json_is_false(cf) ? "  (not in the config)" : "");
+                   cf && json_is_false(cf) ? "  (not in the config)" :
+                   running && !dl ? "  (queue only: no project/dataset)" : "");
+            if (!dl)
+                continue;
+            printf("  -> %s: %s, %lld delivered, %lld retried, %lld dead-lettered, %lld in flight\n",
+                   json_string_value(json_object_get(dl, "table")),
+                   json_string_value(json_object_get(dl, "state")),
+                   (long long)jint(dl, "delivered"), (long long)jint(dl, "retried"),
+                   (long long)jint(dl, "dead_lettered"), (long long)jint(dl, "in_flight"));
+            if (jreal(dl, "backoff_s") > 0)
+                printf("     waiting %.1f s: %s\n", jreal(dl, "backoff_s"),
+                       json_string_value(json_object_get(dl, "why")));
+            const char *le = json_string_value(json_object_get(dl, "last_error"));
+            if (le && *le)
+                printf("     last error %s ago: %s\n",
+                       fmt_age(jreal(dl, "last_error_age_s"), b3, sizeof b3), le);
         }
     }
     json_decref(root);

@@ -605,7 +605,8 @@ static void handle_done(struct sender *s, struct request *rq, CURLcode res)
 {
     struct dest *d = rq->d;
     struct chunk *ch = rq->ch;
-    d->inflight--;
+    if (--d->inflight == 0 && d->state == D_SENDING)
+        d->state = D_IDLE;
     long http = 0;
     curl_easy_getinfo(rq->easy, CURLINFO_RESPONSE_CODE, &http);
     struct bq_error e;

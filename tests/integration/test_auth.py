@@ -1,7 +1,10 @@
 """OAuth2 access tokens (src/auth.c) against the emulator's token endpoint and
 metadata server, through the auth_token test tool: every kind of credentials,
 the Application Default Credentials order, the token cache, TLS verification,
-the key-file checks, and that no secret ever reaches the output.
+the key-file checks, and that no secret ever reaches the output. A small
+plain-HTTP fake server with canned answers checks what the client sends (JWT
+header and claims, form fields, metadata headers) and how it reads answers the
+emulator never gives (expires_in as a string, malformed or oversized answers).
 
 Two emulators run for the whole module (started in parallel, waited for by
 their ready files): "main" (default token lifetime 3600 s, metadata server
@@ -9,6 +12,8 @@ reporting project md-project) and "short" (--token-lifetime 60: below auth's
 300 s refresh margin, so every auth_token call refreshes, yet long enough for
 a failed refresh to fall back on the current token).
 """
+import base64
+import http.server
 import json
 import os
 import re
@@ -18,7 +23,10 @@ import socket
 import ssl
 import subprocess
 import tempfile
+import threading
+import time
 import unittest
+import urllib.parse
 import urllib.request
 
 from relaytest import ROOT, TOOLS, wait_for
@@ -284,7 +292,9 @@ class ServiceAccountTest(AuthTest):
         MAIN.fault({"drop": 1, "path": "token"})
         msg, _ = self.error(FILES["key"], *self.ca())
         self.assertIn(f"token endpoint {MAIN.token_uri}: ", msg)
-        self.assertNotIn(" 200 ", msg)
+        MAIN.fault({"truncate": 1, "path": "token", "truncate_at": 30})   # cut inside the token
+        msg, _ = self.error(FILES["key"], *self.ca())
+        self.assertIn(f"token endpoint {MAIN.token_uri}: ", msg)
 
 
 class KeyFileTest(AuthTest):
@@ -411,6 +421,168 @@ class UserAndAdcTest(AuthTest):
         msg, _ = self.error("metadata", env=tool_env(GCE_METADATA_HOST=host))
         self.assertTrue(msg.startswith(f"metadata server {host}: "), msg)
         self.assertNotIn("no credentials found", msg)
+
+
+class FakeServer:
+    """Plain HTTP with queued answers (status, headers, body); records every request."""
+
+    def __init__(self):
+        self.answers = []
+        self.requests = []
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def answer(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n) if n else b""
+                fake.requests.append({"method": self.command, "path": self.path,
+                                      "headers": dict(self.headers), "body": body})
+                status, headers, payload = (fake.answers.pop(0) if fake.answers
+                                            else (500, {}, b"no answer queued"))
+                if isinstance(payload, (dict, list)):
+                    payload = json.dumps(payload).encode()
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_POST = answer
+
+        class Server(http.server.ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request, client_address):
+                pass   # a client that hangs up on an oversized answer is expected
+
+        self.httpd = Server(("127.0.0.1", 0), Handler)
+        self.host = "127.0.0.1:%d" % self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def b64url_json(seg):
+    return json.loads(base64.urlsafe_b64decode(seg + "=" * (-len(seg) % 4)))
+
+
+class WireTest(AuthTest):
+    """What auth sends, and how it reads answers, against the fake server."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.fake = FakeServer()
+        cls.token_uri = "http://%s/token" % cls.fake.host
+        for name in ("key", "user"):
+            with open(FILES[name]) as f:
+                cred = json.load(f)
+            cred["token_uri"] = cls.token_uri
+            setattr(cls, name, write_cred("fake-" + name + ".json", cred))
+            setattr(cls, name + "_info", cred)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.fake.stop()
+
+    def setUp(self):
+        self.fake.answers.clear()
+        self.fake.requests.clear()
+
+    def queue(self, status, body, headers=None):
+        self.fake.answers.append((status, headers or {"Content-Type": "application/json"}, body))
+
+    def form(self, i=0):
+        r = self.fake.requests[i]
+        self.assertEqual(r["method"], "POST")
+        self.assertEqual(r["headers"]["Content-Type"], "application/x-www-form-urlencoded")
+        return {k: v[0] for k, v in urllib.parse.parse_qs(r["body"].decode(), strict_parsing=True).items()}
+
+    def test_jwt_has_the_documented_header_and_claims(self):
+        self.queue(200, {"access_token": "ya29.fake-1", "expires_in": "3599", "token_type": "Bearer"})
+        r = self.token_ok(self.key, "--count", "2")   # a string expires_in is understood and cached
+        self.assertEqual((r["len"], r["refreshes"]), (len("ya29.fake-1"), 1))
+        self.assertEqual(len(self.fake.requests), 1)
+        self.assertEqual(self.fake.requests[0]["path"], "/token")
+        form = self.form()
+        self.assertEqual(form["grant_type"], "urn:ietf:params:oauth:grant-type:jwt-bearer")
+        parts = form["assertion"].split(".")
+        self.assertEqual(len(parts), 3)
+        self.assertTrue(all(re.fullmatch(r"[A-Za-z0-9_-]+", p) for p in parts), "unpadded base64url")
+        self.assertEqual(b64url_json(parts[0]),
+                         {"alg": "RS256", "typ": "JWT", "kid": self.key_info["private_key_id"]})
+        claims = b64url_json(parts[1])
+        self.assertEqual(claims["iss"], self.key_info["client_email"])
+        self.assertEqual(claims["aud"], self.token_uri)
+        self.assertEqual(claims["scope"], "https://www.googleapis.com/auth/bigquery")
+        self.assertEqual(claims["exp"] - claims["iat"], 3600)
+        self.assertLess(abs(claims["iat"] - time.time()), 60)
+
+    def test_scope_option_goes_into_the_jwt(self):
+        self.queue(200, {"access_token": "ya29.fake-2", "expires_in": 3600, "token_type": "Bearer"})
+        self.token_ok(self.key, "--scope", "https://www.googleapis.com/auth/cloud-platform")
+        claims = b64url_json(self.form()["assertion"].split(".")[1])
+        self.assertEqual(claims["scope"], "https://www.googleapis.com/auth/cloud-platform")
+
+    def test_refresh_grant_sends_the_user_secrets_and_a_scope_only_when_asked(self):
+        self.queue(200, {"access_token": "ya29.fake-3", "expires_in": 3599.5, "token_type": "bearer"})
+        self.queue(200, {"access_token": "ya29.fake-4", "expires_in": 3599, "token_type": "Bearer"})
+        self.token_ok(self.user)
+        self.token_ok(self.user, "--scope", "https://www.googleapis.com/auth/bigquery")
+        want = {"grant_type": "refresh_token", "client_id": self.user_info["client_id"],
+                "client_secret": self.user_info["client_secret"],
+                "refresh_token": self.user_info["refresh_token"]}
+        self.assertEqual(self.form(0), want)
+        self.assertEqual(self.form(1), dict(want, scope="https://www.googleapis.com/auth/bigquery"))
+
+    def test_metadata_request_headers_scopes_and_project(self):
+        md = {"Content-Type": "application/json", "Metadata-Flavor": "Google"}
+        self.queue(200, {"access_token": "ya29.fake-5", "expires_in": 3599, "token_type": "Bearer"}, md)
+        self.queue(200, b"fake-project\n", {"Content-Type": "application/text", "Metadata-Flavor": "Google"})
+        r = self.token_ok("metadata", "--scope", "https://a.example/s1 https://a.example/s2",
+                          env=tool_env(GCE_METADATA_HOST=self.fake.host, http_proxy="http://127.0.0.1:9"))
+        self.assertEqual(r["project"], "fake-project")
+        tok, proj = self.fake.requests
+        self.assertEqual(tok["method"], "GET")
+        path, _, query = tok["path"].partition("?")
+        self.assertEqual(path, "/computeMetadata/v1/instance/service-accounts/default/token")
+        self.assertEqual(urllib.parse.parse_qs(query), {"scopes": ["https://a.example/s1,https://a.example/s2"]})
+        self.assertEqual(tok["headers"]["Metadata-Flavor"], "Google")
+        self.assertNotIn("X-Forwarded-For", tok["headers"])
+        self.assertEqual(proj["path"], "/computeMetadata/v1/project/project-id")
+
+    def test_adc_answer_without_metadata_flavor_is_not_a_metadata_server(self):
+        self.queue(200, {"access_token": "ya29.fake-6", "expires_in": 3599})
+        msg, _ = self.error("adc", env=tool_env(GCE_METADATA_HOST=self.fake.host))
+        self.assertTrue(msg.startswith("no credentials found: "), msg)
+        self.assertIn("not a metadata server", msg)
+
+    def test_malformed_token_answers_are_refused(self):
+        cases = [
+            ((200, b"<html>hello</html>", {"Content-Type": "text/html"}), "the answer is not a JSON object"),
+            ((200, {"expires_in": 3600, "token_type": "Bearer"}, None), "the answer has no access_token"),
+            ((200, {"access_token": "ya29.fake-7", "token_type": "MAC"}, None), 'token_type "MAC" is not Bearer'),
+            ((200, {"access_token": "ya29.fake 8\r\nX-Evil: 1"}, None), "characters a header cannot carry"),
+            ((200, {"access_token": "ya29.fake-9", "expires_in": "soon"}, None), "expires_in is not"),
+            ((200, {"access_token": "ya29.fake-10", "expires_in": -5}, None), "expires_in is not"),
+            ((200, b"{" + b" " * (2 << 20) + b"}", None), "larger than 1 MiB"),
+            ((401, {"error": "invalid_client", "error_description": "Unauthorized"}, None),
+             "401 invalid_client: Unauthorized"),
+        ]
+        for (status, body, headers), want in cases:
+            with self.subTest(want=want):
+                self.queue(status, body, headers)
+                msg, _ = self.error(self.key)
+                self.assertIn(f"token endpoint {self.token_uri}: ", msg)
+                self.assertIn(want, msg)
 
 
 if __name__ == "__main__":
