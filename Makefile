@@ -78,13 +78,17 @@ asan:
 	  EXTRA_CFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer" \
 	  EXTRA_LDFLAGS="-fsanitize=address,undefined" unit
 
-# The fuzz targets are built with clang's libFuzzer, linking the library sources directly.
+# The fuzz targets are built with clang's libFuzzer; the library sources are
+# compiled once with the fuzzing instrumentation into build-fuzz/obj.
 FUZZSRC := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZBIN := $(FUZZSRC:tests/fuzz/%.c=build-fuzz/%)
-build-fuzz/%: tests/fuzz/%.c $(LIBSRC) $(wildcard include/*.h)
-	@mkdir -p build-fuzz
-	clang -std=c11 -D_GNU_SOURCE -g -O1 -Iinclude $(PKG_CFLAGS) -fsanitize=fuzzer,address,undefined \
-	  -o $@ $< $(LIBSRC) $(PKG_LIBS) -lpthread
+FUZZOBJ := $(LIBSRC:src/%.c=build-fuzz/obj/%.o)
+FUZZFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -Iinclude $(PKG_CFLAGS) -fsanitize=fuzzer-no-link,address,undefined
+build-fuzz/obj/%.o: src/%.c $(wildcard include/*.h)
+	@mkdir -p build-fuzz/obj
+	clang $(FUZZFLAGS) -c -o $@ $<
+build-fuzz/%: tests/fuzz/%.c $(FUZZOBJ)
+	clang $(FUZZFLAGS) -fsanitize=fuzzer -o $@ $< $(FUZZOBJ) $(PKG_LIBS) -lpthread
 
 FUZZ_SECONDS ?= 300
 fuzz: $(FUZZBIN)

@@ -105,7 +105,8 @@ int bqrest_insertall_body(struct buf *out, const struct bq_row *rows, size_t n,
     const size_t suffix_esc = o->template_suffix
         ? json_escaped_len(o->template_suffix, suffix_len) : 0;
 
-    /* Pass 1: the exact size (assuming util.c's escape set, see above). */
+    /* Pass 1: the size, exact to a few bytes (with util.c's escape set, see
+     * above). */
     size_t total = sizeof("{\"skipInvalidRows\":false,\"ignoreUnknownValues\":false,"
                           "\"rows\":[]}");     /* counts the final NUL */
     if (o->template_suffix)
@@ -143,15 +144,14 @@ int bqrest_insertall_body(struct buf *out, const struct bq_row *rows, size_t n,
     rc |= buf_append(out, LIT(",\"rows\":["));
     for (size_t i = 0; i < n && rc == 0; i++) {
         const char *id = rows[i].insert_id;
-        if (i)
-            rc |= buf_append(out, LIT(","));
+        const size_t skip = i ? 0 : 1;    /* no comma before the first row */
         if (id) {
             size_t id_len = strlen(id);
-            rc |= buf_append(out, LIT("{\"insertId\":\""));
+            rc |= buf_append(out, ",{\"insertId\":\"" + skip, sizeof(",{\"insertId\":\"") - 1 - skip);
             rc |= append_escaped(out, id, id_len, json_escaped_len(id, id_len));
             rc |= buf_append(out, LIT("\",\"json\":"));
         } else {
-            rc |= buf_append(out, LIT("{\"json\":"));
+            rc |= buf_append(out, ",{\"json\":" + skip, sizeof(",{\"json\":") - 1 - skip);
         }
         rc |= buf_append(out, rows[i].json, rows[i].len);
         rc |= buf_append(out, LIT("}"));

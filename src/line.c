@@ -10,6 +10,7 @@
 #include "json_check.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static int is_ws(char c) { return c == ' ' || c == '\t' || c == '\r'; }
@@ -26,6 +27,33 @@ static void fail(struct line_result *r, const char *reason, const char *fmt, ...
     va_start(ap, fmt);
     vsnprintf(r->msg, sizeof r->msg, fmt, ap);
     va_end(ap);
+}
+
+/* The validator gives up on the first byte of a text that does not start
+ * with '{'. To tell "valid JSON, but not an object" (not-object) from "not
+ * JSON at all" (json, at the byte where it breaks), validate the text as the
+ * value of a member: {"v":TEXT}. Only refused lines pay for this. */
+static void reclassify(const char *json, size_t len, unsigned max_depth,
+                       struct jcheck_result *jr)
+{
+    static const char pre[] = "{\"v\":";
+    const size_t plen = sizeof pre - 1;
+    char *w = malloc(len + plen + 1);
+    if (!w)
+        return;   /* keep the validator's verdict */
+    memcpy(w, pre, plen);
+    memcpy(w + plen, json, len);
+    w[plen + len] = '}';
+    struct jcheck_result wr;
+    enum jcheck_code code = jcheck_object(w, len + plen + 1, max_depth ? max_depth + 1 : 0, &wr);
+    free(w);
+    if (code == JC_OK)
+        return;   /* a valid value: not-object it is, with the validator's message */
+    jr->code = code == JC_TRAILING ? JC_SYNTAX : code;
+    jr->msg = wr.msg;
+    jr->offset = wr.offset >= plen ? wr.offset - plen : 0;
+    if (jr->offset > len)
+        jr->offset = len;
 }
 
 void line_parse(const char *line, size_t len, const struct line_limits *lim,
@@ -69,12 +97,18 @@ void line_parse(const char *line, size_t len, const struct line_limits *lim,
         return;
     }
     struct jcheck_result jr;
-    if (jcheck_object(line + start, jlen, lim->max_depth, &jr) != JC_OK) {
+    if (jcheck_object(line + start, jlen, lim->max_depth, &jr) == JC_NOT_OBJECT)
+        reclassify(line + start, jlen, lim->max_depth, &jr);
+    if (jr.code != JC_OK) {
         size_t at = start + jr.offset + 1;
         switch (jr.code) {
-        case JC_UTF8:
-            fail(r, "utf8", "invalid UTF-8 at byte %zu: %s", at, jr.msg);
+        case JC_UTF8: {
+            const char *m = jr.msg;
+            if (strncmp(m, "invalid utf-8: ", 15) == 0)
+                m += 15;
+            fail(r, "utf8", "invalid UTF-8 at byte %zu: %s", at, m);
             break;
+        }
         case JC_NUL:
             fail(r, "nul", "NUL byte at byte %zu: records are JSON text", at);
             break;

@@ -6,6 +6,9 @@
             p50/p99, relayd CPU per record, peak RSS.
   restart   time from exec to a ready relayd with 10 million records queued.
   json      the ingest validator against jansson.
+  delivery  a pre-filled spool drained to the local emulator (--fast) over
+            insertAll: rows/s, relayd CPU per row, bytes per request before
+            and after gzip.
 
 Environment: BENCH_RECORDS (per producer, default 250000), BENCH_WINDOW (lines
 in flight per producer, default 512), BENCH_BACKLOG (default 10000000).
@@ -23,15 +26,84 @@ B = os.path.join(ROOT, "build")
 RECORDS = int(os.environ.get("BENCH_RECORDS", "250000"))
 WINDOW = int(os.environ.get("BENCH_WINDOW", "512"))
 BACKLOG = int(os.environ.get("BENCH_BACKLOG", "10000000"))
+DELIVER = int(os.environ.get("BENCH_DELIVER", "1000000"))
 
 
-def config(d, durability):
+def config(d, durability, dest=""):
     path = os.path.join(d, "relayd.conf")
     with open(path, "w") as f:
         f.write(f"[relayd]\ncontrol_socket = {d}/ctl\n[spool]\ndir = {d}/spool\n"
                 f"max_spool_bytes = 16G\ndurability = {durability}\n"
-                f"[ingest]\nsocket = {d}/sock\ndefault_table = events\n[destination events]\n")
+                f"[ingest]\nsocket = {d}/sock\ndefault_table = events\n[destination events]\n"
+                + dest)
     return path
+
+
+def status(d):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(os.path.join(d, "ctl"))
+    s.sendall(b"status\n")
+    data = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    import json
+    return json.loads(data)
+
+
+def cpu_s(pid):
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bench_delivery():
+    import json
+    d = tempfile.mkdtemp(prefix="relayd-bench-")
+    emu = None
+    try:
+        py = "/usr/bin/python3"
+        tool = os.path.join(ROOT, "tools", "bqemu", "bqemu.py")
+        subprocess.run([py, tool, "gen-tls", "--dir", f"{d}/tls"], check=True, stdout=subprocess.DEVNULL)
+        emu = subprocess.Popen([py, tool, "serve", "--dir", f"{d}/emu", "--port", "0", "--fast",
+                                "--tls-cert", f"{d}/tls/server.pem", "--tls-key", f"{d}/tls/server.key",
+                                "--ready-file", f"{d}/ready.json"], stderr=subprocess.DEVNULL)
+        while not os.path.exists(f"{d}/ready.json"):
+            time.sleep(0.05)
+        info = json.load(open(f"{d}/ready.json"))
+        subprocess.run([py, tool, "gen-key", "--dir", f"{d}/emu", "--out", f"{d}/key.json",
+                        "--token-uri", info["token_uri"]], check=True, stdout=subprocess.DEVNULL)
+        os.chmod(f"{d}/key.json", 0o600)
+        with open(f"{d}/schema.json", "w") as f:
+            json.dump({"fields": [{"name": "x", "type": "STRING"}]}, f)
+        subprocess.run([py, tool, "create-table", "--dir", f"{d}/emu", "bench.logs.events",
+                        "--schema", f"{d}/schema.json"], check=True, stdout=subprocess.DEVNULL)
+        print(f"\n== delivery: {DELIVER} rows of ~190 bytes drained to the emulator (--fast) ==",
+              flush=True)
+        subprocess.run([os.path.join(B, "bench", "bench_fill"), os.path.join(d, "spool"), "events",
+                        str(DELIVER)], check=True)
+        dest = (f"project = bench\ndataset = logs\ncredentials = {d}/key.json\n"
+                f"endpoint = {info['base_url']}\nca_file = {d}/tls/ca.pem\n")
+        p, _ = start(d, config(d, "fsync", dest))
+        c0, t0 = cpu_s(p.pid), time.monotonic()
+        while status(d)["spool"]["records"] > 0:
+            time.sleep(0.05)
+        dt, cpu = time.monotonic() - t0, cpu_s(p.pid) - c0
+        st = [x for x in status(d)["destinations"] if x["name"] == "events"][0]["delivery"]
+        stop(p)
+        print(f"delivered {st['delivered']} rows in {dt:.2f} s: {st['delivered'] / dt:.0f} rows/s; "
+              f"relayd CPU {cpu:.2f} s = {cpu * 1e6 / max(1, st['delivered']):.2f} us/row "
+              f"({cpu / dt * 100:.0f}% of one core)")
+        req = max(1, st["requests"])
+        print(f"{st['requests']} requests: {st['bytes_raw'] / req / 1024:.1f} KiB/request before gzip, "
+              f"{st['bytes_sent'] / req / 1024:.1f} KiB after (ratio {st['bytes_raw'] / max(1, st['bytes_sent']):.1f}x); "
+              f"{st['failed_requests']} failed")
+    finally:
+        if emu:
+            emu.terminate()
+            emu.wait()
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def start(d, conf):
@@ -74,6 +146,7 @@ def main():
             stop(p)
         finally:
             shutil.rmtree(d, ignore_errors=True)
+    bench_delivery()
     d = tempfile.mkdtemp(prefix="relayd-bench-")
     try:
         print(f"\n== restart with {BACKLOG} records queued ==", flush=True)

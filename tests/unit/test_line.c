@@ -293,7 +293,11 @@ static void test_not_object(void **state)
     EXPECT_ERROR("  [1]", "not-object", 3);
     EXPECT_ERROR("@t [1]", "not-object", 4);
     EXPECT_ERROR("@t  \t\"x\"", "not-object", 6);
-    EXPECT_ERROR("x", "not-object", 1);
+    /* not JSON at all is "json", at the byte where it breaks */
+    EXPECT_ERROR("x", "json", 1);
+    EXPECT_ERROR("not json", "json", 2);
+    EXPECT_ERROR("[1,", "json", 4);
+    EXPECT_ERROR("@t [1,]", "json", 7);
 }
 
 static void test_nul(void **state)
