@@ -256,3 +256,35 @@ class CrashDuringDeliveryTest(DeliveryBase):
               f"{st['deduplicated']} deduplicated by insertId")
         self.assertEqual(d.status()["spool"]["dead_letters"], 0)
         self.assertEqual(d.stop(), 0)
+
+
+class CorruptRecordTest(DeliveryBase):
+    def test_corrupt_records_are_dead_lettered_and_the_rest_is_delivered(self):
+        d = self.daemon(dests=[("events", deliver_to(self.emu, endpoint="https://127.0.0.1:1"))])
+        d.start()                                   # delivery cannot succeed yet: rows stay
+        self.send(d, rows(100))
+        self.assertEqual(d.stop(), 0)
+        stored = d.dump()
+        seqs = {r["row"]["i"]: r["seq"] for r in stored}
+        tool = os.path.join(TOOLS, "spool_corrupt")
+        for i, how in ((10, "flip"), (50, "truncate")):
+            r = subprocess.run([tool, d.spool, "1", str(seqs[i]), how], stderr=subprocess.PIPE)
+            self.assertEqual(r.returncode, 0, r.stderr)
+        bad = subprocess.run([os.path.join(os.path.dirname(TOOLS), "relayctl"), "-c", d.conf,
+                              "spool", "dump"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.assertEqual(bad.returncode, 1, "spool dump must report the damage")
+        self.assertIn(b"2 corrupt", bad.stderr)
+        d.dests = [("events", deliver_to(self.emu))]
+        d.write_config()
+        d.start()
+        self.delivered(98)
+        wait_for(lambda: d.status()["spool"]["records"] == 0, 30, "the spool to drain")
+        got = sorted(r["json"]["i"] for r in self.emu.rows(TABLE))
+        self.assertEqual(got, [i for i in range(100) if i not in (10, 50)])
+        dl = self.dead_letters(d)
+        self.assertEqual(len(dl), 2)
+        self.assertEqual({e["reason"] for e in dl}, {"corrupt"})
+        self.assertEqual(sorted(e["seq"] for e in dl), sorted([seqs[10], seqs[50]]))
+        self.assertTrue(any("checksum" in e["detail"] for e in dl))
+        self.assertTrue(any("truncated" in e["detail"] for e in dl))
+        self.assertEqual(d.stop(), 0)

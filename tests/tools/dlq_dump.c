@@ -10,6 +10,7 @@
 #include "util.h"
 
 #include <stdio.h>
+#include <string.h>
 
 static int print_one(const struct dlq_entry *e, void *arg)
 {
@@ -21,8 +22,16 @@ static int print_one(const struct dlq_entry *e, void *arg)
     buf_json_escape(&b, e->reason, e->reason_len);
     buf_puts(&b, "\",\"detail\":\"");
     buf_json_escape(&b, e->detail, e->detail_len);
-    buf_printf(&b, "\",\"http\":%u,\"attempts\":%u,\"row\":\"", e->http_status, e->attempts);
-    buf_json_escape(&b, e->row, e->row_len);
+    buf_printf(&b, "\",\"http\":%u,\"attempts\":%u,", e->http_status, e->attempts);
+    if (e->reason_len == 7 && memcmp(e->reason, "corrupt", 7) == 0) {
+        /* the raw bytes of a damaged record: not text */
+        buf_puts(&b, "\"row_hex\":\"");
+        for (size_t i = 0; i < e->row_len; i++)
+            buf_printf(&b, "%02x", (unsigned char)e->row[i]);
+    } else {
+        buf_puts(&b, "\"row\":\"");
+        buf_json_escape(&b, e->row, e->row_len);
+    }
     buf_puts(&b, "\"}\n");
     fwrite(b.data, 1, b.len, stdout);
     buf_free(&b);
