@@ -3,7 +3,8 @@
  * destination, the dead-letter store, and the metadata that ties them.
  *
  * Layout (docs/ARCHITECTURE.md has the picture):
- *   meta        "version" -> u32, "uuid" -> 16 bytes, "next_seq" -> u64, "next_dest" -> u32
+ *   meta        "version" -> u32, "uuid" -> 16 bytes, "next_seq" -> u64, "next_dest" -> u32,
+ *               "dlq_bytes" -> u64
  *   dests       destination name -> struct { u32 id; u32 flags; u64 bytes; u64 created_ms }
  *   q.<id>      one database per destination: be64 seq -> record
  *   dlq         be64 seq -> dead-letter entry (format in dlq.h)
@@ -102,6 +103,15 @@ struct spool_dl_info {
 };
 int spool_txn_dead_letter_info(struct spool_txn *t, uint32_t dest, uint64_t seq,
                                const struct spool_dl_info *info);
+/* Moves dead letter seq back into a queue, in t: appends its row (or row[0..len)
+ * instead, when row is not NULL: a fixed row) to dest (or, when dest is 0, the
+ * destination it came from) under a new seq (*new_seq), and deletes the entry.
+ * So a crash leaves it in exactly one of the two places. SPOOL_NOTFOUND if
+ * there is no such entry (already replayed or purged). */
+int spool_txn_dlq_replay(struct spool_txn *t, uint64_t seq, uint32_t dest, const char *row,
+                         size_t len, uint64_t *new_seq);
+/* Deletes dead letter seq (purge). SPOOL_NOTFOUND if there is none. */
+int spool_txn_dlq_delete(struct spool_txn *t, uint64_t seq);
 /* Makes the transaction durable as the durability mode says. On SPOOL_FULL or
  * any error nothing of it was written and t is gone either way. */
 int spool_txn_commit(struct spool_txn *t);
@@ -158,6 +168,7 @@ struct spool_stats {
     uint64_t used_bytes;      /* pages in use (file pages less free pages) */
     uint64_t records, bytes;  /* over all destinations */
     uint64_t dlq_records;
+    uint64_t dlq_bytes;       /* encoded bytes of the dead letters */
     uint64_t next_seq;
     size_t n_dests;
     struct spool_dest_stats dests[SPOOL_MAX_DESTS];
@@ -165,6 +176,14 @@ struct spool_stats {
 
 /* Fills st (large: allocate it). */
 int spool_stats(struct spool *s, struct spool_stats *st);
+
+/* Encoded bytes held by the dead-letter store (cheap). */
+uint64_t spool_dlq_bytes(struct spool *s);
+
+/* Rewrites the spool in dir into a compact copy (LMDB never shrinks its
+ * file) and puts it in place. relayd must be stopped: the caller holds the
+ * spool's lock. *before / *after get the file sizes. */
+int spool_compact(const char *dir, uint64_t *before, uint64_t *after, char *err, size_t errlen);
 
 /* Clears reader slots left by dead processes; *cleared gets how many. */
 int spool_reader_check(struct spool *s, int *cleared);

@@ -142,16 +142,17 @@ int bqrest_insertall_body(struct buf *out, const struct bq_row *rows, size_t n,
         rc |= buf_append(out, LIT("\""));
     }
     rc |= buf_append(out, LIT(",\"rows\":["));
+    static const char id_open[] = ",{\"insertId\":\"", json_open[] = ",{\"json\":";
     for (size_t i = 0; i < n && rc == 0; i++) {
         const char *id = rows[i].insert_id;
         const size_t skip = i ? 0 : 1;    /* no comma before the first row */
         if (id) {
             size_t id_len = strlen(id);
-            rc |= buf_append(out, ",{\"insertId\":\"" + skip, sizeof(",{\"insertId\":\"") - 1 - skip);
+            rc |= buf_append(out, id_open + skip, sizeof id_open - 1 - skip);
             rc |= append_escaped(out, id, id_len, json_escaped_len(id, id_len));
             rc |= buf_append(out, LIT("\",\"json\":"));
         } else {
-            rc |= buf_append(out, ",{\"json\":" + skip, sizeof(",{\"json\":") - 1 - skip);
+            rc |= buf_append(out, json_open + skip, sizeof json_open - 1 - skip);
         }
         rc |= buf_append(out, rows[i].json, rows[i].len);
         rc |= buf_append(out, LIT("}"));
@@ -397,6 +398,15 @@ static long long entry_index(const json_t *entry, size_t i, size_t n, char *err,
     return (long long)idx;
 }
 
+/* On failure every row is marked RETRY: the caller must resend the whole
+ * request anyway, and a caller that forgot to check the return value then
+ * resends (insertIds dedupe) instead of counting rows as delivered. */
+static void fail_all(struct bq_row_result *results, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        set_result(&results[i], BQ_ROW_RETRY, NULL, NULL, "unreadable insertAll response");
+}
+
 int bqrest_parse_insertall(const char *body, size_t len, size_t n,
                            struct bq_row_result *results, char *err, size_t errlen)
 {
@@ -404,18 +414,18 @@ int bqrest_parse_insertall(const char *body, size_t len, size_t n,
     for (size_t i = 0; i < n; i++)
         set_result(&results[i], BQ_ROW_INSERTED, NULL, NULL, NULL);
 
+    int rc = -1;
+    json_t *root = NULL;
+    json_error_t jerr;
     if (!body || len == 0) {
         set_err(err, errlen, "empty insertAll response");
-        return -1;
+        goto out;
     }
-    json_error_t jerr;
-    json_t *root = json_loadb(body, len, 0, &jerr);
-    if (!root) {
+    if (!(root = json_loadb(body, len, 0, &jerr))) {
         set_err(err, errlen, "insertAll response is not JSON: %s (at byte %d)", jerr.text,
                 jerr.position);
-        return -1;
+        goto out;
     }
-    int rc = -1;
     if (!json_is_object(root)) {
         set_err(err, errlen, "insertAll response is not a JSON object");
         goto out;
@@ -436,8 +446,8 @@ int bqrest_parse_insertall(const char *body, size_t len, size_t n,
         goto out;
     }
 
-    /* Validate every entry before touching results, so a bad body leaves all
-     * rows INSERTED-initialised and the caller retries the whole request. */
+    /* Validate every entry before applying any, so that a bad entry late in
+     * the list cannot leave earlier rows half-classified. */
     size_t ne = json_array_size(ierrs);
     for (size_t i = 0; i < ne; i++)
         if (entry_index(json_array_get(ierrs, i), i, n, err, errlen) < 0)
@@ -472,6 +482,8 @@ int bqrest_parse_insertall(const char *body, size_t len, size_t n,
     rc = 0;
 out:
     json_decref(root);
+    if (rc)
+        fail_all(results, n);
     return rc;
 }
 

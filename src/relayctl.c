@@ -4,6 +4,7 @@
  */
 #include "conf.h"
 #include "log.h"
+#include "relayctl.h"
 #include "spool.h"
 #include "util.h"
 #include "version.h"
@@ -21,20 +22,6 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#define EXIT_REFUSED 1   /* send: some records were refused */
-#define EXIT_DOWN    3   /* status: relayd not running; send: connection lost */
-#define EXIT_CONNECT 4   /* cannot connect or not allowed */
-
-struct ctx {
-    const char *config;
-    const char *socket;
-    const char *control;
-    const char *spool_dir;
-    bool json;
-    struct conf conf;
-    bool have_conf;
-};
-
 static void usage(FILE *f)
 {
     fprintf(f,
@@ -46,6 +33,10 @@ static void usage(FILE *f)
 "  status                       relayd's state, spool depth per destination, rates\n"
 "  spool dump [--table T] [--limit N]\n"
 "                               print queued records as NDJSON (verifying checksums)\n"
+"  spool check [--repair]       verify every record and dead letter; quarantine damage\n"
+"  spool compact                shrink the spool file (relayd stopped)\n"
+"  dlq list|stats|show|export|replay|purge\n"
+"                               inspect and replay dead letters (relayctl dlq --help)\n"
 "  help, version\n"
 "\n"
 "Global options:\n"
@@ -720,7 +711,8 @@ static int dump_one(const struct spool_record *r, void *arg)
 static int cmd_spool(struct ctx *x, int argc, char **argv)
 {
     if (argc < 2 || strcmp(argv[1], "dump") != 0) {
-        fprintf(stderr, "Usage: relayctl spool dump [--table T] [--limit N]\n"
+        fprintf(stderr, "Usage: relayctl spool dump|check|compact ...\n"
+                "       relayctl spool dump [--table T] [--limit N]\n"
                 "Prints the queued records as NDJSON objects {table, seq, time_ms, row},\n"
                 "verifying each checksum (a damaged record prints as {table, seq, corrupt}).\n"
                 "Reads the spool directly (relayd may be running); run it as the spool's owner.\n");
@@ -825,8 +817,14 @@ int main(int argc, char **argv)
         rc = cmd_send(&x, cargc, cargv);
     else if (strcmp(cmd, "status") == 0)
         rc = cmd_status(&x, cargc, cargv);
+    else if (strcmp(cmd, "spool") == 0 && cargc > 1 && strcmp(cargv[1], "check") == 0)
+        rc = ctl_spool_check(&x, cargc, cargv);
+    else if (strcmp(cmd, "spool") == 0 && cargc > 1 && strcmp(cargv[1], "compact") == 0)
+        rc = ctl_spool_compact(&x, cargc, cargv);
     else if (strcmp(cmd, "spool") == 0)
         rc = cmd_spool(&x, cargc, cargv);
+    else if (strcmp(cmd, "dlq") == 0)
+        rc = ctl_dlq(&x, cargc, cargv);
     else {
         fprintf(stderr, "relayctl: unknown command '%s' (try relayctl --help)\n", cmd);
         rc = EXIT_USAGE;

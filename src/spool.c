@@ -21,6 +21,7 @@
 #include "dlq.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <lmdb.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -75,6 +76,7 @@ struct spool_txn {
     bool seq_loaded, seq_dirty;
     size_t n_deltas;
     struct { uint32_t dest; int64_t bytes; } delta[MAX_DELTAS];
+    int64_t dlq_delta;        /* bytes added to (or taken from) the dead-letter store */
 };
 
 static __thread char last_error[256];
@@ -763,7 +765,98 @@ int spool_txn_dead_letter_info(struct spool_txn *t, uint32_t dest, uint64_t seq,
     free(buf);
     if (mrc)
         return map_rc(mrc, "dead-letter");
+    t->dlq_delta += (int64_t)need;
     return add_delta(t, dest, -len);
+}
+
+/* Finds dead letter seq; on success *c is positioned on it (caller closes). */
+static int dlq_seek(struct spool_txn *t, uint64_t seq, MDB_cursor **c, unsigned char kb[8],
+                    MDB_val *v)
+{
+    int rc = mdb_cursor_open(t->txn, t->s->dlq, c);
+    if (rc)
+        return map_rc(rc, "cursor");
+    be64(kb, seq);
+    MDB_val k = { 8, kb };
+    rc = mdb_cursor_get(*c, &k, v, MDB_SET_KEY);
+    if (rc) {
+        mdb_cursor_close(*c);
+        return map_rc(rc, "find dead letter");
+    }
+    return SPOOL_OK;
+}
+
+int spool_txn_dlq_delete(struct spool_txn *t, uint64_t seq)
+{
+    MDB_cursor *c;
+    unsigned char kb[8];
+    MDB_val v;
+    int rc = dlq_seek(t, seq, &c, kb, &v);
+    if (rc)
+        return rc;
+    size_t size = v.mv_size;
+    int mrc = mdb_cursor_del(c, 0);
+    mdb_cursor_close(c);
+    if (mrc)
+        return map_rc(mrc, "delete dead letter");
+    t->dlq_delta -= (int64_t)size;
+    return SPOOL_OK;
+}
+
+int spool_txn_dlq_replay(struct spool_txn *t, uint64_t seq, uint32_t dest, const char *row,
+                         size_t len, uint64_t *new_seq)
+{
+    MDB_cursor *c;
+    unsigned char kb[8];
+    MDB_val v;
+    int rc = dlq_seek(t, seq, &c, kb, &v);
+    if (rc)
+        return rc;
+    struct dlq_entry e;
+    if (dlq_decode(v.mv_data, v.mv_size, seq, &e) != 0 && !row) {
+        mdb_cursor_close(c);
+        snprintf(last_error, sizeof last_error, "dead letter %llu is damaged: give its row",
+                 (unsigned long long)seq);
+        return SPOOL_CORRUPT;
+    }
+    if (!dest)
+        dest = e.dest;
+    /* copy the row out of LMDB's page before the tree changes */
+    const char *src = row ? row : e.row;
+    size_t n = row ? len : e.row_len;
+    char *copy = malloc(n ? n : 1);
+    if (!copy) {
+        mdb_cursor_close(c);
+        return SPOOL_NOMEM;
+    }
+    memcpy(copy, src, n);
+    size_t size = v.mv_size;
+    int mrc = mdb_cursor_del(c, 0);
+    mdb_cursor_close(c);
+    if (mrc) {
+        free(copy);
+        return map_rc(mrc, "delete dead letter");
+    }
+    t->dlq_delta -= (int64_t)size;
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    rc = spool_txn_append(t, dest, copy, n,
+                          (uint64_t)now.tv_sec * 1000 + (uint64_t)now.tv_nsec / 1000000, new_seq);
+    free(copy);
+    return rc;
+}
+
+uint64_t spool_dlq_bytes(struct spool *s)
+{
+    MDB_txn *txn;
+    uint64_t v = 0;
+    if (mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn))
+        return 0;
+    MDB_val k = { 9, "dlq_bytes" }, d;
+    if (mdb_get(txn, s->meta, &k, &d) == 0 && d.mv_size == 8)
+        memcpy(&v, d.mv_data, 8);
+    mdb_txn_abort(txn);
+    return v;
 }
 
 static int apply_deltas(struct spool_txn *t)
@@ -788,9 +881,28 @@ static int apply_deltas(struct spool_txn *t)
     return SPOOL_OK;
 }
 
+static int apply_dlq_delta(struct spool_txn *t)
+{
+    if (t->dlq_delta == 0)
+        return SPOOL_OK;
+    MDB_val k = { 9, "dlq_bytes" }, v;
+    int64_t cur = 0;
+    if (mdb_get(t->txn, t->s->meta, &k, &v) == 0 && v.mv_size == 8)
+        memcpy(&cur, v.mv_data, 8);
+    cur += t->dlq_delta;
+    if (cur < 0)
+        cur = 0;
+    v.mv_size = 8;
+    v.mv_data = &cur;
+    int rc = mdb_put(t->txn, t->s->meta, &k, &v, 0);
+    return rc ? map_rc(rc, "write dlq_bytes") : SPOOL_OK;
+}
+
 int spool_txn_commit(struct spool_txn *t)
 {
     int rc = apply_deltas(t);
+    if (rc == SPOOL_OK)
+        rc = apply_dlq_delta(t);
     if (rc == SPOOL_OK && t->seq_dirty) {
         MDB_val k = { 8, "next_seq" }, v = { 8, &t->next_seq };
         int mrc = mdb_put(t->txn, t->s->meta, &k, &v, 0);
@@ -1027,6 +1139,11 @@ int spool_stats(struct spool *s, struct spool_stats *st)
     MDB_stat ms;
     if (mdb_stat(txn, s->dlq, &ms) == 0)
         st->dlq_records = ms.ms_entries;
+    k.mv_size = 9;
+    k.mv_data = "dlq_bytes";
+    if (mdb_get(txn, s->meta, &k, &v) == 0 && v.mv_size == 8)
+        memcpy(&st->dlq_bytes, v.mv_data, 8);
+    k.mv_size = 8;
     for (uint32_t id = 1; id <= SPOOL_MAX_DESTS; id++) {
         if (!dest_ready(s, id))
             continue;
@@ -1085,6 +1202,66 @@ static void find_map(struct spool *s)
         }
     }
     fclose(f);
+}
+
+int spool_compact(const char *dir, uint64_t *before, uint64_t *after, char *err, size_t errlen)
+{
+    char data[4096], tmpdir[4096], tmpdata[4200];
+    snprintf(data, sizeof data, "%s/data.mdb", dir);
+    snprintf(tmpdir, sizeof tmpdir, "%s/compact.tmp", dir);
+    snprintf(tmpdata, sizeof tmpdata, "%s/data.mdb", tmpdir);
+    struct stat st;
+    if (stat(data, &st) != 0) {
+        snprintf(err, errlen, "%s: no spool here: %s", dir, strerror(errno));
+        return SPOOL_NOTFOUND;
+    }
+    *before = (uint64_t)st.st_size;
+    MDB_env *env;
+    int rc = mdb_env_create(&env);
+    if (!rc)
+        rc = mdb_env_set_maxdbs(env, SPOOL_MAX_DESTS + 8);
+    if (!rc)
+        rc = mdb_env_set_mapsize(env, (size_t)st.st_size + (1u << 20));
+    if (!rc)
+        rc = mdb_env_open(env, dir, MDB_RDONLY, 0600);
+    if (rc) {
+        snprintf(err, errlen, "cannot open %s: %s", dir, mdb_strerror(rc));
+        mdb_env_close(env);
+        return map_rc(rc, "open");
+    }
+    if (mkdir(tmpdir, 0700) != 0 && errno != EEXIST) {
+        snprintf(err, errlen, "cannot create %s: %s", tmpdir, strerror(errno));
+        mdb_env_close(env);
+        return SPOOL_IO;
+    }
+    unlink(tmpdata);
+    rc = mdb_env_copy2(env, tmpdir, MDB_CP_COMPACT);
+    mdb_env_close(env);
+    int fd = open(tmpdata, O_RDONLY);
+    if (rc == 0 && (fd < 0 || fsync(fd) != 0))
+        rc = errno ? errno : EIO;
+    if (fd >= 0)
+        close(fd);
+    if (rc) {
+        snprintf(err, errlen, "compacting copy failed: %s (the spool is untouched)", mdb_strerror(rc));
+        unlink(tmpdata);
+        rmdir(tmpdir);
+        return map_rc(rc, "copy");
+    }
+    /* the copy is complete and durable: put it in place atomically */
+    if (rename(tmpdata, data) != 0) {
+        snprintf(err, errlen, "cannot replace %s: %s (the compacted copy is in %s)", data,
+                 strerror(errno), tmpdata);
+        return SPOOL_IO;
+    }
+    rmdir(tmpdir);
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY);
+    if (dfd >= 0) {
+        fsync(dfd);
+        close(dfd);
+    }
+    *after = stat(data, &st) == 0 ? (uint64_t)st.st_size : 0;
+    return SPOOL_OK;
 }
 
 int spool_release_pages(struct spool *s)

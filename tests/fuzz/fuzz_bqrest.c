@@ -6,7 +6,7 @@
  *
  *  - an insertAll response body for bqrest_parse_insertall(), with
  *    n = 1 + input[0] % 64 rows. The result must be 0 or -1; -1 comes with a
- *    non-empty, NUL-terminated err; 0 only for bodies jansson accepts as an
+ *    non-empty, NUL-terminated err and every row marked RETRY; 0 only for bodies jansson accepts as an
  *    object, with every fate in range, every field NUL-terminated, and
  *    INSERTED rows carrying empty fields. A second parse must agree, and
  *    err buffers of 0, 1 and 2 bytes must be handled.
@@ -60,6 +60,10 @@ static void check_parse(const uint8_t *data, size_t size)
     TERMINATED(err);
     if (rc == -1) {
         CHECK(err[0] != 0);
+        for (size_t i = 0; i < n; i++) {
+            CHECK(res[i].fate == BQ_ROW_RETRY);
+            TERMINATED(res[i].message);
+        }
     } else {
         json_t *j = json_loadb((const char *)data, size, 0, NULL);
         CHECK(json_is_object(j));

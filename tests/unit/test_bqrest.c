@@ -199,6 +199,11 @@ static void parse_fails(const char *body, size_t n)
         fail_msg("accepted: %s", body);
     if (err[0] == 0)
         fail_msg("no error message for: %s", body);
+    /* every row is to be resent, whatever was applied before the fault */
+    for (size_t i = 0; i < n; i++) {
+        assert_int_equal(res[i].fate, BQ_ROW_RETRY);
+        assert_string_equal(res[i].reason, "");
+    }
 }
 
 static void expect_row(const struct bq_row_result *r, enum bq_row_fate fate,
