@@ -196,6 +196,9 @@ static uint64_t walk(struct spool *sp, const struct filter *f, entry_fn fn, void
     do {
         w.got = 0;
         spool_dlq_read(sp, w.next, PAGE, walk_one, &w);
+        /* the pages just read stay in the page cache, not in our resident
+         * set: memory stays flat however large the store */
+        spool_release_pages(sp);
     } while (w.got == PAGE && !w.stop);
     return w.matched;
 }

@@ -503,7 +503,7 @@ CHECKERS = {
 
 class Column:
     __slots__ = ("name", "lname", "type", "mode", "check", "sub", "max_length",
-                 "precision", "scale", "range_type")
+                 "precision", "scale", "range_type", "default_expr", "description")
 
     def __init__(self, f):
         self.name, self.lname = f["name"], f["name"].lower()
@@ -515,16 +515,22 @@ class Column:
         self.precision = int(f["precision"]) if f.get("precision") is not None else None
         self.scale = int(f.get("scale") or 0)
         self.range_type = (f.get("rangeElementType") or {}).get("type")
+        self.default_expr = f.get("defaultValueExpression")
+        self.description = f.get("description")
 
 
 class Compiled:
-    __slots__ = ("by_lower", "required")
+    __slots__ = ("by_lower", "required", "columns", "order")
 
     def __init__(self, fields):
         self.by_lower = {}
+        self.columns = []             # in schema order
+        self.order = {}               # lower-case name -> position
         for f in fields:
             c = Column(f)
             self.by_lower[c.lname] = c
+            self.order[c.lname] = len(self.columns)
+            self.columns.append(c)
         self.required = [c for c in self.by_lower.values() if c.mode == "REQUIRED"]
 
 
