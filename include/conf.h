@@ -63,6 +63,8 @@ struct conf {
     uint64_t max_spool_bytes;
     enum conf_durability durability;
     uint64_t sync_interval_ms;
+    uint64_t dlq_max_bytes;        /* 0: bounded only by max_spool_bytes */
+    uint64_t dlq_max_age_ms;       /* 0: dead letters are kept until replayed or purged */
 
     /* [ingest] */
     char *socket_path;

@@ -149,7 +149,7 @@ static int commit_list(struct committer *c, struct batch *list)
     }
     if (!spool_has_room(c->spool, list_footprint(list)))
         return SPOOL_FULL;
-    struct spool_txn *t;
+    struct spool_txn *t = NULL;
     int rc = spool_txn_begin(c->spool, &t);
     if (rc)
         return rc;

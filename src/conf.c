@@ -48,6 +48,8 @@ static const struct key_def keys[] = {
     { "spool",  "max_spool_bytes",     T_SIZE,       OFF(max_spool_bytes), 1 << 20, 1ULL << 44 },
     { "spool",  "durability",          T_DURABILITY, OFF(durability), 0, 0 },
     { "spool",  "sync_interval",       T_DURATION,   OFF(sync_interval_ms), 1, 3600000 },
+    { "spool",  "dlq_max_bytes",       T_SIZE,       OFF(dlq_max_bytes), 0, 0 },
+    { "spool",  "dlq_max_age",         T_DURATION,   OFF(dlq_max_age_ms), 0, 0 },
     { "ingest", "socket",              T_PATH,       OFF(socket_path), 0, 0 },
     { "ingest", "socket_mode",         T_MODE,       OFF(socket_mode), 0, 0 },
     { "ingest", "socket_owner",        T_USER,       OFF(socket_uid), 0, 0 },

@@ -756,7 +756,7 @@ static int cmd_purge(struct ctx *x, struct spool *sp, const struct filter *f, in
                            .start_us = util_mono_us(), .what = "purged" };
     uint64_t purged = 0;
     for (size_t i = 0; i < ids.n;) {
-        struct spool_txn *t;
+        struct spool_txn *t = NULL;
         int rc = spool_txn_begin(sp, &t);
         size_t end = i + TXN_ROWS < ids.n ? i + TXN_ROWS : ids.n, done = 0;
         for (size_t k = i; rc == SPOOL_OK && k < end; k++) {
@@ -858,7 +858,7 @@ static int cmd_replay(struct ctx *x, struct spool *sp, const struct filter *f, i
     if (step > TXN_ROWS)
         step = TXN_ROWS;
     for (size_t i = 0; i < ids.n;) {
-        struct spool_txn *t;
+        struct spool_txn *t = NULL;
         int rc = spool_txn_begin(sp, &t);
         size_t end = i + step < ids.n ? i + step : ids.n, done = 0, missing = 0;
         for (size_t k = i; rc == SPOOL_OK && k < end; k++) {
@@ -1163,7 +1163,7 @@ int ctl_spool_check(struct ctx *x, int argc, char **argv)
         records += c.records;
         corrupt += c.corrupt;
         if (repair && c.nbad) {
-            struct spool_txn *t;
+            struct spool_txn *t = NULL;
             int rc = spool_txn_begin(sp, &t);
             for (size_t i = 0; rc == SPOOL_OK && i < c.nbad; i++)
                 rc = spool_txn_dead_letter(t, id, c.bad[i], "corrupt",

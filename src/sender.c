@@ -13,6 +13,7 @@
  */
 #include "sender.h"
 #include "auth.h"
+#include "dlq.h"
 #include "bqrest.h"
 #include "log.h"
 #include "util.h"
@@ -31,6 +32,7 @@
 
 #define TICK_MS          1000   /* look at every queue at least this often */
 #define ID_MAX           64
+#define EXPIRE_EVERY_US  (60ull * 1000000)   /* dlq_max_age is applied at least once a minute */
 
 struct row {
     uint64_t seq;
@@ -80,6 +82,7 @@ struct dest {
     unsigned fail_streak;     /* consecutive failed requests, for the backoff */
     enum dstate state;
     uint64_t flush_at_ms;     /* when the partial batch at the head is due */
+    struct chunk *held;       /* rows to dead-letter while the store is full: kept */
     /* counters and state for status (under sender->stats_lock) */
     uint64_t delivered, retried, dead_lettered, requests, failed, bytes_raw, bytes_sent;
     char why[256];            /* why backing off / parked */
@@ -111,6 +114,9 @@ struct sender {
     struct outcome *outs;
     size_t n_outs, cap_outs;
     pthread_mutex_t stats_lock;
+    bool dlq_full;                /* dlq_max_bytes reached: hold rows instead */
+    uint64_t dlq_pending_bytes;   /* dead letters collected this turn */
+    uint64_t last_expire_us;
 };
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
@@ -211,9 +217,39 @@ static void dead_letter(struct sender *s, struct dest *d, const struct chunk *ch
                         const char *reason, uint32_t http, const char *fmt, ...)
     __attribute__((format(printf, 7, 8)));
 
+/* Keeps row i of ch on d's held chunk (the dead-letter store is full). */
+static void hold(struct dest *d, const struct chunk *ch, size_t i)
+{
+    struct chunk *h = d->held;
+    if (!h) {
+        if (!(h = d->held = calloc(1, sizeof *h)))
+            return;
+        h->first_attempt_ms = ch->first_attempt_ms;
+    }
+    const struct row *r = &ch->rows[i];
+    struct row *nr = realloc(h->rows, (h->n + 1) * sizeof *nr);
+    char *nd = nr ? realloc(h->data, h->data_len + r->len + 1) : NULL;
+    if (nr)
+        h->rows = nr;
+    if (!nd)
+        return;   /* out of memory: the row stays queued and comes back after a restart */
+    h->data = nd;
+    memcpy(h->data + h->data_len, ch->data + r->off, r->len);
+    h->rows[h->n] = *r;
+    h->rows[h->n].off = h->data_len;
+    h->data_len += r->len;
+    h->n++;
+    h->attempts = ch->attempts;
+    h->last_attempt_ms = ch->last_attempt_ms;
+}
+
 static void dead_letter(struct sender *s, struct dest *d, const struct chunk *ch, size_t i,
                         const char *reason, uint32_t http, const char *fmt, ...)
 {
+    if (s->dlq_full && ch->data && strcmp(reason, "corrupt") != 0) {
+        hold(d, ch, i);   /* no room in the dead-letter store: the row waits in its queue */
+        return;
+    }
     struct outcome *o = new_outcome(s, d, ch->rows[i].seq);
     if (!o)
         return;   /* out of memory: the row stays queued and is retried */
@@ -227,6 +263,27 @@ static void dead_letter(struct sender *s, struct dest *d, const struct chunk *ch
     o->info.attempts = ch->attempts;
     o->info.first_attempt_ms = ch->first_attempt_ms;
     o->info.last_attempt_ms = ch->last_attempt_ms;
+    s->dlq_pending_bytes += DLQ_HDR + strlen(o->reason) + strlen(o->detail) + ch->rows[i].len;
+    if (s->conf->dlq_max_bytes && s->dlq_pending_bytes + spool_dlq_bytes(s->spool) >= s->conf->dlq_max_bytes)
+        s->dlq_full = true;   /* this one fits; the next ones wait */
+}
+
+/* A destination whose rejected rows could not be dead-lettered waits. */
+static void park(struct sender *s, struct dest *d, const char *why);
+
+static void release_held(struct sender *s, struct dest *d)
+{
+    if (!d->held)
+        return;
+    struct chunk *h = d->held;
+    d->held = NULL;
+    retry_push_front(d, h);
+    char why[256];
+    snprintf(why, sizeof why, "the dead-letter store is full (dlq_max_bytes = %llu): %zu rejected "
+             "row(s) wait in the queue; replay or purge dead letters (relayctl dlq)",
+             (unsigned long long)s->conf->dlq_max_bytes, h->n);
+    log_warn("destination %s: %s", d->cd->name, why);
+    park(s, d, why);
 }
 
 static void delivered(struct sender *s, struct dest *d, const struct chunk *ch, size_t i)
@@ -239,7 +296,7 @@ static void apply_outcomes(struct sender *s)
 {
     if (s->n_outs == 0)
         return;
-    struct spool_txn *t;
+    struct spool_txn *t = NULL;
     int rc = spool_txn_begin(s->spool, &t);
     size_t ok = 0, dead = 0;
     for (size_t i = 0; rc == SPOOL_OK && i < s->n_outs; i++) {
@@ -749,6 +806,7 @@ static void handle_done(struct sender *s, struct request *rq, CURLcode res)
         chunk_free(ch);
         break;
     }
+    release_held(s, d);
     request_release(s, rq);
 }
 
@@ -793,8 +851,68 @@ static void pump(struct sender *s, struct dest *d, uint64_t now_us, uint64_t now
         if (now_us < d->not_before_us)
             break;   /* start_request backed off (credentials) */
     }
+    release_held(s, d);
     if (d->inflight == 0 && d->state == D_SENDING)
         d->state = D_IDLE;
+}
+
+/* ---- retention ---- */
+
+struct expire {
+    uint64_t cutoff_ms, next;
+    uint64_t *seqs;
+    size_t n, cap, got;
+};
+
+static int expire_one(const struct dlq_entry *e, void *arg)
+{
+    struct expire *x = arg;
+    x->got++;
+    x->next = e->seq + 1;
+    if (e->dead_ms >= x->cutoff_ms)
+        return 0;
+    if (x->n == x->cap) {
+        size_t nc = x->cap ? x->cap * 2 : 1024;
+        uint64_t *ns = realloc(x->seqs, nc * sizeof *ns);
+        if (!ns)
+            return 1;
+        x->seqs = ns;
+        x->cap = nc;
+    }
+    x->seqs[x->n++] = e->seq;
+    return 0;
+}
+
+/* dlq_max_age: deletes dead letters older than it, a page at a time. */
+static void expire_dead_letters(struct sender *s, uint64_t now_ms)
+{
+    struct expire x = { .cutoff_ms = now_ms - s->conf->dlq_max_age_ms };
+    uint64_t purged = 0;
+    do {
+        x.got = 0;
+        x.n = 0;
+        spool_dlq_read(s->spool, x.next, 2048, expire_one, &x);
+        if (x.n == 0)
+            continue;
+        struct spool_txn *t = NULL;
+        int rc = spool_txn_begin(s->spool, &t);
+        for (size_t i = 0; rc == SPOOL_OK && i < x.n; i++) {
+            rc = spool_txn_dlq_delete(t, x.seqs[i]);
+            if (rc == SPOOL_NOTFOUND)
+                rc = SPOOL_OK;
+        }
+        if (rc == SPOOL_OK && (rc = spool_txn_commit(t)) == SPOOL_OK)
+            purged += x.n;
+        else if (rc != SPOOL_OK && t)
+            spool_txn_abort(t);
+        if (rc != SPOOL_OK)
+            break;
+    } while (x.got == 2048);
+    spool_release_pages(s->spool);
+    free(x.seqs);
+    if (purged)
+        log_info("deleted %llu dead letter(s) older than dlq_max_age (%llu s)",
+                 (unsigned long long)purged, (unsigned long long)s->conf->dlq_max_age_ms / 1000);
 }
 
 /* ---- the thread ---- */
@@ -827,6 +945,18 @@ static void *sender_main(void *arg)
         uint64_t now_us = util_mono_us(), now_ms = util_now_ms();
         if (s->stop && !stop_deadline)
             stop_deadline = now_us + (uint64_t)s->stop_wait_ms * 1000;
+        s->dlq_pending_bytes = 0;
+        s->dlq_full = s->conf->dlq_max_bytes &&
+                      spool_dlq_bytes(s->spool) >= s->conf->dlq_max_bytes;
+        uint64_t every = s->conf->dlq_max_age_ms * 500;   /* half the age, in us */
+        if (every > EXPIRE_EVERY_US)
+            every = EXPIRE_EVERY_US;
+        if (every < 1000000)
+            every = 1000000;
+        if (s->conf->dlq_max_age_ms && now_us - s->last_expire_us >= every) {
+            expire_dead_letters(s, now_ms);
+            s->last_expire_us = now_us;
+        }
         if (!s->stop)
             for (size_t i = 0; i < s->n_dests; i++)
                 pump(s, &s->dests[i], now_us, now_ms);
@@ -1000,6 +1130,7 @@ void sender_free(struct sender *s)
             d->retry = c->next;
             chunk_free(c);
         }
+        chunk_free(d->held);
         auth_free(d->auth);
         free(d->url);
     }

@@ -257,3 +257,38 @@ class BigDlqTest(DlqBase):
         for k, v in rss.items():
             self.assertLess(v, 64 * 1024, f"relayctl {k}: memory must not grow with the store")
 
+
+
+class RetentionTest(DlqBase):
+    def test_full_dead_letter_store_parks_and_drops_nothing(self):
+        d = self.daemon(dests=[("events", deliver_to(self.emu, max_inflight=1, batch_rows=10))],
+                        spool__dlq_max_bytes="4K")
+        d.start()
+        lines = [json.dumps({"i": i, "extra": "x"}) for i in range(100)]
+        self.send(d, lines)
+
+        def where():
+            st = d.status()
+            ev = [x for x in st["destinations"] if x["name"] == "events"][0]
+            return st["spool"]["dead_letters"], ev["records"], ev["delivery"]
+
+        wait_for(lambda: where()[2]["state"] == "parked", 60, "the destination to park")
+        dead, queued, dl = where()
+        self.assertIn("dead-letter store is full", dl["why"])
+        self.assertGreater(dead, 0)
+        self.assertGreater(queued, 0)
+        self.assertEqual(dead + queued, 100, "every rejected row is dead-lettered or still queued")
+        self.assertIn("dead-letter store is full", d.read_log())
+        # room again: the held rows come back after park_wait and are dead-lettered in turn
+        self.ctl(d, "dlq", "purge", "--yes")
+        wait_for(lambda: where()[0] > 0 and sum(where()[:2]) <= 100, 30, "dead-lettering to resume")
+        dead2, queued2, _ = where()
+        self.assertLess(queued2, queued)
+
+    def test_dlq_max_age_deletes_old_dead_letters(self):
+        d = self.daemon(dests=[("events", deliver_to(self.emu))], spool__dlq_max_age="2s")
+        d.start()
+        self.send(d, [json.dumps({"i": i, "extra": "x"}) for i in range(10)])
+        wait_for(lambda: d.status()["spool"]["dead_letters"] == 10, 30, "10 dead letters")
+        wait_for(lambda: d.status()["spool"]["dead_letters"] == 0, 30, "dlq_max_age to apply")
+        self.assertIn("older than dlq_max_age", d.read_log())

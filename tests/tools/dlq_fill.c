@@ -27,7 +27,7 @@ int main(int argc, char **argv)
         return 1;
     }
     while (done < n) {
-        struct spool_txn *t;
+        struct spool_txn *t = NULL;
         if (spool_txn_begin(sp, &t) != SPOOL_OK)
             return 1;
         for (int i = 0; i < 50000 && done < n; i++, done++) {

@@ -53,7 +53,7 @@ int main(int argc, char **argv)
         spool_read(sp, id, 0, want, SIZE_MAX, take, &s);
         if (s.n == 0)
             break;
-        struct spool_txn *t;
+        struct spool_txn *t = NULL;
         int rc = spool_txn_begin(sp, &t);
         for (size_t i = 0; rc == SPOOL_OK && i < s.n; i++)
             rc = spool_txn_remove(t, id, s.v[i]);
