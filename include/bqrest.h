@@ -18,9 +18,9 @@
 /* One row to insert: its JSON object text (already validated at ingest) and
  * its insertId. */
 struct bq_row {
-    const char *json;
+    const char *json;         /* a non-empty JSON object (validated at ingest) */
     size_t len;
-    const char *insert_id;    /* NUL-terminated, <= 128 chars, or NULL for none */
+    const char *insert_id;    /* NUL-terminated UTF-8, <= 128 chars, or NULL for none */
 };
 
 struct bq_insert_opts {
@@ -41,9 +41,11 @@ int bqrest_insertall_body(struct buf *out, const struct bq_row *rows, size_t n,
  * or 0 for zlib's default. Returns 0 or -1. */
 int bqrest_gzip(const void *in, size_t len, struct buf *out, int level);
 
-/* The URL path of insertAll / tables.get for a table (no host):
- * /bigquery/v2/projects/P/datasets/D/tables/T/insertAll. Components are
- * percent-encoded where needed. */
+/* Append the URL path of insertAll / tables.get for a table (no host) to out:
+ * /bigquery/v2/projects/P/datasets/D/tables/T/insertAll. Bytes outside
+ * [A-Za-z0-9_.~-] in a component are percent-encoded (so '$' of a partition
+ * decorator becomes %24). Returns 0, or -1 (EINVAL for a NULL or empty
+ * component, ENOMEM) leaving out unchanged. */
 int bqrest_insertall_path(struct buf *out, const char *project, const char *dataset,
                           const char *table);
 int bqrest_table_path(struct buf *out, const char *project, const char *dataset,
@@ -59,7 +61,7 @@ enum bq_row_fate {
 
 struct bq_row_result {
     enum bq_row_fate fate;
-    char reason[48];       /* BigQuery's reason of the first error, "" if inserted */
+    char reason[48];       /* the reason of the error that decided the fate, "" if inserted */
     char location[128];    /* the column, if given */
     char message[512];     /* BigQuery's message */
 };
@@ -75,8 +77,9 @@ int bqrest_parse_insertall(const char *body, size_t len, size_t n,
 enum bq_action {
     BQ_OK = 0,          /* 2xx: look at per-row results */
     BQ_RETRY,           /* 429, 5xx, 408, network errors: back off (honour Retry-After) and resend */
-    BQ_RATE_LIMITED,    /* 403 rateLimitExceeded: back off seconds and resend */
-    BQ_QUOTA,           /* 403 quotaExceeded: back off minutes and resend */
+    BQ_RATE_LIMITED,    /* 403 (or 400) rateLimitExceeded, or RESOURCE_EXHAUSTED without a
+                           reason: back off seconds and resend */
+    BQ_QUOTA,           /* 403 (or 400) quotaExceeded: back off minutes and resend */
     BQ_UNAUTHORIZED,    /* 401: refresh the token once and resend */
     BQ_NOT_FOUND,       /* 404: the table (or dataset/project) is missing: park the destination */
     BQ_TOO_LARGE,       /* 400 payload too large / too many rows, 413: split the batch */

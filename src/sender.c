@@ -82,6 +82,7 @@ struct dest {
     unsigned fail_streak;     /* consecutive failed requests, for the backoff */
     enum dstate state;
     uint64_t flush_at_ms;     /* when the partial batch at the head is due */
+    bool more;                /* the last read filled a batch: more rows may be waiting */
     struct chunk *held;       /* rows to dead-letter while the store is full: kept */
     /* counters and state for status (under sender->stats_lock) */
     uint64_t delivered, retried, dead_lettered, requests, failed, bytes_raw, bytes_sent;
@@ -416,17 +417,20 @@ static struct chunk *read_batch(struct sender *s, struct dest *d, uint64_t now_m
             d->read_seq = rd.last_seq + 1;
         chunk_free(ch);
         d->flush_at_ms = 0;
+        d->more = rd.any;
         return NULL;
     }
     bool due = rd.full || ch->n >= cd->batch_rows ||
                now_ms >= ch->rows[0].time_ms + cd->flush_interval_ms || s->stop;
     if (!due) {
+        d->more = false;
         d->flush_at_ms = ch->rows[0].time_ms + cd->flush_interval_ms;
         /* corrupt ones already read are recorded; the rest is read again later */
         chunk_free(ch);
         return NULL;
     }
     d->flush_at_ms = 0;
+    d->more = rd.full || ch->n >= cd->batch_rows;
     d->read_seq = ch->rows[ch->n - 1].seq + 1;
     if (rd.last_seq + 1 > d->read_seq)
         d->read_seq = rd.last_seq + 1;
@@ -930,8 +934,8 @@ static long next_timeout_ms(struct sender *s, uint64_t now_us, uint64_t now_ms)
             long w = d->flush_at_ms > now_ms ? (long)(d->flush_at_ms - now_ms) + 1 : 1;
             if (w < t)
                 t = w;
-        } else if (d->retry && d->inflight < d->cd->max_inflight) {
-            t = 0;
+        } else if ((d->retry || d->more) && d->inflight < d->cd->max_inflight) {
+            t = 0;   /* work waiting and room to send it: go round at once */
         }
     }
     return t;

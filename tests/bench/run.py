@@ -84,7 +84,8 @@ def bench_delivery():
         subprocess.run([os.path.join(B, "bench", "bench_fill"), os.path.join(d, "spool"), "events",
                         str(DELIVER)], check=True)
         dest = (f"project = bench\ndataset = logs\ncredentials = {d}/key.json\n"
-                f"endpoint = {info['base_url']}\nca_file = {d}/tls/ca.pem\n")
+                f"endpoint = {info['base_url']}\nca_file = {d}/tls/ca.pem\n"
+                + os.environ.get("BENCH_DEST_EXTRA", "").replace(";", "\n") + "\n")
         p, _ = start(d, config(d, "fsync", dest))
         c0, t0 = cpu_s(p.pid), time.monotonic()
         while status(d)["spool"]["records"] > 0:
