@@ -15,7 +15,7 @@ BUILD   ?= build
 CC      ?= cc
 PY      := /usr/bin/python3
 
-PKGS     := lmdb jansson zlib libcurl openssl
+PKGS     := lmdb jansson zlib libcurl openssl libprotobuf-c grpc
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
@@ -23,13 +23,16 @@ WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototyp
            -Wpointer-arith -Wformat=2 -Wno-unused-parameter -Wno-format-truncation
 OPT     ?= -O2
 CFLAGS  ?=
-CFLAGS  += -std=c11 -D_GNU_SOURCE -g $(OPT) $(WARN) -Iinclude $(PKG_CFLAGS) $(EXTRA_CFLAGS)
+CFLAGS  += -std=c11 -D_GNU_SOURCE -g $(OPT) $(WARN) -Iinclude -I$(BUILD)/gen $(PKG_CFLAGS) $(EXTRA_CFLAGS)
 LDFLAGS += $(EXTRA_LDFLAGS)
 LIBS    := $(PKG_LIBS) -lpthread
 
 MAINS   := src/relayd.c src/relayctl.c
 LIBSRC  := $(filter-out $(MAINS),$(wildcard src/*.c))
-LIBOBJ  := $(LIBSRC:src/%.c=$(BUILD)/obj/%.o)
+PROTOS  := $(wildcard proto/*.proto)
+GENSRC  := $(PROTOS:proto/%.proto=$(BUILD)/gen/%.pb-c.c)
+GENHDR  := $(GENSRC:.c=.h)
+LIBOBJ  := $(LIBSRC:src/%.c=$(BUILD)/obj/%.o) $(GENSRC:$(BUILD)/gen/%.c=$(BUILD)/obj/gen-%.o)
 UNITSRC := $(wildcard tests/unit/test_*.c)
 UNITBIN := $(UNITSRC:tests/unit/%.c=$(BUILD)/tests/%)
 TOOLSRC := $(wildcard tests/tools/*.c)
@@ -44,8 +47,16 @@ all: $(BUILD)/relayd $(BUILD)/relayctl
 deps:
 	@./tools/install-deps.sh
 
-$(BUILD)/obj/%.o: src/%.c $(wildcard include/*.h) | $(BUILD)/obj
+$(BUILD)/obj/%.o: src/%.c $(wildcard include/*.h) $(GENHDR) | $(BUILD)/obj
 	$(CC) $(CFLAGS) -c -o $@ $<
+
+# protobuf-c code generated from proto/ (the Storage Write API messages)
+$(BUILD)/gen/%.pb-c.c $(BUILD)/gen/%.pb-c.h: proto/%.proto $(PROTOS)
+	@mkdir -p $(BUILD)/gen
+	protoc-c --c_out=$(BUILD)/gen -Iproto $<
+
+$(BUILD)/obj/gen-%.o: $(BUILD)/gen/%.c $(GENHDR) | $(BUILD)/obj
+	$(CC) -std=c11 -g $(OPT) -Wall -Werror -I$(BUILD)/gen $(PKG_CFLAGS) $(EXTRA_CFLAGS) -c -o $@ $<
 
 $(BUILD)/librelay.a: $(LIBOBJ)
 	ar rcs $@ $^
@@ -83,12 +94,16 @@ asan:
 FUZZSRC := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZBIN := $(FUZZSRC:tests/fuzz/%.c=build-fuzz/%)
 FUZZOBJ := $(LIBSRC:src/%.c=build-fuzz/obj/%.o)
-FUZZFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -Iinclude $(PKG_CFLAGS) -fsanitize=fuzzer-no-link,address,undefined
-build-fuzz/obj/%.o: src/%.c $(wildcard include/*.h)
+FUZZFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -Iinclude -Ibuild-fuzz/gen $(PKG_CFLAGS) -fsanitize=fuzzer-no-link,address,undefined
+FUZZGEN := $(PROTOS:proto/%.proto=build-fuzz/gen/%.pb-c.c)
+build-fuzz/gen/%.pb-c.c build-fuzz/gen/%.pb-c.h: proto/%.proto $(PROTOS)
+	@mkdir -p build-fuzz/gen
+	protoc-c --c_out=build-fuzz/gen -Iproto $<
+build-fuzz/obj/%.o: src/%.c $(wildcard include/*.h) $(FUZZGEN)
 	@mkdir -p build-fuzz/obj
 	clang $(FUZZFLAGS) -c -o $@ $<
-build-fuzz/%: tests/fuzz/%.c $(FUZZOBJ)
-	clang $(FUZZFLAGS) -fsanitize=fuzzer -o $@ $< $(FUZZOBJ) $(PKG_LIBS) -lpthread
+build-fuzz/%: tests/fuzz/%.c $(FUZZOBJ) $(FUZZGEN)
+	clang $(FUZZFLAGS) -fsanitize=fuzzer -o $@ $< $(FUZZOBJ) $(FUZZGEN) $(PKG_LIBS) -lpthread
 
 FUZZ_SECONDS ?= 300
 fuzz: $(FUZZBIN)
