@@ -45,6 +45,10 @@ struct conf_dest {
     /* retrying */
     uint64_t retry_base_ms, retry_cap_ms, rate_limit_wait_ms, quota_wait_ms, park_wait_ms;
     uint64_t max_age_ms;   /* 0: records never expire */
+    /* api = storage */
+    bool exactly_once;     /* delivery = exactly_once (committed stream + offsets) */
+    char *schema_file;     /* BigQuery JSON schema; NULL: fetched with tables.get */
+    char *storage_endpoint;/* host:port of the Storage Write API */
 };
 
 /* True if d names a BigQuery table to deliver to (project and dataset set). */

@@ -112,6 +112,11 @@ int spool_txn_dlq_replay(struct spool_txn *t, uint64_t seq, uint32_t dest, const
                          size_t len, uint64_t *new_seq);
 /* Deletes dead letter seq (purge). SPOOL_NOTFOUND if there is none. */
 int spool_txn_dlq_delete(struct spool_txn *t, uint64_t seq);
+/* A small named value in the spool's metadata (e.g. a Storage Write stream
+ * and its next offset), written in t so that it commits with the records. */
+int spool_txn_put_meta(struct spool_txn *t, const char *key, const void *val, size_t len);
+/* Reads it; SPOOL_NOTFOUND if absent. At most cap bytes are copied; *len gets the size. */
+int spool_get_meta(struct spool *s, const char *key, void *val, size_t cap, size_t *len);
 /* Makes the transaction durable as the durability mode says. On SPOOL_FULL or
  * any error nothing of it was written and t is gone either way. */
 int spool_txn_commit(struct spool_txn *t);

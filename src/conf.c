@@ -28,7 +28,8 @@
 #include <unistd.h>
 
 enum key_type { T_STR, T_PATH, T_SIZE, T_DURATION, T_UINT, T_MODE, T_LOGLEVEL,
-                T_DURABILITY, T_UIDS, T_GIDS, T_USER, T_GROUP, T_BOOL, T_API, T_URL };
+                T_DURABILITY, T_UIDS, T_GIDS, T_USER, T_GROUP, T_BOOL, T_API, T_URL,
+                T_DELIVERY };
 
 struct key_def {
     const char *section;
@@ -89,6 +90,9 @@ static const struct key_def dest_keys[] = {
     { "destination", "quota_wait",            T_DURATION, DOFF(quota_wait_ms), 0, 86400000 },
     { "destination", "park_wait",             T_DURATION, DOFF(park_wait_ms), 1000, 86400000 },
     { "destination", "max_age",               T_DURATION, DOFF(max_age_ms), 0, 0 },
+    { "destination", "delivery",              T_DELIVERY, DOFF(exactly_once), 0, 0 },
+    { "destination", "schema_file",           T_PATH,     DOFF(schema_file), 0, 0 },
+    { "destination", "storage_endpoint",      T_STR,      DOFF(storage_endpoint), 0, 0 },
 };
 
 static char *xstrdup(const char *s)
@@ -149,6 +153,7 @@ static void dest_defaults(struct conf_dest *d)
     d->rate_limit_wait_ms = 5000;
     d->quota_wait_ms = 600000;
     d->park_wait_ms = 60000;
+    d->storage_endpoint = xstrdup("bigquerystorage.googleapis.com:443");
 }
 
 static void dest_free(struct conf_dest *d)
@@ -161,6 +166,8 @@ static void dest_free(struct conf_dest *d)
     free(d->endpoint);
     free(d->ca_file);
     free(d->template_suffix);
+    free(d->schema_file);
+    free(d->storage_endpoint);
 }
 
 bool conf_dest_delivers(const struct conf_dest *d)
@@ -423,8 +430,7 @@ static int set_key(struct parser *p, struct conf *c, void *obj, const struct key
         if (strcmp(v, "insertall") == 0)
             *(enum conf_api *)(void *)base = API_INSERTALL;
         else if (strcmp(v, "storage") == 0)
-            return perr(p, k->name, "the Storage Write API is not available in this version: "
-                        "use api = insertall");
+            *(enum conf_api *)(void *)base = API_STORAGE;
         else
             return perr(p, k->name, "expected insertall or storage, got '%s'", v);
         return 0;
@@ -440,6 +446,14 @@ static int set_key(struct parser *p, struct conf *c, void *obj, const struct key
         *dst = xstrdup(v);
         return 0;
     }
+    case T_DELIVERY:
+        if (strcmp(v, "at_least_once") == 0)
+            *(bool *)(void *)base = false;
+        else if (strcmp(v, "exactly_once") == 0)
+            *(bool *)(void *)base = true;
+        else
+            return perr(p, k->name, "expected at_least_once or exactly_once, got '%s'", v);
+        return 0;
     case T_UIDS:
         return parse_ids(p, k->name, v, false, c);
     case T_GIDS:
@@ -544,6 +558,11 @@ int conf_validate(const struct conf *c, char *err, size_t errlen)
         if (!d->project != !d->dataset) {
             snprintf(err, errlen, "[destination %s]: set both project and dataset (or neither, "
                      "to only queue its records)", d->name);
+            return -1;
+        }
+        if (d->exactly_once && d->api != API_STORAGE) {
+            snprintf(err, errlen, "[destination %s] delivery = exactly_once needs api = storage "
+                     "(insertAll is at least once)", d->name);
             return -1;
         }
         if (d->retry_cap_ms < d->retry_base_ms) {

@@ -13,6 +13,7 @@
  */
 #include "sender.h"
 #include "auth.h"
+#include "writer.h"
 #include "dlq.h"
 #include "bqrest.h"
 #include "log.h"
@@ -105,6 +106,8 @@ struct sender {
     struct spool *spool;
     struct dest *dests;
     size_t n_dests;
+    struct writer **writers;      /* api = storage destinations, a thread each */
+    size_t n_writers;
     CURLM *multi;
     pthread_t thread;
     bool started;
@@ -1029,6 +1032,15 @@ void sender_status(void *sender, void *rootp)
         json_object_set_new(match, "delivery", dl);
     }
     pthread_mutex_unlock(&s->stats_lock);
+    for (size_t i = 0; i < s->n_writers; i++) {
+        size_t k;
+        json_t *o;
+        json_array_foreach(dests, k, o) {
+            const char *n = json_string_value(json_object_get(o, "name"));
+            if (n && strcmp(n, writer_name(s->writers[i])) == 0)
+                writer_status(s->writers[i], o);
+        }
+    }
 }
 
 /* ---- life cycle ---- */
@@ -1046,8 +1058,9 @@ int sender_create(const struct conf *conf, struct spool *sp, struct sender **out
     s->spool = sp;
     pthread_mutex_init(&s->stats_lock, NULL);
     s->dests = calloc(conf->n_dests ? conf->n_dests : 1, sizeof *s->dests);
+    s->writers = calloc(conf->n_dests ? conf->n_dests : 1, sizeof *s->writers);
     s->multi = curl_multi_init();
-    if (!s->dests || !s->multi) {
+    if (!s->dests || !s->writers || !s->multi) {
         snprintf(err, errlen, "out of memory");
         sender_free(s);
         return -1;
@@ -1056,6 +1069,14 @@ int sender_create(const struct conf *conf, struct spool *sp, struct sender **out
         const struct conf_dest *cd = &conf->dests[i];
         if (!conf_dest_delivers(cd))
             continue;
+        if (cd->api == API_STORAGE) {
+            if (writer_create(cd, sp, &s->writers[s->n_writers], err, errlen) != 0) {
+                sender_free(s);
+                return -1;
+            }
+            s->n_writers++;
+            continue;
+        }
         struct dest *d = &s->dests[s->n_dests];
         d->cd = cd;
         d->retry_tail = &d->retry;
@@ -1097,6 +1118,9 @@ int sender_create(const struct conf *conf, struct spool *sp, struct sender **out
 
 int sender_start(struct sender *s)
 {
+    for (size_t i = 0; i < s->n_writers; i++)
+        if (writer_start(s->writers[i]) != 0)
+            return -1;
     if (pthread_create(&s->thread, NULL, sender_main, s) != 0)
         return -1;
     s->started = true;
@@ -1108,11 +1132,17 @@ void sender_wake(void *sender)
     struct sender *s = sender;
     if (s && s->multi)
         curl_multi_wakeup(s->multi);
+    for (size_t i = 0; s && i < s->n_writers; i++)
+        writer_wake(s->writers[i]);
 }
 
 void sender_stop(struct sender *s, unsigned wait_ms)
 {
-    if (!s || !s->started)
+    if (!s)
+        return;
+    for (size_t i = 0; i < s->n_writers; i++)
+        writer_stop(s->writers[i], wait_ms);
+    if (!s->started)
         return;
     s->stop_wait_ms = wait_ms;
     __atomic_store_n(&s->stop, 1, __ATOMIC_RELEASE);
@@ -1148,6 +1178,9 @@ void sender_free(struct sender *s)
         s->free_reqs = rq->next;
         request_destroy(rq);
     }
+    for (size_t i = 0; i < s->n_writers; i++)
+        writer_free(s->writers[i]);
+    free(s->writers);
     if (s->multi)
         curl_multi_cleanup(s->multi);
     free(s->outs);

@@ -846,6 +846,36 @@ int spool_txn_dlq_replay(struct spool_txn *t, uint64_t seq, uint32_t dest, const
     return rc;
 }
 
+int spool_txn_put_meta(struct spool_txn *t, const char *key, const void *val, size_t len)
+{
+    char k[128];
+    int n = snprintf(k, sizeof k, "x.%s", key);   /* "x." keeps them apart from ours */
+    if (n <= 2 || (size_t)n >= sizeof k)
+        return SPOOL_INVAL;
+    MDB_val mk = { (size_t)n, k }, mv = { len, (void *)val };
+    return map_rc(mdb_put(t->txn, t->s->meta, &mk, &mv, 0), "write meta");
+}
+
+int spool_get_meta(struct spool *s, const char *key, void *val, size_t cap, size_t *len)
+{
+    char k[128];
+    int n = snprintf(k, sizeof k, "x.%s", key);
+    if (n <= 2 || (size_t)n >= sizeof k)
+        return SPOOL_INVAL;
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
+    if (rc)
+        return map_rc(rc, "begin read");
+    MDB_val mk = { (size_t)n, k }, mv;
+    rc = mdb_get(txn, s->meta, &mk, &mv);
+    if (rc == 0) {
+        memcpy(val, mv.mv_data, mv.mv_size < cap ? mv.mv_size : cap);
+        *len = mv.mv_size;
+    }
+    mdb_txn_abort(txn);
+    return map_rc(rc, "read meta");
+}
+
 uint64_t spool_dlq_bytes(struct spool *s)
 {
     MDB_txn *txn;

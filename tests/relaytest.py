@@ -275,7 +275,8 @@ def _tls_dir():
 class Emulator:
     """The local BigQuery emulator (tools/bqemu) over real HTTPS, with a test CA."""
 
-    def __init__(self, testcase=None, token_lifetime=3600, fast=False, dedup="inf", extra=()):
+    def __init__(self, testcase=None, token_lifetime=3600, fast=False, dedup="inf", extra=(),
+                 grpc=False):
         self.dir = tempfile.mkdtemp(prefix="bqemu-")
         self.data = os.path.join(self.dir, "data")
         self.tls = _tls_dir()
@@ -286,6 +287,8 @@ class Emulator:
         self.fast = fast
         self.dedup = dedup
         self.extra = list(extra)
+        self.grpc = grpc
+        self.grpc_port = 0
         self.port = 0
         self.proc = None
         self.key = None
@@ -302,6 +305,8 @@ class Emulator:
                "--ready-file", self.ready]
         if self.fast:
             cmd.append("--fast")
+        if self.grpc:
+            cmd += ["--grpc-port", str(self.grpc_port)]
         cmd += self.extra
         self.log = open(os.path.join(self.dir, "bqemu.log"), "ab")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL)
@@ -312,6 +317,7 @@ class Emulator:
         with open(self.ready) as f:
             info = json.load(f)
         self.port = info["https_port"]
+        self.grpc_port = info.get("grpc_port") or 0
         self.url = info["base_url"]
         self.token_uri = info["token_uri"]
         if not self.key:
@@ -374,6 +380,14 @@ EVENTS_SCHEMA = [
     {"name": "msg", "type": "STRING"},
     {"name": "ok", "type": "BOOLEAN"},
 ]
+
+
+def write_to(emu, project="proj", dataset="logs", **extra):
+    """Destination keys for relayd to deliver over the Storage Write API."""
+    kv = deliver_to(emu, project, dataset, api="storage",
+                    storage_endpoint=f"127.0.0.1:{emu.grpc_port}")
+    kv.update(extra)
+    return kv
 
 
 def deliver_to(emu, project="proj", dataset="logs", **extra):

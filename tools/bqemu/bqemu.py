@@ -3,11 +3,13 @@
 
 It serves tabledata.insertAll and table metadata over HTTPS with Google's
 error bodies, an OAuth2 token endpoint that verifies service-account JWTs,
-an optional GCE metadata server, fault injection and a control API, and keeps
-the rows it accepts in an SQLite file.  See docs/emulator.md.
+an optional GCE metadata server, an optional Storage Write API (gRPC) service,
+fault injection and a control API, and keeps the rows it accepts in an SQLite
+file.  See docs/emulator.md.
 
 Run it with the Debian interpreter (/usr/bin/python3): it needs
-python3-cryptography.
+python3-cryptography, and for --grpc-port python3-grpcio, python3-protobuf and
+protoc (protobuf-compiler).
 """
 
 import argparse
@@ -28,7 +30,7 @@ EPILOG = """\
 examples:
   bqemu.py gen-tls --dir /tmp/emu/tls --wrong-ca
   bqemu.py serve --dir /tmp/emu --port 0 --tls-cert /tmp/emu/tls/server.pem \\
-      --tls-key /tmp/emu/tls/server.key --metadata-port 0 --ready-file /tmp/emu/ready.json
+      --tls-key /tmp/emu/tls/server.key --metadata-port 0 --grpc-port 0 --ready-file /tmp/emu/ready.json
   bqemu.py gen-key --dir /tmp/emu --out /tmp/emu/key.json --token-uri https://127.0.0.1:PORT/token
   bqemu.py create-table --dir /tmp/emu my-proj.logs.events --schema events.json
   bqemu.py fault --ready-file /tmp/emu/ready.json --status 429 --count 3 --retry-after 1
@@ -67,7 +69,9 @@ def cmd_serve(args):
                  tls_cert=args.tls_cert, tls_key=args.tls_key, token_lifetime=args.token_lifetime,
                  fast=args.fast, dedup_window=window, max_request_bytes=args.max_request_bytes,
                  max_rows=args.max_rows, idle_timeout=args.idle_timeout, project=args.project,
-                 sa_email=args.sa_email, schema_dirs=args.schema_dir or [], ready_file=args.ready_file)
+                 sa_email=args.sa_email, schema_dirs=args.schema_dir or [], ready_file=args.ready_file,
+                 grpc_port=args.grpc_port, grpc_idle_timeout=args.grpc_idle_timeout,
+                 grpc_max_request_bytes=args.grpc_max_request_bytes, grpc_workers=args.grpc_workers)
     return serve(cfg)
 
 
@@ -140,7 +144,7 @@ def cmd_rows(args):
     store = Store(args.dir)
     try:
         ref = parse_table_ref(args.table) if args.table else None
-        rep = rows_report(store, ref, args.limit, 0, with_rows=not args.count)
+        rep = rows_report(store, ref, args.limit, 0, with_rows=not args.count, canonical=args.canonical)
     finally:
         store.close()
     if rep is None:
@@ -217,6 +221,14 @@ def _fault_spec(args):
             spec[key] = v
     if args.after_commit:
         spec["after_commit"] = True
+    if args.grpc is not None:
+        spec["grpc"] = int(args.grpc) if args.grpc.isdigit() else args.grpc.upper()
+    if args.idle_close:
+        spec["idle_close"] = True
+    if args.in_stream:
+        spec["in_stream"] = True
+    if args.method:
+        spec["method"] = args.method if len(args.method) > 1 else args.method[0]
     if args.path:
         spec["path"] = args.path if len(args.path) > 1 else args.path[0]
     if args.unlimited:
@@ -294,6 +306,15 @@ def build_parser():
     p.add_argument("--max-rows", type=int, default=50000, help="insertAll rows per request limit (default 50000)")
     p.add_argument("--idle-timeout", type=float, default=120.0, metavar="S",
                    help="close a keep-alive connection idle this long (default 120)")
+    p.add_argument("--grpc-port", type=_port, metavar="P",
+                   help="also serve the Storage Write API (gRPC, TLS when --tls-cert is given) on P; 0 = free port")
+    p.add_argument("--grpc-idle-timeout", type=float, default=600.0, metavar="S",
+                   help="close an AppendRows call with ABORTED after S seconds without a request (default 600)")
+    p.add_argument("--grpc-max-request-bytes", type=int, default=10485760, metavar="N",
+                   help="AppendRowsRequest size limit; larger ones end the call with INVALID_ARGUMENT "
+                        "(default 10485760)")
+    p.add_argument("--grpc-workers", type=int, default=64, metavar="N",
+                   help="gRPC worker threads; each open AppendRows call holds one (default 64)")
     p.add_argument("--project", default="emu-project", help="project id the metadata server reports")
     p.add_argument("--sa-email", help="service account email the metadata server reports")
     p.set_defaults(func=cmd_serve)
@@ -339,11 +360,14 @@ def build_parser():
     p.add_argument("--json", action="store_true", help="print one JSON document (same as GET /_emu/rows)")
     p.add_argument("--count", action="store_true", help="print counts only (stored + counted in --fast mode)")
     p.add_argument("--limit", type=int, help="at most this many rows per table")
+    p.add_argument("--canonical", action="store_true",
+                   help="print each row's JSON in the canonical spelling (as the Storage Write path stores it)")
     p.set_defaults(func=cmd_rows)
 
     p = sub.add_parser("fault", help="queue a fault in a running server (see docs/emulator.md)",
                        description="Queue one fault, or list/clear them.  Give exactly one kind: --status, "
-                                   "--latency-ms, --drop, --truncate, --reject-pattern, --down/--up, or --json.")
+                                   "--latency-ms, --drop, --truncate, --reject-pattern, --down/--up, --grpc, "
+                                   "--idle-close, or --json.")
     _add_target(p)
     k = p.add_argument_group("fault kind")
     k.add_argument("--status", type=int, help="answer with this HTTP status and a Google error body")
@@ -353,6 +377,10 @@ def build_parser():
     k.add_argument("--reject-pattern", metavar="REGEX", help="rows whose JSON matches get a per-row error")
     k.add_argument("--down", action="store_true", help="drop every request until --up")
     k.add_argument("--up", action="store_true", help="end --down")
+    k.add_argument("--grpc", metavar="CODE",
+                   help="Storage Write: fail with this gRPC status (UNAVAILABLE, RESOURCE_EXHAUSTED, 14, ...)")
+    k.add_argument("--idle-close", action="store_true",
+                   help="Storage Write: close the next AppendRows call with ABORTED (idle-timeout message)")
     k.add_argument("--json", help="the whole fault as a JSON object (or list)")
     o = p.add_argument_group("fault options")
     o.add_argument("--count", type=int, help="number of requests it applies to")
@@ -362,9 +390,16 @@ def build_parser():
     o.add_argument("--reason", help="BigQuery reason (rateLimitExceeded, quotaExceeded, backendError, ...)")
     o.add_argument("--message", help="error message text")
     o.add_argument("--retry-after", type=float, help="send a Retry-After header (seconds)")
-    o.add_argument("--path", action="append", help="endpoint: insertAll (default), token, tables, datasets, metadata, *")
+    o.add_argument("--path", action="append",
+                   help="endpoint: insertAll (default), token, tables, datasets, metadata, write, *")
+    o.add_argument("--method", action="append",
+                   help="write path: AppendRows (default), CreateWriteStream, GetWriteStream, "
+                        "FinalizeWriteStream, BatchCommitWriteStreams, FlushRows, *")
+    o.add_argument("--in-stream", action="store_true",
+                   help="--grpc: fail only the request (AppendRowsResponse.error), keep the call open")
     o.add_argument("--table", help="only requests for this table (p.d.t or bare id)")
-    o.add_argument("--mode", choices=("close", "reset"), help="drop/down: FIN (close) or RST (reset)")
+    o.add_argument("--mode", choices=("close", "reset", "cancel"),
+                   help="drop/down: FIN (close) or RST (reset); write path only: cancel = end just the call")
     o.add_argument("--after-commit", action="store_true", help="drop: store the rows, lose only the answer")
     o.add_argument("--truncate-at", type=int, help="truncate: bytes of body to send")
     p.add_argument("--list", action="store_true", help="list queued faults")

@@ -16,17 +16,30 @@ with exactly one kind key:
         rows whose JSON text matches get a per-row error with that reason
   {"down": true} / {"down": false}
         drop every request (all endpoints except /_emu/) until turned off
+  {"grpc": "UNAVAILABLE", "message": ..., "in_stream": false}
+        Storage Write only: fail with this gRPC status (name or number); an
+        AppendRows call is closed with it, or with in_stream=true only that
+        request fails (AppendRowsResponse.error) and the call stays open
+  {"idle_close": true}
+        Storage Write only: close the AppendRows call with ABORTED and the
+        service's idle-timeout message at the next request
 
 Common keys: "path" (endpoint name or list: insertAll, token, tables, datasets,
-metadata, write; "*" for all; default insertAll, except down = all),
+metadata, write; "*" for all; default insertAll, except down = all and
+grpc/idle_close = write), "method" (write path only: which BigQueryWrite
+method(s): AppendRows (default), CreateWriteStream, GetWriteStream,
+FinalizeWriteStream, BatchCommitWriteStreams, FlushRows, a list, or "*";
+down defaults to "*"),
 "table" ("project.dataset.table" or bare table id), "count" (requests it
 applies to; null = unlimited), "for_s" (active for this many seconds),
 "after" (let this many matching requests pass first).
 
-Counting: status/drop/truncate/latency default to count 1; reject_pattern and
-down last until removed (DELETE /_emu/faults or POST /_emu/reset).  Action
-faults (status, drop, truncate, down) are taken first-in first-out: queue
-{"status":429,"count":3} then {"status":503} to get three 429s and one 503.
+Counting: status/drop/truncate/latency/grpc/idle_close default to count 1;
+reject_pattern and down last until removed (DELETE /_emu/faults or POST
+/_emu/reset).  Action faults (status, drop, truncate, down, grpc, idle_close)
+are taken first-in first-out: queue {"status":429,"count":3} then
+{"status":503} to get three 429s and one 503.  On the write path a fault is
+counted per AppendRowsRequest message (and per call of the unary methods).
 """
 
 import re
@@ -34,10 +47,12 @@ import threading
 import time
 
 ENDPOINTS = ("insertAll", "token", "tables", "datasets", "metadata", "write")
-ACTION_KINDS = ("status", "drop", "truncate", "down")
+WRITE_METHODS = ("CreateWriteStream", "AppendRows", "GetWriteStream", "FinalizeWriteStream",
+                 "BatchCommitWriteStreams", "FlushRows")
+ACTION_KINDS = ("status", "drop", "truncate", "down", "grpc", "idle_close")
 _KIND_KEYS = {"status": "status", "latency_ms": "latency", "drop": "drop", "truncate": "truncate",
-              "reject_pattern": "reject", "down": "down"}
-_COMMON = {"path", "table", "count", "for_s", "after", "comment"}
+              "reject_pattern": "reject", "down": "down", "grpc": "grpc", "idle_close": "idle_close"}
+_COMMON = {"path", "table", "count", "for_s", "after", "comment", "method"}
 _EXTRA = {
     "status": {"reason", "message", "retry_after", "body", "content_type"},
     "latency": set(),
@@ -45,13 +60,22 @@ _EXTRA = {
     "truncate": {"truncate_at"},
     "reject": {"reason", "message"},
     "down": {"mode"},
+    "grpc": {"message", "in_stream"},
+    "idle_close": {"message"},
 }
+# gRPC status codes by name (google.rpc.Code).
+GRPC_CODES = {"OK": 0, "CANCELLED": 1, "UNKNOWN": 2, "INVALID_ARGUMENT": 3, "DEADLINE_EXCEEDED": 4,
+              "NOT_FOUND": 5, "ALREADY_EXISTS": 6, "PERMISSION_DENIED": 7, "RESOURCE_EXHAUSTED": 8,
+              "FAILED_PRECONDITION": 9, "ABORTED": 10, "OUT_OF_RANGE": 11, "UNIMPLEMENTED": 12,
+              "INTERNAL": 13, "UNAVAILABLE": 14, "DATA_LOSS": 15, "UNAUTHENTICATED": 16}
+GRPC_NAMES = {v: k for k, v in GRPC_CODES.items()}
 
 
 class Fault:
     def __init__(self, fid, kind, spec):
         self.id, self.kind, self.spec = fid, kind, dict(spec)
-        path = spec.get("path", "*" if kind == "down" else "insertAll")
+        default_path = {"down": "*", "grpc": "write", "idle_close": "write"}.get(kind, "insertAll")
+        path = spec.get("path", default_path)
         if path in ("*", "any", "all", None):
             self.paths = None
         else:
@@ -59,6 +83,21 @@ class Fault:
             if not isinstance(paths, list) or not all(p in ENDPOINTS for p in paths):
                 raise ValueError("path must be one of %s, '*', or a list of them" % ", ".join(ENDPOINTS))
             self.paths = frozenset(paths)
+        if kind in ("grpc", "idle_close") and self.paths != frozenset(["write"]):
+            raise ValueError("%s faults apply to the write path only" % kind)
+        if kind == "truncate" and (self.paths is None or "write" in self.paths):
+            if "path" in spec:
+                raise ValueError("truncate does not apply to the write path (gRPC)")
+        method = spec.get("method", "*" if kind == "down" else "AppendRows")
+        if method in ("*", "any", "all", None):
+            self.methods = None
+        else:
+            methods = [method] if isinstance(method, str) else method
+            if not isinstance(methods, list) or not all(m in WRITE_METHODS for m in methods):
+                raise ValueError("method must be one of %s, '*', or a list of them" % ", ".join(WRITE_METHODS))
+            self.methods = frozenset(methods)
+        if kind == "idle_close" and self.methods != frozenset(["AppendRows"]):
+            raise ValueError("idle_close applies to AppendRows only")
         self.table = spec.get("table")
         if self.table is not None and not isinstance(self.table, str):
             raise ValueError("table must be a string")
@@ -93,8 +132,23 @@ class Fault:
             if not isinstance(spec["latency_ms"], (int, float)) or spec["latency_ms"] < 0:
                 raise ValueError("latency_ms must be a non-negative number")
         elif k in ("drop", "down"):
-            if spec.get("mode", "close") not in ("close", "reset"):
-                raise ValueError("mode must be 'close' or 'reset'")
+            modes = ("close", "reset", "cancel") if k == "drop" else ("close", "reset")
+            if spec.get("mode", "close") not in modes:
+                raise ValueError("mode must be one of %s" % ", ".join(modes))
+            if spec.get("mode") == "cancel" and self.paths != frozenset(["write"]):
+                raise ValueError("mode 'cancel' (end only the gRPC call) needs path 'write'")
+        elif k == "grpc":
+            code = spec["grpc"]
+            if isinstance(code, str) and code.upper() in GRPC_CODES:
+                code = GRPC_CODES[code.upper()]
+            if isinstance(code, bool) or not isinstance(code, int) or not 1 <= code <= 16:
+                raise ValueError("grpc must be a gRPC status name (UNAVAILABLE, ...) or number 1..16")
+            self.grpc_code = code
+            if not isinstance(spec.get("in_stream", False), bool):
+                raise ValueError("in_stream must be true or false")
+        elif k == "idle_close":
+            if spec["idle_close"] is not True:
+                raise ValueError("idle_close must be true")
         elif k == "truncate":
             ta = spec.get("truncate_at")
             if ta is not None and (not isinstance(ta, int) or ta < 0):
@@ -108,8 +162,10 @@ class Fault:
     def live(self, now):
         return (self.remaining is None or self.remaining > 0) and (self.until is None or now < self.until)
 
-    def matches(self, endpoint, table):
+    def matches(self, endpoint, table, method=None):
         if self.paths is not None and endpoint not in self.paths:
+            return False
+        if endpoint == "write" and self.methods is not None and method not in self.methods:
             return False
         if self.table is not None:
             if table is None:
@@ -176,13 +232,13 @@ class FaultQueue:
         if self.stats is not None:
             self.stats.fault_fired(f.kind)
 
-    def take_latency(self, endpoint, table=None):
+    def take_latency(self, endpoint, table=None, method=None):
         """Total milliseconds to sleep for this request (consumes latency faults)."""
         total = 0.0
         now = time.monotonic()
         with self._lock:
             for f in self._faults:
-                if f.kind == "latency" and f.live(now) and f.matches(endpoint, table):
+                if f.kind == "latency" and f.live(now) and f.matches(endpoint, table, method):
                     if f.after > 0:
                         f.after -= 1
                         continue
@@ -190,13 +246,14 @@ class FaultQueue:
                     total += f.spec["latency_ms"]
         return total
 
-    def take_action(self, endpoint, table=None):
-        """The first live status/drop/truncate/down fault for this request, consumed; or None."""
+    def take_action(self, endpoint, table=None, method=None):
+        """The first live action fault (status/drop/truncate/down/grpc/idle_close) for this
+        request, consumed; or None."""
         now = time.monotonic()
         chosen = None
         with self._lock:
             for f in self._faults:
-                if f.kind in ACTION_KINDS and f.live(now) and f.matches(endpoint, table):
+                if f.kind in ACTION_KINDS and f.live(now) and f.matches(endpoint, table, method):
                     if f.after > 0:
                         f.after -= 1
                         continue
@@ -205,13 +262,22 @@ class FaultQueue:
                         self._fired(f)
         return chosen
 
-    def take_row_rules(self, endpoint, table=None):
+    def peek_down(self, endpoint, method="AppendRows"):
+        """The live "down" fault for this endpoint, if any (not consumed: down lasts)."""
+        now = time.monotonic()
+        with self._lock:
+            for f in self._faults:
+                if f.kind == "down" and f.live(now) and f.matches(endpoint, None, method):
+                    return f
+        return None
+
+    def take_row_rules(self, endpoint, table=None, method=None):
         """Live reject_pattern faults for this request: list of (regex, reason, message)."""
         now = time.monotonic()
         rules = []
         with self._lock:
             for f in self._faults:
-                if f.kind == "reject" and f.live(now) and f.matches(endpoint, table):
+                if f.kind == "reject" and f.live(now) and f.matches(endpoint, table, method):
                     if f.after > 0:
                         f.after -= 1
                         continue

@@ -682,10 +682,19 @@ class RestHandler(BaseHandler):
                 after = int(self.query.get("after_seq", ["0"])[0])
             except ValueError as e:
                 return self.respond_json(400, {"error": str(e)})
-            rep = rows_report(emu.store, ref, limit, after)
+            canonical = self.query.get("canonical", ["0"])[0] not in ("0", "false", "no", "")
+            rep = rows_report(emu.store, ref, limit, after, canonical=canonical)
             if rep is None:
                 return self.respond_json(404, {"error": "no such table %s" % tname})
             return self.respond_json(200, rep)
+        if key == ("GET", "/streams"):
+            by_id = {i.id: "%s.%s.%s" % i.ref for i in emu.store.list_tables()}
+            out = []
+            for rec in emu.store.list_streams():
+                d = rec.describe()
+                d["table"] = by_id.get(rec.table_key)
+                out.append(d)
+            return self.respond_json(200, {"streams": out})
         if sub == "/tables":
             if method == "GET":
                 return self.respond_json(200, {"tables": [

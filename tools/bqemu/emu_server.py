@@ -4,8 +4,8 @@ Emulator holds what every service shares: the table store, the token store,
 the key registries, the fault queue and the stats.  A service is an object
 with start() (bind and begin serving in a thread), stop() and ready_info()
 (the keys it adds to the ready file).  serve() starts the HTTPS REST service
-and, when asked, the metadata service; a Storage Write gRPC service can be
-added the same way, sharing the store, tokens, faults and stats.
+and, when asked, the metadata service and the Storage Write gRPC service
+(emu_grpc), which share the store, tokens, faults and stats.
 
 Once every service listens, the ready file is written atomically (temp file +
 rename) with the real ports, so a test waits for the file rather than
@@ -54,6 +54,10 @@ class Config:
         self.sa_email = kw.get("sa_email") or "bqemu-vm@%s.iam.gserviceaccount.com" % self.project
         self.schema_dirs = kw.get("schema_dirs") or []
         self.ready_file = kw.get("ready_file")
+        self.grpc_port = kw.get("grpc_port")                     # None: no Storage Write service
+        self.grpc_idle_timeout = kw.get("grpc_idle_timeout", 600.0)
+        self.grpc_max_request_bytes = kw.get("grpc_max_request_bytes", 10485760)
+        self.grpc_workers = kw.get("grpc_workers", 64)
 
 
 def url_host(host):
@@ -112,6 +116,7 @@ class Emulator:
                 "dedup_window": None if c.dedup_window == float("inf") else c.dedup_window,
                 "token_lifetime": c.token_lifetime, "max_request_bytes": c.max_request_bytes,
                 "max_rows": c.max_rows, "project": c.project, "sa_email": c.sa_email,
+                "grpc_idle_timeout": c.grpc_idle_timeout, "grpc_max_request_bytes": c.grpc_max_request_bytes,
                 "services": {s.name: s.url for s in self.services}}
 
 
@@ -161,6 +166,11 @@ def serve(config):
     if config.metadata_port is not None:
         meta = HttpService(emu, "metadata", config.metadata_port, MetadataHandler, None)
         emu.services.append(meta)
+    grpc_svc = None
+    if config.grpc_port is not None:
+        from emu_grpc import WriteService
+        grpc_svc = WriteService(emu, config.grpc_port, config.tls_cert, config.tls_key)
+        emu.services.append(grpc_svc)
 
     stop = threading.Event()
 
@@ -177,11 +187,15 @@ def serve(config):
             "metadata_port": meta.port if meta else None, "pid": emu.pid,
             "host": config.host, "base_url": rest.url, "token_uri": rest.url + "/token",
             "metadata_url": meta.url if meta else None,
-            "data_dir": os.path.abspath(config.data_dir), "fast": config.fast}
+            "data_dir": os.path.abspath(config.data_dir), "fast": config.fast,
+            "grpc_port": grpc_svc.port if grpc_svc else None,
+            "grpc_target": grpc_svc.target if grpc_svc else None,
+            "grpc_tls": grpc_svc.tls if grpc_svc else None}
     if config.ready_file:
         write_ready_file(config.ready_file, info)
-    print("bqemu: listening on %s%s (data %s%s)" % (
-        rest.url, (", metadata " + meta.url) if meta else "", info["data_dir"],
+    print("bqemu: listening on %s%s%s (data %s%s)" % (
+        rest.url, (", metadata " + meta.url) if meta else "",
+        (", storage write " + grpc_svc.url) if grpc_svc else "", info["data_dir"],
         ", FAST mode: rows are counted, not stored" if config.fast else ""), flush=True)
 
     while not stop.wait(0.5):
