@@ -102,6 +102,7 @@ struct rfield {
     char *key;             /* name with ASCII letters folded to lower case */
     char *proto_name;      /* field name in the descriptor */
     uint32_t keylen, hash;
+    uint64_t kw0, kwl;     /* folded first and last 8 bytes of key (see key_words) */
     uint32_t number;       /* proto field number, 1..n */
     uint32_t bit;          /* index in the seen bitmap */
     uint8_t type, mode;
@@ -151,12 +152,49 @@ static inline bool is_digit(int c)
     return (unsigned)(c - '0') < 10u;
 }
 
-static uint32_t hash_folded(const char *k, size_t n)
+#define ONES  0x0101010101010101ull
+#define HIGHS 0x8080808080808080ull
+
+/* 8 bytes at p as a little-endian word (whatever the host's byte order). */
+static inline uint64_t load64(const char *p)
 {
-    uint32_t h = 2166136261u;   /* FNV-1a over the folded bytes */
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ fold((unsigned char)k[i])) * 16777619u;
-    return h;
+    uint64_t v;
+    memcpy(&v, p, 8);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    v = __builtin_bswap64(v);
+#endif
+    return v;
+}
+
+/* fold() on all 8 bytes of a word at once. */
+static inline uint64_t fold8(uint64_t v)
+{
+    uint64_t h = v & ~HIGHS;
+    uint64_t ge_a = h + ONES * (0x80 - 'A');       /* high bit: byte >= 'A' */
+    uint64_t gt_z = h + ONES * (0x80 - 'Z' - 1);   /* high bit: byte > 'Z' */
+    return v | ((ge_a & ~gt_z & ~v & HIGHS) >> 2);
+}
+
+/* A key of n bytes at k as two folded words: its first min(n, 8) bytes
+ * (zero-padded) and, when n > 8, its last 8 bytes. Reads k[0..8) when k +
+ * 8 <= limit even for a shorter key (masked), so keys in a row cost one
+ * load. Returns the hash. */
+static inline uint32_t key_words(const char *k, size_t n, const char *limit, uint64_t *w0,
+                                 uint64_t *wl)
+{
+    uint64_t v = 0;
+    if (n >= 8) {
+        v = load64(k);
+    } else if (limit - k >= 8) {
+        v = load64(k) & ((1ull << (8 * n)) - 1);
+    } else {
+        for (size_t i = 0; i < n; i++)
+            v |= (uint64_t)(unsigned char)k[i] << (8 * i);
+    }
+    *w0 = fold8(v);
+    *wl = n > 8 ? fold8(load64(k + n - 8)) : 0;
+    uint64_t h = (*w0 ^ (*wl * 0x9E3779B97F4A7C15ull) ^ n) * 0xFF51AFD7ED558CCDull;
+    return (uint32_t)(h >> 32);
 }
 
 static bool ieq(const char *a, size_t n, const char *lit)
@@ -294,9 +332,6 @@ const char *rowenc_token(int rc)
 /* ------------------------------------------------------------------------ */
 /* UTF-8 and JSON strings                                                   */
 /* ------------------------------------------------------------------------ */
-
-#define ONES  0x0101010101010101ull
-#define HIGHS 0x8080808080808080ull
 
 /* Strict UTF-8: no overlong forms, no surrogates, nothing above U+10FFFF. */
 static bool utf8_valid(const unsigned char *s, size_t n)
@@ -528,11 +563,22 @@ static bool dec_scale(const struct decimal *d, int scale, struct u256 *u, bool *
         return true;
     }
     long long take = k < 0 ? kept : nsig;
-    for (long long j = 0; j < take; j++)
-        u256_mul10_add(u, (unsigned)(dec_digit(d, lead + (size_t)j) - '0'));
     for (long long j = take; j < nsig && !*lost; j++)
         if (dec_digit(d, lead + (size_t)j) != '0')
             *lost = true;
+    if (kept <= 19) {   /* fits in 64 bits: the common case */
+        uint64_t acc = 0;
+        for (long long j = 0; j < take; j++)
+            acc = acc * 10 + (uint64_t)(dec_digit(d, lead + (size_t)j) - '0');
+        for (long long j = 0; j < k; j++)
+            acc *= 10;
+        u->w[0] = (uint32_t)acc;
+        u->w[1] = (uint32_t)(acc >> 32);
+        *ndigits = (int)kept;
+        return true;
+    }
+    for (long long j = 0; j < take; j++)
+        u256_mul10_add(u, (unsigned)(dec_digit(d, lead + (size_t)j) - '0'));
     for (long long j = 0; j < k; j++)
         u256_mul10_add(u, 0);
     *ndigits = (int)kept;
@@ -1014,14 +1060,18 @@ static int scan_string(struct enc *e, const char **s, size_t *n, unsigned *fl)
     unsigned f = 0;
 
     for (;;) {
+        /* 8 bytes at a time to the next '"', '\\' or control byte; the
+         * lowest flagged byte of each test is exact (higher ones may not be) */
         while (end - p >= 8) {
-            uint64_t v, q, b, hit;
-            memcpy(&v, p, 8);
-            q = v ^ (ONES * '"');
-            b = v ^ (ONES * '\\');
-            hit = ((q - ONES) & ~q) | ((b - ONES) & ~b) | ((v - ONES * 0x20) & ~v);
-            if (hit & HIGHS)
+            uint64_t v = load64(p), q = v ^ (ONES * '"'), b = v ^ (ONES * '\\');
+            uint64_t hit = (((q - ONES) & ~q) | ((b - ONES) & ~b) | ((v - ONES * 0x20) & ~v)) & HIGHS;
+            if (hit) {
+                unsigned k = (unsigned)__builtin_ctzll(hit) >> 3;
+                if (v & HIGHS & ((1ull << (8 * k)) - 1))
+                    f |= S_HIGH;
+                p += k;
                 break;
+            }
             if (v & HIGHS)
                 f |= S_HIGH;
             p += 8;
@@ -1895,19 +1945,23 @@ static int enc_field(struct enc *e, const struct rfield *f)
     return 0;
 }
 
-static const struct rfield *lookup(const struct rmsg *m, const char *k, size_t n)
+/* The field of m named k[0..n) (ASCII case ignored), or NULL. k may be
+ * read up to limit (see key_words). */
+static const struct rfield *lookup(const struct rmsg *m, const char *k, size_t n,
+                                   const char *limit)
 {
-    uint32_t h = hash_folded(k, n);
+    uint64_t w0, wl;
+    uint32_t h = key_words(k, n, limit, &w0, &wl);
     for (uint32_t i = h & m->mask;; i = (i + 1) & m->mask) {
         uint32_t slot = m->slots[i];
         if (!slot)
             return NULL;
         const struct rfield *f = &m->f[slot - 1];
-        if (f->hash == h && f->keylen == n) {
-            size_t j = 0;
-            while (j < n && fold((unsigned char)k[j]) == (unsigned char)f->key[j])
+        if (f->hash == h && f->keylen == n && f->kw0 == w0 && f->kwl == wl) {
+            size_t j = 8;   /* bytes 8 .. n-8 are in neither word */
+            while (j + 8 < n && fold((unsigned char)k[j]) == (unsigned char)f->key[j])
                 j++;
-            if (j == n)
+            if (j + 8 >= n)
                 return f;
         }
     }
@@ -1966,12 +2020,12 @@ static int enc_object(struct enc *e, const struct rmsg *m)
                 if (keyn == (size_t)-1)
                     return fail_json(e, kat, "unpaired surrogate escape");
                 key = e->key;
-                f = lookup(m, key, keyn);
+                f = lookup(m, key, keyn, e->key + sizeof e->key);
             } else if ((rc = string_value_check(e, k, kn, kat))) {
                 return rc;
             }
         } else {
-            f = lookup(m, key, keyn);
+            f = lookup(m, key, keyn, e->end);
         }
         skip_ws(e);
         if (peek(e) != ':')
@@ -2262,7 +2316,7 @@ static int parse_field(struct sctx *c, json_t *o, struct rfield *f, size_t index
     for (char *p = f->key; *p; p++)
         *p = (char)fold((unsigned char)*p);
     f->keylen = (uint32_t)nlen;
-    f->hash = hash_folded(name, nlen);
+    f->hash = key_words(f->key, nlen, f->key + nlen, &f->kw0, &f->kwl);
     f->taglen = (uint8_t)varint_put((char *)f->tag,
                                     (uint64_t)f->number << 3 | type_info[f->type].wire);
 
@@ -2326,7 +2380,7 @@ static int parse_fields(struct sctx *c, json_t *arr, struct rmsg *m, int depth)
         return serr(c, ROWENC_NOMEM, "out of memory");
     for (uint32_t i = 0; i < m->n; i++) {
         struct rfield *f = &m->f[i];
-        if (lookup(m, f->name, f->keylen)) {
+        if (lookup(m, f->key, f->keylen, f->key + f->keylen)) {
             size_t base = c->path.len;
             if ((base && buf_append(&c->path, ".", 1)) || buf_puts(&c->path, f->name))
                 return serr(c, ROWENC_NOMEM, "out of memory");

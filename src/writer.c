@@ -32,6 +32,7 @@
 #include <unistd.h>
 
 #define POLL_MS 50
+#define SCHEMA_REFRESH_US (5ull * 1000000)   /* at most one tables.get per 5 s on unknown columns */
 
 struct wrow {
     uint64_t seq, time_ms;
@@ -66,6 +67,7 @@ struct writer {
     struct wchunk *inflight, **inflight_tail;   /* sent, oldest first */
     struct wchunk *retry;                       /* to resend, before new rows */
     uint64_t read_seq;
+    uint64_t refetched_us;    /* when an unknown column last made us fetch the schema */
     uint64_t not_before_us;
     unsigned fail_streak;
     pthread_t thread;
@@ -440,6 +442,7 @@ struct reader {
     size_t bytes, seen;
     uint64_t last_seq;
     bool full;
+    bool unknown;             /* a row named a column the schema lacks */
     struct buf proto;
 };
 
@@ -481,6 +484,8 @@ static int read_row(const struct spool_record *rec, void *arg)
     if (rc == ROWENC_NOMEM)
         return 1;
     if (rc != ROWENC_OK) {   /* does not fit the schema: never sent */
+        if (rc == ROWENC_UNKNOWN)
+            r->unknown = true;
         add_dead(r, rec->seq, "invalid", re.msg);
         return 0;
     }
@@ -500,6 +505,19 @@ static struct wchunk *read_batch(struct writer *w, uint64_t now_ms)
         return NULL;
     spool_read(w->sp, w->id, w->read_seq, w->cd->batch_rows + 1, SIZE_MAX, read_row, &r);
     buf_free(&r.proto);
+    if (r.unknown && !w->cd->schema_file &&
+        (!w->refetched_us || util_mono_us() - w->refetched_us >= SCHEMA_REFRESH_US)) {
+        /* a column we do not know: the table may have gained it since we
+         * fetched its schema. Look again before calling the row invalid. */
+        char err[512];
+        w->refetched_us = util_mono_us();
+        if (load_schema(w, err, sizeof err) == 0)
+            log_info("%s: a row names a column missing from the cached schema: schema "
+                     "fetched again", w->cd->name);
+        free(r.dead);
+        chunk_free(r.c);
+        return NULL;   /* read again next turn with the fresh schema */
+    }
     if (r.n_dead) {
         if (record(w, NULL, 0, r.dead, r.n_dead, NULL) != 0) {   /* try again next turn */
             free(r.dead);
@@ -689,7 +707,15 @@ static int resync(struct writer *w)
     if (written)
         log_info("%s: %zu row(s) were already in stream %s: recorded as delivered",
                  w->cd->name, written, w->stream);
-    w->read_seq = 0;   /* read again from the queue's (new) head */
+    /* Start again from the queue's (new) head: its first row belongs at the
+     * stream's end. Chunks kept for resending were built before we knew what
+     * landed; the queue is now the truth, so they go. */
+    while (w->retry) {
+        struct wchunk *c = w->retry;
+        w->retry = c->next;
+        chunk_free(c);
+    }
+    w->read_seq = 0;
     w->uncertain = false;
     rc = 0;
 out:

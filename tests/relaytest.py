@@ -243,6 +243,9 @@ class Producer:
 
 class RelayTest(unittest.TestCase):
     def tearDown(self):
+        if os.environ.get("RELAY_TEST_SHOW_LOG"):
+            for d in getattr(self, "_daemons", []):
+                print("\n---- relayd log %s ----\n%s" % (d.log, "\n".join(d.read_log().splitlines()[-60:])))
         # A sanitizer report in any relayd this test started fails the test.
         for d in getattr(self, "_daemons", []):
             rep = d.sanitizer_report()

@@ -153,7 +153,8 @@ def timestamp_utc(us):
     if not -62135596800000000 <= us <= 253402300799999999:
         raise ValueError("TIMESTAMP %d out of range" % us)
     t = datetime.datetime(1970, 1, 1) + datetime.timedelta(microseconds=us)
-    return t.strftime("%Y-%m-%dT%H:%M:%S") + ".%06dZ" % t.microsecond
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ" % (t.year, t.month, t.day, t.hour, t.minute,
+                                                   t.second, t.microsecond)
 
 
 def render_scalar(bqtype, v, elem=None):
@@ -293,7 +294,9 @@ def main():
     for b64 in req.get("rows", []):
         data = base64.b64decode(b64)
         try:
-            msg = cls.FromString(data)  # proto2: raises if a required field is missing
+            msg = cls.FromString(data)
+            if not msg.IsInitialized():  # proto2 required fields (not all backends raise)
+                raise ValueError("missing required fields: %s" % ", ".join(msg.FindInitializationErrors()))
             if unknown_field_count(msg):
                 raise ValueError("row has fields the descriptor does not declare (or wrong wire types)")
             rows.append(checker.render(msg, checker.plan))

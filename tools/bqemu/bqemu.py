@@ -281,7 +281,7 @@ def build_parser():
     p = sub.add_parser("serve", help="run the emulator until SIGTERM/SIGINT",
                        description="Serve BigQuery REST (insertAll, tables, datasets), the OAuth token "
                                    "endpoint and the /_emu/ control API on one port; optionally a "
-                                   "metadata server on another.")
+                                   "metadata server and the Storage Write API (gRPC) on others.")
     p.add_argument("--dir", required=True, help="data directory (SQLite store, registered keys)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; '::' for dual stack)")
     p.add_argument("--port", type=_port, default=0, help="REST/token port; 0 picks a free one (default)")
@@ -299,7 +299,8 @@ def build_parser():
                    help="create tables at start from DIR/<project>.<dataset>.<table>.json (repeatable); "
                         "existing tables get the file's schema")
     p.add_argument("--ready-file", metavar="F",
-                   help="write {https_port, metadata_port, pid, base_url, token_uri, ...} here atomically "
+                   help="write {https_port, metadata_port, grpc_port, pid, base_url, token_uri, ...} here "
+                        "atomically "
                         "once listening; removed on exit")
     p.add_argument("--max-request-bytes", type=int, default=10485760,
                    help="insertAll body limit after decompression (default 10485760)")

@@ -59,7 +59,7 @@ from google.protobuf.message import DecodeError
 
 from emu_auth import SCOPE_BIGQUERY, SCOPE_CLOUD, SCOPE_INSERTDATA, AuthError
 from emu_common import dumps
-from emu_faults import GRPC_CODES, GRPC_NAMES
+from emu_faults import GRPC_NAMES
 from emu_pb import SERVICE, STORAGE_ERROR_TYPE_URL, pb
 from emu_protorows import SchemaCache, SchemaProblem
 from emu_store import STREAM_BUFFERED, STREAM_COMMITTED, STREAM_PENDING
@@ -244,19 +244,19 @@ class WriteService:
         ser = lambda m: m.SerializeToString()   # noqa: E731
         handlers = {
             "CreateWriteStream": grpc.unary_unary_rpc_method_handler(
-                self._unary("CreateWriteStream", self.create_write_stream),
+                self._unary("CreateWriteStream", self.create_write_stream, S.WriteStream),
                 request_deserializer=S.CreateWriteStreamRequest.FromString, response_serializer=ser),
             "GetWriteStream": grpc.unary_unary_rpc_method_handler(
-                self._unary("GetWriteStream", self.get_write_stream),
+                self._unary("GetWriteStream", self.get_write_stream, S.WriteStream),
                 request_deserializer=S.GetWriteStreamRequest.FromString, response_serializer=ser),
             "FinalizeWriteStream": grpc.unary_unary_rpc_method_handler(
-                self._unary("FinalizeWriteStream", self.finalize_write_stream),
+                self._unary("FinalizeWriteStream", self.finalize_write_stream, S.FinalizeWriteStreamResponse),
                 request_deserializer=S.FinalizeWriteStreamRequest.FromString, response_serializer=ser),
             "BatchCommitWriteStreams": grpc.unary_unary_rpc_method_handler(
-                self._unary("BatchCommitWriteStreams", self.batch_commit),
+                self._unary("BatchCommitWriteStreams", self.batch_commit, S.BatchCommitWriteStreamsResponse),
                 request_deserializer=S.BatchCommitWriteStreamsRequest.FromString, response_serializer=ser),
             "FlushRows": grpc.unary_unary_rpc_method_handler(
-                self._unary("FlushRows", self.flush_rows),
+                self._unary("FlushRows", self.flush_rows, S.FlushRowsResponse),
                 request_deserializer=S.FlushRowsRequest.FromString, response_serializer=ser),
             # Requests stay bytes until the handler has checked their size.
             "AppendRows": grpc.stream_stream_rpc_method_handler(
@@ -378,7 +378,7 @@ class WriteService:
             raise Dropped()
         raise self.fault_abort(act, entity)
 
-    def _unary(self, method, fn):
+    def _unary(self, method, fn, resp_cls):
         def handler(request, context):
             t0 = time.monotonic()
             code = "OK"
@@ -389,14 +389,20 @@ class WriteService:
                 except Abort as e:
                     code = GRPC_NAMES.get(e.code, str(e.code))
                     self.abort(context, e)
+                except (Dropped, grpc.RpcError):
+                    raise
+                except Exception as e:       # a bug: answer INTERNAL rather than a bare UNKNOWN
+                    log.exception("grpc %s failed", method)
+                    code = "INTERNAL"
+                    self.abort(context, Abort(13, "Internal error in bqemu: %s" % e))
                 if act is not None:          # drop after_commit: the work is done, the answer lost
                     drop_connection(context, self.port, act.spec.get("mode", "close"))
                     code = "dropped"
-                    return None
+                    return resp_cls()
                 return resp
             except Dropped:
                 code = "dropped"
-                return None
+                return resp_cls()
             finally:
                 self.emu.stats.write_call(method, code)
                 log.debug("grpc %s %s %s %.1fms", context.peer(), method, code, (time.monotonic() - t0) * 1e3)
@@ -551,29 +557,31 @@ class AppendCall:
         self.table_ref = None
         self.is_default = False
         self.rec = None
-        self.schema_raw = None
-        self.schema_problem = None
-        self.seen_schema_key = None
-        self.defaults = frozenset()
-        self.default_mvi = None
+        self.schema_raw = None        # the writer schema's DescriptorProto bytes
+        self.seen_schema_key = None   # table schema version last told to the client
+        self.default_mvi = None       # sticky default_missing_value_interpretation
         self.code = "OK"
         self.requests = 0
 
     # reader thread: requests -> queue, so the handler can wait with a timeout (idle close)
+    @staticmethod
+    def _put(q, item, stop):
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def _reader(self, it, q, stop):
         try:
             for raw in it:
-                while not stop.is_set():
-                    try:
-                        q.put(raw, timeout=0.5)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not self._put(q, raw, stop):
                     return
-            q.put(_EOF)
+            self._put(q, _EOF, stop)
         except Exception as e:          # the call ended (cancelled by the client, or by us)
-            q.put(e)
+            self._put(q, e, stop)
 
     def run(self, request_iterator):
         emu, ctx = self.emu, self.context
@@ -604,6 +612,8 @@ class AppendCall:
                     self.code = "ABORTED"
                     self.svc.abort(ctx, Abort(10, self.svc.idle_message(self.stream or "")))
                 if item is _EOF:
+                    if not ctx.is_active():
+                        self.code = "CANCELLED"
                     return
                 if isinstance(item, Exception):
                     self.code = "CANCELLED"
@@ -614,6 +624,12 @@ class AppendCall:
                 except Abort as e:
                     self.code = GRPC_NAMES.get(e.code, str(e.code))
                     self.svc.abort(ctx, e)
+                except (Dropped, grpc.RpcError):
+                    raise
+                except Exception as e:       # a bug: answer INTERNAL rather than a bare UNKNOWN
+                    log.exception("grpc AppendRows call %d failed", self.id)
+                    self.code = "INTERNAL"
+                    self.svc.abort(ctx, Abort(13, "Internal error in bqemu: %s" % e))
                 if resp is not None:
                     yield resp
                 last = time.monotonic()
@@ -659,7 +675,8 @@ class AppendCall:
                     drop_connection(self.context, svc.port, act.spec.get("mode", "close"))
                     raise Dropped()
                 elif act.kind == "grpc" and act.spec.get("in_stream"):
-                    msg = act.spec.get("message") or DEFAULT_FAULT_MESSAGES.get(act.grpc_code, "Injected error (bqemu).")
+                    msg = (act.spec.get("message")
+                           or DEFAULT_FAULT_MESSAGES.get(act.grpc_code, "Injected error (bqemu)."))
                     if parsed is not None:
                         self.select_target(req, name, parsed)
                     return self.finish(entry, t0, error=(act.grpc_code, msg + " Entity: %s" % name, None))
@@ -667,7 +684,8 @@ class AppendCall:
                     raise svc.fault_abort(act, name)
 
             if len(raw) > svc.max_request:
-                raise Abort(3, "AppendRows request too large: %d limit %d Entity: %s" % (len(raw), svc.max_request, name))
+                raise Abort(3, "AppendRows request too large: %d limit %d Entity: %s"
+                            % (len(raw), svc.max_request, name))
             if parsed is None:
                 raise Abort(3, "Invalid stream name %r: expected projects/{p}/datasets/{d}/tables/{t}/streams/{id}."
                             % name)
@@ -694,10 +712,12 @@ class AppendCall:
         switching = first or (req.write_stream and req.write_stream != self.stream_given)
         has_schema = req.HasField("proto_rows") and req.proto_rows.HasField("writer_schema")
         if switching:
-            if not has_schema and not req.HasField("arrow_rows"):
-                raise Abort(3, "The first AppendRowsRequest for a stream must carry proto_rows.writer_schema. "
-                               "Entity: %s" % name)
             table_path, ref, is_default, canon = parsed
+            # The writer schema is needed on the first request and when the table changes; a
+            # switch to another stream of the same table may keep the current one.
+            if not has_schema and not req.HasField("arrow_rows") and (first or ref != self.table_ref):
+                raise Abort(3, "The first AppendRowsRequest for a %s must carry proto_rows.writer_schema. "
+                               "Entity: %s" % ("connection" if first else "new table", name))
             _, info, rec = self.svc.stream_for(name)
             self.stream, self.stream_given, self.table_ref = canon if is_default else name, name, ref
             self.is_default, self.rec = is_default, rec
@@ -706,7 +726,6 @@ class AppendCall:
             self.default_mvi = req.default_missing_value_interpretation
         if has_schema:
             self.schema_raw = req.proto_rows.writer_schema.proto_descriptor.SerializeToString()
-            self.schema_problem = None
 
     def current_table(self):
         info = self.emu.store.get_table(*self.table_ref)
@@ -724,6 +743,10 @@ class AppendCall:
                                                            "proto_rows. Entity: %s" % name, None))
         if not req.HasField("proto_rows") or not req.proto_rows.rows.serialized_rows:
             return self.finish(entry, t0, info=info, error=(3, "The request has no rows. Entity: %s" % name, None))
+        if any(v == 0 for v in req.missing_value_interpretations.values()):
+            return self.finish(entry, t0, info=info, error=(
+                3, "missing_value_interpretations must be NULL_VALUE or DEFAULT_VALUE, not "
+                   "MISSING_VALUE_INTERPRETATION_UNSPECIFIED. Entity: %s" % name, None))
         if self.is_default and offset is not None:
             return self.finish(entry, t0, info=info, error=(
                 3, "The default stream does not accept offsets (offset %d given). Entity: %s" % (offset, name), None))
