@@ -41,6 +41,7 @@ BENCHSRC:= $(wildcard tests/bench/*.c)
 BENCHBIN:= $(BENCHSRC:tests/bench/%.c=$(BUILD)/bench/%)
 
 .PHONY: all deps test unit asan bench fuzz fuzz-smoke run clean install valgrind check-deps
+.SECONDARY:
 
 all: $(BUILD)/relayd $(BUILD)/relayctl
 
