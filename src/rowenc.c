@@ -28,6 +28,7 @@
  */
 #include "rowenc.h"
 
+#include <float.h>
 #include <locale.h>
 #include <math.h>
 #include <stdarg.h>
@@ -1051,13 +1052,11 @@ static inline int peek(const struct enc *e)
 
 enum { S_ESC = 1, S_HIGH = 2 };
 
-/* At a '"': moves past the closing quote; *s, *n = the raw body; *fl gets
- * S_ESC if it has escapes, S_HIGH if it has bytes >= 0x80. Checks escapes
- * and control characters, not UTF-8. */
-static int scan_string(struct enc *e, const char **s, size_t *n, unsigned *fl)
+/* scan_string() from p on, flags so far f: the general case. */
+static int scan_string_from(struct enc *e, const char *p, unsigned f, const char **s, size_t *n,
+                            unsigned *fl)
 {
-    const char *p = e->p + 1, *end = e->end;
-    unsigned f = 0;
+    const char *end = e->end;
 
     for (;;) {
         /* 8 bytes at a time to the next '"', '\\' or control byte; the
@@ -1112,6 +1111,38 @@ static int scan_string(struct enc *e, const char **s, size_t *n, unsigned *fl)
     *fl = f;
     e->p = p + 1;
     return 0;
+}
+
+/* At a '"': moves past the closing quote; *s, *n = the raw body; *fl gets
+ * S_ESC if it has escapes, S_HIGH if it has bytes >= 0x80. Checks escapes
+ * and control characters, not UTF-8. Inline: the common case (no escape
+ * before the closing quote, 8 bytes to read) is a few word operations. */
+static inline int scan_string(struct enc *e, const char **s, size_t *n, unsigned *fl)
+{
+    const char *p = e->p + 1, *end = e->end;
+    unsigned f = 0;
+
+    while (end - p >= 8) {
+        uint64_t v = load64(p), q = v ^ (ONES * '"'), b = v ^ (ONES * '\\');
+        uint64_t hit = (((q - ONES) & ~q) | ((b - ONES) & ~b) | ((v - ONES * 0x20) & ~v)) & HIGHS;
+        if (hit) {
+            unsigned k = (unsigned)__builtin_ctzll(hit) >> 3;
+            if (v & HIGHS & ((1ull << (8 * k)) - 1))
+                f |= S_HIGH;
+            p += k;
+            if (*p != '"')
+                break;
+            *s = e->p + 1;
+            *n = (size_t)(p - *s);
+            *fl = f;
+            e->p = p + 1;
+            return 0;
+        }
+        if (v & HIGHS)
+            f |= S_HIGH;
+        p += 8;
+    }
+    return scan_string_from(e, p, f, s, n, fl);
 }
 
 /* A string value decoded for parsing (dates, numbers, ranges): points into
@@ -1504,6 +1535,39 @@ static int enc_int64(struct enc *e, const struct rfield *f)
     return 0;
 }
 
+/* The double nearest to d without strtod, when that is easy to get exactly
+ * right: at most 15 significant digits (so the digits are an exact double)
+ * scaled by 10^k with |k| <= 22 (an exact double too). One IEEE multiply or
+ * divide of two exact values is correctly rounded, as strtod's result is.
+ * Needs double arithmetic without excess precision (FLT_EVAL_METHOD 0). */
+static bool exact_double(const struct decimal *d, double *out)
+{
+#if defined(FLT_EVAL_METHOD) && FLT_EVAL_METHOD == 0
+    static const double p10[23] = { 1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11,
+                                    1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21,
+                                    1e22 };
+    size_t total = d->in + d->fn, lead = 0;
+    while (lead < total && dec_digit(d, lead) == '0')
+        lead++;
+    if (total - lead > 15)
+        return false;
+    long long k = d->exp - (long long)d->fn;
+    if (k < -22 || k > 22)
+        return false;
+    uint64_t m = 0;
+    for (size_t i = lead; i < total; i++)
+        m = m * 10 + (uint64_t)(dec_digit(d, i) - '0');
+    double v = (double)m;
+    v = k >= 0 ? v * p10[k] : v / p10[-k];
+    *out = d->neg ? -v : v;
+    return true;
+#else
+    (void)d;
+    (void)out;
+    return false;
+#endif
+}
+
 static int enc_float64(struct enc *e, const struct rfield *f)
 {
     const char *s, *at;
@@ -1525,9 +1589,11 @@ static int enc_float64(struct enc *e, const struct rfield *f)
     else {
         struct decimal d;
         char tmp[128], *t = tmp;
-        if (!num && !parse_decimal(s, n, false, &d))
+        if (!parse_decimal(s, n, num, &d))
             return fail(e, ROWENC_VALUE, at, "FLOAT64 value '%s' is not a number",
                         snip(s, n, q, sizeof q));
+        if (exact_double(&d, &v))
+            goto put;
         if (n >= sizeof tmp && !(t = malloc(n + 1)))
             return nomem(e);
         memcpy(t, s, n);
@@ -1539,6 +1605,7 @@ static int enc_float64(struct enc *e, const struct rfield *f)
             return fail(e, ROWENC_VALUE, at, "FLOAT64 value '%s' is out of range",
                         snip(s, n, q, sizeof q));
     }
+put:;
     uint64_t bits;
     memcpy(&bits, &v, 8);
     if (need(e, f->taglen + 8))
