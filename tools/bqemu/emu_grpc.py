@@ -728,10 +728,17 @@ class AppendCall:
             self.schema_raw = req.proto_rows.writer_schema.proto_descriptor.SerializeToString()
 
     def current_table(self):
-        info = self.emu.store.get_table(*self.table_ref)
-        if info is None or (self.rec is not None and self.rec.table_key != info.id):
+        """The target's table as of now (its schema may have changed); the stream must still exist."""
+        store = self.emu.store
+        info = store.get_table(*self.table_ref)
+        if info is None:
             raise Abort(5, "Requested entity was not found. Entity: %s" % self.stream,
                         storage_error(TABLE_NOT_FOUND, self.stream, "Table not found."))
+        if self.rec is not None:
+            self.rec = store.get_stream(self.stream)    # gone after a table delete or a rows reset
+            if self.rec is None or self.rec.table_key != info.id:
+                raise Abort(5, "Requested entity was not found. Entity: %s" % self.stream,
+                            storage_error(STREAM_NOT_FOUND, self.stream, "Stream not found."))
         return info
 
     def append(self, req, entry, t0, offset, table_text):

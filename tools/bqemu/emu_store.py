@@ -560,7 +560,7 @@ def rows_report(store, ref=None, limit=None, after_seq=0, with_rows=True, canoni
             if canonical and isinstance(value, dict):
                 try:
                     value = canonical_row(info.compiled, value)
-                except (ValueError, TypeError, ArithmeticError):
+                except (ValueError, TypeError, AttributeError, ArithmeticError):
                     pass        # not a row the schema accepts (schema replaced since): leave as stored
             row = {"table": name, "seq": seq, "insert_id": iid, "arrival": arrival,
                    "request_no": req_no, "source": source, "json": value}
