@@ -58,7 +58,7 @@ def cpu_s(pid):
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def bench_delivery():
+def bench_delivery(api="insertall"):
     import json
     d = tempfile.mkdtemp(prefix="relayd-bench-")
     emu = None
@@ -67,6 +67,7 @@ def bench_delivery():
         tool = os.path.join(ROOT, "tools", "bqemu", "bqemu.py")
         subprocess.run([py, tool, "gen-tls", "--dir", f"{d}/tls"], check=True, stdout=subprocess.DEVNULL)
         emu = subprocess.Popen([py, tool, "serve", "--dir", f"{d}/emu", "--port", "0", "--fast",
+                                "--grpc-port", "0",
                                 "--tls-cert", f"{d}/tls/server.pem", "--tls-key", f"{d}/tls/server.key",
                                 "--ready-file", f"{d}/ready.json"], stderr=subprocess.DEVNULL)
         while not os.path.exists(f"{d}/ready.json"):
@@ -76,15 +77,19 @@ def bench_delivery():
                         "--token-uri", info["token_uri"]], check=True, stdout=subprocess.DEVNULL)
         os.chmod(f"{d}/key.json", 0o600)
         with open(f"{d}/schema.json", "w") as f:
-            json.dump({"fields": [{"name": "x", "type": "STRING"}]}, f)
+            json.dump({"fields": [{"name": n, "type": t} for n, t in (
+                ("ts", "STRING"), ("host", "STRING"), ("service", "STRING"), ("level", "STRING"),
+                ("seq", "INT64"), ("status", "INT64"), ("msg", "STRING"))]}, f)
         subprocess.run([py, tool, "create-table", "--dir", f"{d}/emu", "bench.logs.events",
                         "--schema", f"{d}/schema.json"], check=True, stdout=subprocess.DEVNULL)
-        print(f"\n== delivery: {DELIVER} rows of ~190 bytes drained to the emulator (--fast) ==",
-              flush=True)
+        print(f"\n== delivery over {api}: {DELIVER} rows of ~190 bytes drained to the emulator "
+              f"(--fast) ==", flush=True)
         subprocess.run([os.path.join(B, "bench", "bench_fill"), os.path.join(d, "spool"), "events",
                         str(DELIVER)], check=True)
         dest = (f"project = bench\ndataset = logs\ncredentials = {d}/key.json\n"
                 f"endpoint = {info['base_url']}\nca_file = {d}/tls/ca.pem\n"
+                + (f"api = storage\nstorage_endpoint = 127.0.0.1:{info['grpc_port']}\n"
+                   f"schema_file = {d}/schema.json\n" if api == "storage" else "")
                 + os.environ.get("BENCH_DEST_EXTRA", "").replace(";", "\n") + "\n")
         p, _ = start(d, config(d, "fsync", dest))
         c0, t0 = cpu_s(p.pid), time.monotonic()
@@ -97,9 +102,12 @@ def bench_delivery():
               f"relayd CPU {cpu:.2f} s = {cpu * 1e6 / max(1, st['delivered']):.2f} us/row "
               f"({cpu / dt * 100:.0f}% of one core)")
         req = max(1, st["requests"])
-        print(f"{st['requests']} requests: {st['bytes_raw'] / req / 1024:.1f} KiB/request before gzip, "
-              f"{st['bytes_sent'] / req / 1024:.1f} KiB after (ratio {st['bytes_raw'] / max(1, st['bytes_sent']):.1f}x); "
-              f"{st['failed_requests']} failed")
+        if api == "insertall":
+            print(f"{st['requests']} requests: {st['bytes_raw'] / req / 1024:.1f} KiB/request before gzip, "
+                  f"{st['bytes_sent'] / req / 1024:.1f} KiB after (ratio {st['bytes_raw'] / max(1, st['bytes_sent']):.1f}x); "
+                  f"{st['failed_requests']} failed")
+        else:
+            print(f"{st['requests']} appends; {st['failed_requests']} failed")
     finally:
         if emu:
             emu.terminate()
@@ -147,7 +155,12 @@ def main():
             stop(p)
         finally:
             shutil.rmtree(d, ignore_errors=True)
-    bench_delivery()
+    bench_delivery("insertall")
+    bench_delivery("storage")
+    rb = os.path.join(B, "bench", "bench_rowenc")
+    if os.path.exists(rb):
+        print("\n== JSON -> protobuf row encoding (Storage Write) ==", flush=True)
+        subprocess.run([rb])
     d = tempfile.mkdtemp(prefix="relayd-bench-")
     try:
         print(f"\n== restart with {BACKLOG} records queued ==", flush=True)

@@ -882,6 +882,48 @@ static void test_unknown_duplicate_case(void **state)
     rowenc_schema_free(s);
 }
 
+static void test_key_lookup(void **state)
+{
+    (void)state;
+    /* names around the 8- and 16-byte words the lookup compares */
+    struct rowenc_schema *s = SCHEMA("[{'name':'a','type':'INT64'},{'name':'abcdefg','type':'INT64'},"
+                                     "{'name':'abcdefgh','type':'INT64'},{'name':'abcdefghi','type':'INT64'},"
+                                     "{'name':'ABCDEFGHIJKLMNOP','type':'INT64'},"
+                                     "{'name':'abcdefghijklmnopq','type':'INT64'},"
+                                     "{'name':'the_quick_brown_fox_jumps_over_the_lazy_dog','type':'INT64'},"
+                                     "{'name':'_0','type':'INT64'},{'name':'Z9_','type':'INT64'}]");
+    ENC(s, "{'a':1,'abcdefg':2,'abcdefgh':3,'abcdefghi':4,'abcdefghijklmnop':5,"
+           "'abcdefghijklmnopq':6,'the_quick_brown_fox_jumps_over_the_lazy_dog':7,'_0':8,'z9_':9}",
+        "08 01 10 02 18 03 20 04 28 05 30 06 38 07 40 08 48 09");
+    ENC(s, "{'A':1,'ABCDEFG':2,'AbCdEfGh':3,'abcdefghI':4,'ABCDEFGHIJKLMNOP':5,"
+           "'abcdefghijklmnopQ':6,'THE_QUICK_BROWN_FOX_JUMPS_OVER_THE_LAZY_DOG':7,'_0':8,'Z9_':9}",
+        "08 01 10 02 18 03 20 04 28 05 30 06 38 07 40 08 48 09");
+    /* escaped keys take the other path */
+    ENC(s, "{'\\u0061bcdefghijklmnopq':6,'the_quick_brown_fox_jumps_over_the_lazy_do\\u0047':7}",
+        "30 06 38 07");
+    /* near misses: one byte off in each region of the key */
+    ERR(s, "{'b':1}", ROWENC_UNKNOWN, "=unknown field 'b'");
+    ERR(s, "{'abcdefx':1}", ROWENC_UNKNOWN, "unknown field");
+    ERR(s, "{'abcdefgi':1}", ROWENC_UNKNOWN, "unknown field");
+    ERR(s, "{'abcdefghx':1}", ROWENC_UNKNOWN, "unknown field");
+    ERR(s, "{'abcdefghijklmnoq':1}", ROWENC_UNKNOWN, "unknown field");
+    ERR(s, "{'abcdefghijklmnopr':1}", ROWENC_UNKNOWN, "unknown field");
+    ENC(s, "{'the_quick_brown_fox_jumps_ovEr_the_lazy_dog':1}", "38 01");  /* fold in the middle */
+    ERR(s, "{'the_quick_brown_fox_jumps_ov_r_the_lazy_dog':1}", ROWENC_UNKNOWN, "unknown field");
+    ERR(s, "{'the_quick_brown_fox_jumps_over_the_lazy_dogs':1}", ROWENC_UNKNOWN, "unknown field");
+    ERR(s, "{'':1}", ROWENC_UNKNOWN, "=unknown field ''");
+    ERR(s, "{'a\\u0000':1}", ROWENC_UNKNOWN, "=unknown field 'a\\x00'");
+    ERR(s, "{'@':1}", ROWENC_UNKNOWN, NULL);       /* '@' and '[' bracket 'A'..'Z' */
+    ERR(s, "{'[':1}", ROWENC_UNKNOWN, NULL);
+    ERR(s, "{'\xc1':1}", ROWENC_JSON, "invalid UTF-8");   /* 0xC1 | 0x20 != 'a' either */
+    rowenc_schema_free(s);
+    /* a key at the very end of the input (fewer than 8 bytes left) */
+    s = SCHEMA("[{'name':'k','type':'INT64'}]");
+    ERRRAW(s, "{\"k\"", ROWENC_JSON, "expected ':'");
+    ERRRAW(s, "{\"x", ROWENC_JSON, "unterminated string");
+    rowenc_schema_free(s);
+}
+
 static void test_json_syntax(void **state)
 {
     (void)state;
@@ -1456,6 +1498,7 @@ int main(void)
         cmocka_unit_test(test_range),
         cmocka_unit_test(test_nulls_required),
         cmocka_unit_test(test_unknown_duplicate_case),
+        cmocka_unit_test(test_key_lookup),
         cmocka_unit_test(test_json_syntax),
         cmocka_unit_test(test_error_offsets),
         cmocka_unit_test(test_schema_forms),

@@ -761,6 +761,9 @@ class AppendCall:
             return self.finish(entry, t0, info=info, error=(
                 3, "Stream has been finalized and cannot be appended: %s" % name,
                 storage_error(STREAM_FINALIZED, name, "Stream has been finalized and cannot be appended.")))
+        if self.schema_raw is None:
+            return self.finish(entry, t0, info=info, error=(
+                3, "No writer_schema has been sent on this connection. Entity: %s" % name, None))
         try:
             ws = self.svc.schemas.writer_schema(self.schema_raw, info)
         except SchemaProblem as e:

@@ -496,8 +496,9 @@ class WriterSchema:
             try:
                 msg.ParseFromString(raw)
                 if self.has_required and not msg.IsInitialized():
-                    raise RowProblem("missing required proto field(s): %s"
-                                     % ", ".join(msg.FindInitializationErrors()))
+                    missing = msg.FindInitializationErrors()
+                    raise RowProblem("%s: Missing required field (declared required in the writer schema)."
+                                     % ", ".join(missing))
                 row = plan.convert(msg, defaults)
             except DecodeError as e:
                 errors.append((i, "Cannot decode the row as %s: %s" % (self.cd.descriptor.name, e)))
