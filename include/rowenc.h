@@ -82,8 +82,9 @@
  *   RANGE      "[start, end)" with bounds in the element type's string form
  *              or UNBOUNDED / NULL (any case), or an object {"start": v,
  *              "end": v} where v is such a string, null (unbounded), or for
- *              TIMESTAMP an epoch number; a missing key is unbounded. When
- *              both are bounded start must be before end.
+ *              TIMESTAMP an epoch number; a missing key is unbounded (other
+ *              keys are unknown fields). When both are bounded start must be
+ *              before end.
  *   REPEATED   a JSON array of the element type; a null element is an error;
  *              [] and null encode nothing (an empty array).
  *   null       for a NULLABLE column: the field is omitted (proto2 NULL).
@@ -94,7 +95,8 @@
  * Object keys match column names ignoring ASCII case ("ID" is column "id");
  * other bytes must match exactly. A key given twice is an error. A key that
  * is no column is an error unless ROWENC_IGNORE_UNKNOWN is given; then its
- * value is checked for JSON syntax and skipped.
+ * value is checked for JSON syntax and skipped. Values skipped that way and
+ * JSON-column values may nest ROWENC_MAX_NESTING levels deep.
  * The row must be one JSON object (RFC 8259, UTF-8) with optional whitespace
  * around it; strings must be valid UTF-8 and \u escapes must pair their
  * surrogates. Rows that ingest accepted (json_check.h) meet this, but
@@ -106,7 +108,8 @@
  * problem was found, and a message naming the field path and the reason,
  * e.g. "field 'items[2].price': NUMERIC value '1e40' exceeds precision 38",
  * "unknown field 'ctx.agent'", "schema field 'a.b': unknown type 'TEXT'".
- * Quoted values are cut to 48 bytes with non-printable bytes as \xNN.
+ * Quoted values are cut to 48 bytes; printable ASCII and valid UTF-8 are
+ * kept, any other byte is shown as \xNN.
  *
  * Ownership: rowenc_schema_parse() allocates the schema; the caller frees it
  * with rowenc_schema_free() when no thread uses it any more. Nothing keeps a

@@ -5,8 +5,9 @@
  * Schema side (cold): jansson reads the schema into a tree of struct rmsg
  * (one per RECORD, the root included) holding struct rfield entries. At
  * parse time every field gets what the hot path needs: its proto tag bytes,
- * its name folded to lower case with a hash, and every message an
- * open-addressing table from name hash to field, the list of its REQUIRED
+ * its name folded to lower case (also as two 64-bit words, compared a word
+ * at a time) with a hash, and every message an open-addressing table from
+ * name hash to field, the list of its REQUIRED
  * fields and a base index into the "seen" bitmap that catches duplicate and
  * missing keys.
  *
@@ -23,8 +24,10 @@
  * small stack of the fields being encoded (the path).
  *
  * NUMERIC, BIGNUMERIC, INT64 and epoch TIMESTAMP values go through one exact
- * decimal scaler that works on the digits in a 256-bit integer: no floating
- * point anywhere but FLOAT64 (strtod_l in the C locale).
+ * decimal scaler that works on the digits in a 64-bit or, when needed, a
+ * 256-bit integer: no floating point anywhere but FLOAT64, which is either
+ * an exact fast path (short mantissas, small exponents) or strtod_l in the
+ * C locale, both correctly rounded.
  */
 #include "rowenc.h"
 
@@ -129,7 +132,6 @@ struct rmsg {
 struct rowenc_schema {
     struct rmsg root;
     uint32_t nfields;      /* all fields: bits in the seen bitmap */
-    uint32_t nrecords;
     unsigned range_types;  /* bit (1 << elem type) for each RANGE element type used */
     locale_t c_locale;     /* for strtod_l */
 };
@@ -1063,7 +1065,8 @@ static int scan_string_from(struct enc *e, const char *p, unsigned f, const char
          * lowest flagged byte of each test is exact (higher ones may not be) */
         while (end - p >= 8) {
             uint64_t v = load64(p), q = v ^ (ONES * '"'), b = v ^ (ONES * '\\');
-            uint64_t hit = (((q - ONES) & ~q) | ((b - ONES) & ~b) | ((v - ONES * 0x20) & ~v)) & HIGHS;
+            uint64_t hit = ((q - ONES) & ~q) | ((b - ONES) & ~b) | ((v - ONES * 0x20) & ~v);
+            hit &= HIGHS;
             if (hit) {
                 unsigned k = (unsigned)__builtin_ctzll(hit) >> 3;
                 if (v & HIGHS & ((1ull << (8 * k)) - 1))
@@ -2197,7 +2200,8 @@ struct sctx {
     uint32_t ntypes;      /* RECORD message types so far */
 };
 
-static int serr(struct sctx *c, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int serr(struct sctx *c, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 static int serr(struct sctx *c, int code, const char *fmt, ...)
 {
@@ -2352,7 +2356,8 @@ static int parse_field(struct sctx *c, json_t *o, struct rfield *f, size_t index
         const char *et = json_is_object(ret) ? str_member(ret, "type", &bad) : NULL;
         if (!et)
             return serr(c, ROWENC_SCHEMA,
-                        "RANGE needs \"rangeElementType\": {\"type\": DATE, DATETIME or TIMESTAMP}");
+                        "RANGE needs \"rangeElementType\": "
+                        "{\"type\": DATE, DATETIME or TIMESTAMP}");
         if (ieq(et, strlen(et), "DATE"))
             f->elem = RT_DATE;
         else if (ieq(et, strlen(et), "DATETIME"))
@@ -2508,7 +2513,6 @@ int rowenc_schema_parse(const char *json, size_t len, struct rowenc_schema **out
         rowenc_schema_free(c.s);
         return rc;
     }
-    c.s->nrecords = c.ntypes;
     *out = c.s;
     set_ok(err);
     return ROWENC_OK;
@@ -2564,7 +2568,9 @@ static int d_message(struct buf *b, const struct rmsg *m, const char *name)
         return -1;
     for (uint32_t i = 0; i < m->n; i++) {
         const struct rfield *f = &m->f[i];
-        unsigned label = f->mode == RM_REPEATED ? 3 : f->mode == RM_REQUIRED && !f->has_default ? 2 : 1;
+        unsigned label = f->mode == RM_REPEATED                    ? 3   /* LABEL_REPEATED */
+                         : f->mode == RM_REQUIRED && !f->has_default ? 2   /* LABEL_REQUIRED */
+                                                                     : 1;  /* LABEL_OPTIONAL */
         const char *tn = f->type == RT_RECORD ? f->sub->type_name
                          : f->type == RT_RANGE ? range_type_name(f->elem) : NULL;
         if (d_field(b, f->proto_name, f->number, label, type_info[f->type].proto, tn,

@@ -71,7 +71,8 @@ static const char nested_schema[] =
     "  {\"name\":\"sku\",\"type\":\"STRING\"},{\"name\":\"qty\",\"type\":\"INT64\"},"
     "  {\"name\":\"price\",\"type\":\"NUMERIC\"},{\"name\":\"note\",\"type\":\"STRING\"},"
     "  {\"name\":\"attrs\",\"type\":\"RECORD\",\"fields\":["
-    "     {\"name\":\"color\",\"type\":\"STRING\"},{\"name\":\"added\",\"type\":\"TIMESTAMP\"}]}]}]";
+    "     {\"name\":\"color\",\"type\":\"STRING\"},"
+    "     {\"name\":\"added\",\"type\":\"TIMESTAMP\"}]}]}]";
 
 struct rows {
     struct buf text;
@@ -93,7 +94,8 @@ static void make_typical(struct rows *rs)
         buf_printf(&rs->text,
                    "{\"event\":\"%s\",\"user_id\":%llu,\"amount\":%llu.%02llu,\"ok\":%s,"
                    "\"ts\":\"2024-%02llu-%02lluT%02llu:%02llu:%02llu.%06lluZ\","
-                   "\"day\":\"2024-%02llu-%02llu\",\"ctx\":{\"ip\":\"10.%llu.%llu.%llu\",\"city\":\"%s\"},"
+                   "\"day\":\"2024-%02llu-%02llu\","
+                   "\"ctx\":{\"ip\":\"10.%llu.%llu.%llu\",\"city\":\"%s\"},"
                    "\"tags\":[%s],\"price\":\"%llu.%02llu\",\"blob\":\"%s\"}",
                    pick(events, 7), (unsigned long long)(rng() % 100000000),
                    (unsigned long long)(rng() % 1000), (unsigned long long)(rng() % 100),

@@ -796,6 +796,9 @@ class TestValues(WriteTestCase):
         resp = a.send(areq(default_stream(ref), [b"\x0a\x011"], wrong))
         self.assertAppendError(resp, 3)
         self.assertIn("n", resp.error.message)
+        zigzag = descriptor_pb2.DescriptorProto(name="Zigzag")
+        field(zigzag, "n", 1, 18)            # sint64: not a type BigQuery takes for INT64
+        self.assertAppendError(a.send(areq(default_stream(ref), [b"\x08\x02"], zigzag)), 3)
         open_ref = descriptor_pb2.DescriptorProto(name="Open")
         field(open_ref, "n", 1, T_INT64)
         field(open_ref, "s", 2, T_MESSAGE, type_name=".some.other.Message")

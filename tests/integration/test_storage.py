@@ -131,7 +131,7 @@ class ExactlyOnceTest(StorageBase):
         got = [r["json"]["i"] for r in self.emu.rows(TABLE)]
         dups = len(got) - len(set(got))
         print(f"\n  {kills} kills, {sent} rows, {len(got)} stored, {dups} duplicates, "
-              f"{self.emu.stats().get('write', {}).get('rows_already_exists', '?')} already-exists")
+              f"{self.emu.stats().get('write', {}).get('rows', {}).get('deduplicated', '?')} rows found already written (ALREADY_EXISTS)")
         self.assertEqual(sorted(got), list(range(sent)), "every acked row exactly once")
         self.assertEqual(d.status()["spool"]["dead_letters"], 0)
         self.assertEqual(d.stop(), 0)

@@ -213,7 +213,8 @@ class Checker:
             here = "%s.%s" % (where, name)
             if pf.number != i + 1:
                 self.problem("%s: number %d, want %d" % (here, pf.number, i + 1))
-            colopt = column_name_option(pf.options.SerializeToString()) if pf.HasField("options") else None
+            colopt = (column_name_option(pf.options.SerializeToString())
+                      if pf.HasField("options") else None)
             if is_ident(name):
                 if pf.name != name.lower() or colopt is not None:
                     self.problem("%s: proto name %r, want %r" % (here, pf.name, name.lower()))
@@ -230,7 +231,8 @@ class Checker:
             if bqtype == "RECORD":
                 nt = self.nested.get(pf.type_name)
                 if nt is None:
-                    self.problem("%s: type %r is not a nested type of the root" % (here, pf.type_name))
+                    self.problem("%s: type %r is not a nested type of the root"
+                                 % (here, pf.type_name))
                 else:
                     sub = self.map_message(nt, col["fields"], here)
             elif bqtype == "RANGE":
@@ -296,9 +298,11 @@ def main():
         try:
             msg = cls.FromString(data)
             if not msg.IsInitialized():  # proto2 required fields (not all backends raise)
-                raise ValueError("missing required fields: %s" % ", ".join(msg.FindInitializationErrors()))
+                raise ValueError("missing required fields: %s"
+                                 % ", ".join(msg.FindInitializationErrors()))
             if unknown_field_count(msg):
-                raise ValueError("row has fields the descriptor does not declare (or wrong wire types)")
+                raise ValueError("row has fields the descriptor does not declare"
+                                 " (or wrong wire types)")
             rows.append(checker.render(msg, checker.plan))
         except Exception as exc:  # report per row, keep going
             rows.append({"error": "%s: %s" % (type(exc).__name__, exc)})

@@ -49,13 +49,11 @@ _COLUMN_NAME_TAG = (COLUMN_NAME_EXT << 3) | 2
 # StorageError codes used here (see proto/bigquery_storage_v1.proto).
 SCHEMA_MISMATCH_EXTRA_FIELDS = 7
 
-INT_TYPES = {FD.TYPE_INT64, FD.TYPE_UINT64, FD.TYPE_INT32, FD.TYPE_FIXED64, FD.TYPE_FIXED32,
-             FD.TYPE_UINT32, FD.TYPE_SFIXED32, FD.TYPE_SFIXED64, FD.TYPE_SINT32, FD.TYPE_SINT64}
 TYPE_NAMES = {v: k[5:].lower() for k, v in vars(FD).items() if k.startswith("TYPE_") and isinstance(v, int)}
 
 # BigQuery type -> proto types that may carry it (reference section 2.2).
 ALLOWED = {
-    "INTEGER": INT_TYPES | {FD.TYPE_ENUM},
+    "INTEGER": {FD.TYPE_INT64, FD.TYPE_INT32, FD.TYPE_UINT32, FD.TYPE_ENUM},
     "FLOAT": {FD.TYPE_DOUBLE, FD.TYPE_FLOAT},
     "BOOLEAN": {FD.TYPE_BOOL, FD.TYPE_INT32, FD.TYPE_INT64, FD.TYPE_UINT32, FD.TYPE_UINT64},
     "STRING": {FD.TYPE_STRING, FD.TYPE_ENUM},
