@@ -8,6 +8,7 @@
 #   make fuzz       run the fuzz targets for FUZZ_SECONDS each (default 300)
 #   make run        install deps, build, and start relayd with a local config
 #   make valgrind   unit tests under valgrind --leak-check=full
+#   make deb        build/relayd_<version>_<arch>.deb (packaging/, tools/mkdeb.sh)
 
 PREFIX  ?= /usr/local
 DESTDIR ?=
@@ -15,7 +16,7 @@ BUILD   ?= build
 CC      ?= cc
 PY      := /usr/bin/python3
 
-PKGS     := lmdb jansson zlib libcurl openssl libprotobuf-c grpc
+PKGS     := lmdb jansson zlib libcurl openssl libprotobuf-c grpc libsystemd libmicrohttpd
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
@@ -40,7 +41,7 @@ TOOLBIN := $(TOOLSRC:tests/tools/%.c=$(BUILD)/tools/%)
 BENCHSRC:= $(wildcard tests/bench/*.c)
 BENCHBIN:= $(BENCHSRC:tests/bench/%.c=$(BUILD)/bench/%)
 
-.PHONY: all deps test unit asan bench fuzz fuzz-smoke run clean install valgrind check-deps
+.PHONY: all deps test unit asan bench fuzz fuzz-smoke run clean install valgrind check-deps deb
 .SECONDARY:
 
 all: $(BUILD)/relayd $(BUILD)/relayctl
@@ -126,6 +127,9 @@ bench: deps all $(BENCHBIN)
 
 run: deps all
 	@./tools/run-local.sh
+
+deb: deps all
+	./tools/mkdeb.sh $(BUILD) $(BUILD)
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/sbin

@@ -61,6 +61,7 @@ struct conf {
     int log_level;                 /* enum log_level */
     char *control_socket;
     mode_t control_socket_mode;
+    char *metrics_listen;          /* NULL: no metrics endpoint */
 
     /* [spool] */
     char *spool_dir;

@@ -43,6 +43,11 @@ void sender_status(void *sender, void *root);
 /* Stops starting requests, waits up to wait_ms for those in flight, records
  * their outcomes, and joins the thread. */
 void sender_stop(struct sender *s, unsigned wait_ms);
+/* Status helpers shared with the writers (return jansson json_t *). */
+struct counts;
+struct histo;
+void *counts_json(const struct counts *c);
+void *histo_json(const struct histo *h);
 void sender_free(struct sender *s);
 
 #endif

@@ -54,4 +54,24 @@ void buf_reset(struct buf *b);   /* len = 0, keeps memory */
 void buf_free(struct buf *b);
 #endif /* RELAY_BUF_DEFINED */
 
+/* ---- a small map of counters by short name (reasons, states) ---- */
+#define COUNTS_MAX 16
+struct counts {
+    size_t n;
+    char name[COUNTS_MAX][32];
+    uint64_t value[COUNTS_MAX];
+};
+/* Adds v under name; past COUNTS_MAX distinct names, counts go to "other". */
+void counts_add(struct counts *c, const char *name, uint64_t v);
+
+/* ---- a latency histogram with fixed bounds (seconds), Prometheus-style ---- */
+#define HISTO_BUCKETS 12   /* 5ms 10ms 25ms 50ms 100ms 250ms 500ms 1s 2.5s 5s 10s +Inf */
+extern const double histo_bounds[HISTO_BUCKETS - 1];
+struct histo {
+    uint64_t bucket[HISTO_BUCKETS];   /* not cumulative */
+    uint64_t count;
+    double sum;
+};
+void histo_add(struct histo *h, double seconds);
+
 #endif /* RELAY_UTIL_H */

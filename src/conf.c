@@ -15,6 +15,7 @@
  */
 #include "conf.h"
 #include "log.h"
+#include "metrics.h"
 #include "util.h"
 
 #include <ctype.h>
@@ -45,6 +46,7 @@ static const struct key_def keys[] = {
     { "relayd", "log_level",           T_LOGLEVEL,   OFF(log_level), 0, 0 },
     { "relayd", "control_socket",      T_PATH,       OFF(control_socket), 0, 0 },
     { "relayd", "control_socket_mode", T_MODE,       OFF(control_socket_mode), 0, 0 },
+    { "relayd", "metrics_listen",      T_STR,        OFF(metrics_listen), 0, 0 },
     { "spool",  "dir",                 T_PATH,       OFF(spool_dir), 0, 0 },
     { "spool",  "max_spool_bytes",     T_SIZE,       OFF(max_spool_bytes), 1 << 20, 1ULL << 44 },
     { "spool",  "durability",          T_DURABILITY, OFF(durability), 0, 0 },
@@ -179,6 +181,7 @@ void conf_free(struct conf *c)
 {
     free(c->path);
     free(c->control_socket);
+    free(c->metrics_listen);
     free(c->spool_dir);
     free(c->socket_path);
     free(c->allowed_uids);
@@ -544,6 +547,12 @@ static int parse_line(struct parser *p, struct conf *c, char *raw)
 
 int conf_validate(const struct conf *c, char *err, size_t errlen)
 {
+    if (c->metrics_listen && !metrics_valid_listen(c->metrics_listen)) {
+        snprintf(err, errlen, "[relayd] metrics_listen: '%s': expected 127.0.0.1:PORT, "
+                 "localhost:PORT or unix:/PATH (metrics are served on loopback only)",
+                 c->metrics_listen);
+        return -1;
+    }
     if (c->default_table && !conf_find_dest(c, c->default_table, strlen(c->default_table))) {
         snprintf(err, errlen, "[ingest] default_table: '%s' is not a [destination]",
                  c->default_table);

@@ -32,6 +32,7 @@
 #include <sys/stat.h>
 #include <sys/timerfd.h>
 #include <sys/un.h>
+#include <systemd/sd-daemon.h>
 #include <unistd.h>
 
 #define READ_CHUNK    (256u << 10)   /* bytes read per connection per turn */
@@ -109,6 +110,7 @@ struct ingest {
              denied_conns;
     uint64_t rate_t[RATE_SLOTS], rate_rec[RATE_SLOTS], rate_bytes[RATE_SLOTS];
     unsigned rate_i, ticks;
+    uint64_t watchdog_us, last_ping_us;   /* systemd watchdog (0: off) */
 };
 
 static int reason_index(const char *r)
@@ -813,6 +815,14 @@ static void on_tick(struct ingest *in)
     uint64_t exp;
     ssize_t r = read(in->tfd, &exp, sizeof exp);
     (void)r;
+    if (in->watchdog_us) {
+        /* the loop is turning: tell systemd (every half watchdog period) */
+        uint64_t now = util_mono_us();
+        if (now - in->last_ping_us >= in->watchdog_us / 2) {
+            sd_notify(0, "WATCHDOG=1");
+            in->last_ping_us = now;
+        }
+    }
     if (++in->ticks % (1000 / TICK_MS) == 0) {
         in->rate_t[in->rate_i] = util_mono_us();
         in->rate_rec[in->rate_i] = in->records;
@@ -884,11 +894,15 @@ static void on_signal(struct ingest *in)
     while (read(in->sfd, &si, sizeof si) == (ssize_t)sizeof si) {
         if (si.ssi_signo == SIGHUP) {
             log_info("SIGHUP: reloading %s", in->conf->path ? in->conf->path : "(no file)");
+            sd_notify(0, "RELOADING=1");
             reload(in);
+            sd_notify(0, "READY=1");
         } else if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
-            if (!in->stopping)
+            if (!in->stopping) {
                 log_info("%s: finishing the commit in progress and stopping",
                          si.ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT");
+                sd_notify(0, "STOPPING=1");
+            }
             in->stopping = true;
         }
     }
@@ -1074,6 +1088,11 @@ int ingest_run(struct ingest *in)
     log_info("ready: accepting records on %s (control %s), spool %s, durability %s",
              in->conf->socket_path, in->conf->control_socket, in->conf->spool_dir,
              conf_durability_name(in->conf->durability));
+    /* systemd (Type=notify): ready now; the watchdog, if set, is pinged from the loop */
+    sd_notifyf(0, "READY=1\nSTATUS=accepting records on %s", in->conf->socket_path);
+    uint64_t wd = 0;
+    if (sd_watchdog_enabled(0, &wd) > 0)
+        in->watchdog_us = wd;
     while (!in->stopping) {
         int n = epoll_wait(in->epfd, evs, 256, -1);
         if (n < 0) {

@@ -6,6 +6,7 @@
 #include "conf.h"
 #include "ingest.h"
 #include "log.h"
+#include "metrics.h"
 #include "sender.h"
 #include "spool.h"
 #include "util.h"
@@ -233,7 +234,17 @@ int main(int argc, char **argv)
                  util_fmt_bytes(st->bytes, b1, sizeof b1), util_fmt_bytes(st->file_bytes, b2, sizeof b2));
     }
     free(st);
+    struct metrics *metrics = NULL;
+    if (conf->metrics_listen) {
+        if (metrics_start(conf->metrics_listen, conf->control_socket, &metrics, err,
+                          sizeof err) != 0) {
+            log_error("%s", err);
+            return EXIT_START;
+        }
+        log_info("metrics on %s (/metrics, /healthz, /readyz)", conf->metrics_listen);
+    }
     int code = ingest_run(in);
+    metrics_stop(metrics);
     ingest_destroy(in);
     sender_stop(sender, 5000);   /* let requests in flight finish and record them */
     sender_free(sender);

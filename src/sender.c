@@ -64,6 +64,7 @@ struct request {
     struct curl_slist *headers;
     struct buf body, gz, resp;
     long retry_after_s;
+    uint64_t start_us;
     char errbuf[CURL_ERROR_SIZE];
 };
 
@@ -87,6 +88,8 @@ struct dest {
     struct chunk *held;       /* rows to dead-letter while the store is full: kept */
     /* counters and state for status (under sender->stats_lock) */
     uint64_t delivered, retried, dead_lettered, requests, failed, bytes_raw, bytes_sent;
+    struct counts dead_by_reason;
+    struct histo latency;
     char why[256];            /* why backing off / parked */
     char last_error[512];
     uint64_t last_error_ms;
@@ -334,6 +337,7 @@ static void apply_outcomes(struct sender *s)
     for (size_t i = 0; i < s->n_outs; i++) {
         if (s->outs[i].dead) {
             s->outs[i].d->dead_lettered++;
+            counts_add(&s->outs[i].d->dead_by_reason, s->outs[i].reason, 1);
             dead++;
         } else {
             s->outs[i].d->delivered++;
@@ -592,6 +596,7 @@ static void start_request(struct sender *s, struct dest *d, struct chunk *ch)
     }
     rq->next_active = s->active;
     s->active = rq;
+    rq->start_us = util_mono_us();
     uint64_t now = util_now_ms();
     if (!ch->first_attempt_ms)
         ch->first_attempt_ms = now;
@@ -688,12 +693,13 @@ static void handle_done(struct sender *s, struct request *rq, CURLcode res)
         snprintf(why, sizeof why, "HTTP %ld%s%s: %s", http, e.reason[0] ? " " : "", e.reason,
                  e.message);
     }
-    if (a != BQ_OK) {
-        pthread_mutex_lock(&s->stats_lock);
+    pthread_mutex_lock(&s->stats_lock);
+    histo_add(&d->latency, (double)(util_mono_us() - rq->start_us) / 1e6);
+    if (a != BQ_OK)
         d->failed++;
-        pthread_mutex_unlock(&s->stats_lock);
+    pthread_mutex_unlock(&s->stats_lock);
+    if (a != BQ_OK)
         note_error(s, d, "%s", why);
-    }
     switch (a) {
     case BQ_OK: {
         struct bq_row_result *res_rows = calloc(ch->n, sizeof *res_rows);
@@ -995,6 +1001,28 @@ static void *sender_main(void *arg)
 
 /* ---- status ---- */
 
+void *counts_json(const struct counts *c)
+{
+    json_t *o = json_object();
+    for (size_t i = 0; i < c->n; i++)
+        json_object_set_new(o, c->name[i], json_integer((json_int_t)c->value[i]));
+    return o;
+}
+
+void *histo_json(const struct histo *h)
+{
+    json_t *o = json_object(), *le = json_array(), *n = json_array();
+    for (size_t i = 0; i < HISTO_BUCKETS - 1; i++)
+        json_array_append_new(le, json_real(histo_bounds[i]));
+    for (size_t i = 0; i < HISTO_BUCKETS; i++)
+        json_array_append_new(n, json_integer((json_int_t)h->bucket[i]));
+    json_object_set_new(o, "le", le);
+    json_object_set_new(o, "buckets", n);
+    json_object_set_new(o, "count", json_integer((json_int_t)h->count));
+    json_object_set_new(o, "sum_s", json_real(h->sum));
+    return o;
+}
+
 void sender_status(void *sender, void *rootp)
 {
     struct sender *s = sender;
@@ -1029,6 +1057,9 @@ void sender_status(void *sender, void *rootp)
         json_object_set_new(dl, "last_error", json_string(d->last_error));
         json_object_set_new(dl, "last_error_age_s", json_real(d->last_error_ms ?
                             (double)(now_ms - d->last_error_ms) / 1000 : -1));
+        json_object_set_new(dl, "dead_lettered_by_reason", counts_json(&d->dead_by_reason));
+        json_object_set_new(dl, "latency", histo_json(&d->latency));
+        json_object_set_new(dl, "token_refreshes", json_integer((json_int_t)auth_refreshes(d->auth)));
         json_object_set_new(match, "delivery", dl);
     }
     pthread_mutex_unlock(&s->stats_lock);

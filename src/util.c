@@ -273,3 +273,41 @@ void buf_free(struct buf *b)
     b->data = NULL;
     b->len = b->cap = 0;
 }
+
+void counts_add(struct counts *c, const char *name, uint64_t v)
+{
+    for (size_t i = 0; i < c->n; i++) {
+        if (strcmp(c->name[i], name) == 0) {
+            c->value[i] += v;
+            return;
+        }
+    }
+    if (c->n == COUNTS_MAX) {
+        name = "other";
+        for (size_t i = 0; i < c->n; i++) {
+            if (strcmp(c->name[i], name) == 0) {
+                c->value[i] += v;
+                return;
+            }
+        }
+        /* the last slot becomes "other", keeping what it counted */
+        snprintf(c->name[COUNTS_MAX - 1], sizeof c->name[0], "other");
+        c->value[COUNTS_MAX - 1] += v;
+        return;
+    }
+    snprintf(c->name[c->n], sizeof c->name[0], "%s", name);
+    c->value[c->n++] = v;
+}
+
+const double histo_bounds[HISTO_BUCKETS - 1] = { 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                                                 1, 2.5, 5, 10 };
+
+void histo_add(struct histo *h, double seconds)
+{
+    size_t i = 0;
+    while (i < HISTO_BUCKETS - 1 && seconds > histo_bounds[i])
+        i++;
+    h->bucket[i]++;
+    h->count++;
+    h->sum += seconds;
+}

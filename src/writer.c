@@ -17,6 +17,7 @@
 #include "bqwrite.h"
 #include "log.h"
 #include "rowenc.h"
+#include "sender.h"
 #include "util.h"
 #include "version.h"
 
@@ -48,6 +49,7 @@ struct wchunk {
     int64_t offset;           /* exactly-once: the offset of its first row */
     uint32_t attempts;
     uint64_t first_ms, last_ms;
+    uint64_t sent_us;         /* monotonic, for the latency histogram */
 };
 
 struct writer {
@@ -76,6 +78,8 @@ struct writer {
     volatile int woken;
     pthread_mutex_t lock;     /* guards the status fields below */
     uint64_t delivered, retried, dead_lettered, appends, failed;
+    struct counts dead_by_reason;
+    struct histo latency;
     char state[16], why[300], last_error[512];
     uint64_t last_error_ms;
 };
@@ -255,6 +259,10 @@ static int record(struct writer *w, const uint64_t *done, size_t n_done, const s
         w->next_offset += (int64_t)n_done;
     count(w, &w->delivered, n_done);
     count(w, &w->dead_lettered, n_dead);
+    pthread_mutex_lock(&w->lock);
+    for (size_t i = 0; i < n_dead; i++)
+        counts_add(&w->dead_by_reason, dead[i].reason, 1);
+    pthread_mutex_unlock(&w->lock);
     if (n_dead)
         log_warn("%s: moved %zu row(s) to the dead-letter store", w->cd->name, n_dead);
     return 0;
@@ -573,6 +581,7 @@ static int send_chunk(struct writer *w, struct wchunk *c)
     if (!c->first_ms)
         c->first_ms = now;
     c->last_ms = now;
+    c->sent_us = util_mono_us();
     c->attempts++;
     c->next = NULL;
     *w->inflight_tail = c;
@@ -734,6 +743,9 @@ static void on_result(struct writer *w, const struct bqw_result *r)
     struct wchunk *c = pop_inflight(w);
     if (!c)
         return;
+    pthread_mutex_lock(&w->lock);
+    histo_add(&w->latency, (double)(util_mono_us() - c->sent_us) / 1e6);
+    pthread_mutex_unlock(&w->lock);
     if (r->schema_changed) {
         char err[512];
         if (load_schema(w, err, sizeof err) == 0)
@@ -1042,6 +1054,9 @@ void writer_status(struct writer *w, void *destp)
     json_object_set_new(dl, "last_error", json_string(w->last_error));
     json_object_set_new(dl, "last_error_age_s", json_real(w->last_error_ms ?
                         (double)(now_ms - w->last_error_ms) / 1000 : -1));
+    json_object_set_new(dl, "dead_lettered_by_reason", counts_json(&w->dead_by_reason));
+    json_object_set_new(dl, "latency", histo_json(&w->latency));
+    json_object_set_new(dl, "token_refreshes", json_integer((json_int_t)auth_refreshes(w->auth)));
     if (w->cd->exactly_once) {
         json_object_set_new(dl, "stream", json_string(w->stream));
         json_object_set_new(dl, "next_offset", json_integer((json_int_t)w->next_offset));

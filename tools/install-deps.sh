@@ -4,7 +4,7 @@
 set -eu
 
 PKGS="build-essential pkg-config clang libclang-rt-14-dev valgrind
-liblmdb-dev lmdb-utils libcmocka-dev libjansson-dev
+liblmdb-dev lmdb-utils libcmocka-dev libjansson-dev libsystemd-dev libmicrohttpd-dev
 libcurl4-openssl-dev libssl-dev zlib1g-dev
 libgrpc-dev protobuf-c-compiler libprotobuf-c-dev protobuf-compiler
 python3 python3-cryptography python3-grpcio python3-protobuf
