@@ -20,6 +20,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 static void usage(FILE *f)
@@ -558,22 +559,64 @@ static json_t *offline_status(struct ctx *x, char *err, size_t errlen)
     return root;
 }
 
+static int show_status(struct ctx *x);
+
+static volatile sig_atomic_t watch_stop;
+static void on_watch_signal(int sig) { (void)sig; watch_stop = 1; }
+
 static int cmd_status(struct ctx *x, int argc, char **argv)
 {
+    bool watch = false;
+    uint64_t interval_ms = 1000;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--json") == 0) {
             x->json = true;
+        } else if (strcmp(argv[i], "--watch") == 0 || strcmp(argv[i], "-w") == 0) {
+            watch = true;
+        } else if (strcmp(argv[i], "--interval") == 0 && i + 1 < argc) {
+            if (util_parse_duration_ms(argv[++i], &interval_ms) != 0 || interval_ms < 100) {
+                fprintf(stderr, "relayctl status: --interval: expected a duration of at least "
+                        "100ms, such as 2s\n");
+                return EXIT_USAGE;
+            }
         } else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
-            printf("Usage: relayctl status [--json]\n"
+            printf("Usage: relayctl status [--json] [--watch [--interval 1s]]\n"
                    "Shows relayd's state, ingest counters and rates, the spool's size against\n"
-                   "its bound, and the depth and oldest record of each destination. When relayd\n"
-                   "is not running, shows what the spool holds and exits 3.\n");
+                   "its bound, and the depth, oldest record and delivery of each destination.\n"
+                   "When relayd is not running, shows what the spool holds and exits 3.\n"
+                   "--watch refreshes in place until interrupted (with --json: one document\n"
+                   "per line).\n");
             return 0;
         } else {
             fprintf(stderr, "relayctl status: unknown argument '%s'\n", argv[i]);
             return EXIT_USAGE;
         }
     }
+    if (!watch)
+        return show_status(x);
+    signal(SIGINT, on_watch_signal);
+    signal(SIGTERM, on_watch_signal);
+    bool tty = isatty(STDOUT_FILENO) && !x->json;
+    int rc = 0;
+    while (!watch_stop) {
+        if (tty)
+            fputs("\033[H\033[2J", stdout);   /* home, clear: refresh in place */
+        rc = show_status(x);
+        if (tty) {
+            char now[32];
+            time_t t = time(NULL);
+            strftime(now, sizeof now, "%H:%M:%S", localtime(&t));
+            printf("\n(every %.1f s, %s; Ctrl-C to stop)\n", (double)interval_ms / 1000, now);
+        }
+        fflush(stdout);
+        for (uint64_t slept = 0; slept < interval_ms && !watch_stop; slept += 50)
+            usleep(50000);
+    }
+    return rc;
+}
+
+static int show_status(struct ctx *x)
+{
     char err[512], err2[512];
     char *resp = control_request(x->control, "status\n", err, sizeof err);
     json_t *root = NULL;

@@ -199,3 +199,19 @@ class PeerCredentialTest(RelayTest):
                            stderr=subprocess.PIPE, user=65534, group=65534, timeout=30)
         self.assertIn("ok 1", r.stdout.decode())
         self.assertEqual(len(d.dump()), 1)
+
+
+class WatchTest(RelayTest):
+    def test_status_watch_refreshes(self):
+        d = self.daemon()
+        d.start()
+        p = subprocess.Popen([os.path.join(os.path.dirname(RELAYD), "relayctl"), "-c", d.conf,
+                              "--json", "status", "--watch", "--interval", "200ms"],
+                             stdout=subprocess.PIPE)
+        try:
+            docs = [json.loads(p.stdout.readline()) for _ in range(3)]   # three refreshes
+        finally:
+            p.terminate()
+            p.wait(10)
+        self.assertTrue(all(doc["state"] == "accepting" for doc in docs))
+        self.assertEqual(p.returncode, 0)
