@@ -45,6 +45,13 @@ struct conf_dest {
     /* retrying */
     uint64_t retry_base_ms, retry_cap_ms, rate_limit_wait_ms, quota_wait_ms, park_wait_ms;
     uint64_t max_age_ms;   /* 0: records never expire */
+    /* routing and table management (api = insertall) */
+    char *table_time_field;  /* shard by this top-level field's time; NULL: ingest time */
+    bool create_table;       /* create missing tables (needs schema_file) */
+    char *time_partitioning; /* DAY, HOUR, MONTH, YEAR or NULL */
+    char *partition_field;   /* column for time partitioning, or NULL: ingestion time */
+    char *clustering;        /* comma-separated columns, or NULL */
+    uint64_t partition_expiration_ms;
     /* api = storage */
     bool exactly_once;     /* delivery = exactly_once (committed stream + offsets) */
     char *schema_file;     /* BigQuery JSON schema; NULL: fetched with tables.get */
@@ -110,6 +117,9 @@ const struct conf_dest *conf_find_dest(const struct conf *c, const char *name, s
 /* True if name[0..len) is a valid destination name: 1..CONF_NAME_MAX of
  * [A-Za-z0-9_.-], starting with a letter, digit or '_'. */
 bool conf_valid_name(const char *name, size_t len);
+
+/* True if t is a table id, with an optional $partition decorator. */
+bool conf_valid_table(const char *t);
 
 /* True if a peer with this uid/gid may use the sockets: root, relayd's own uid,
  * allowed_uids (or '*'), or membership (primary or supplementary) of a group

@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 enum key_type { T_STR, T_PATH, T_SIZE, T_DURATION, T_UINT, T_MODE, T_LOGLEVEL,
@@ -93,6 +94,12 @@ static const struct key_def dest_keys[] = {
     { "destination", "park_wait",             T_DURATION, DOFF(park_wait_ms), 1000, 86400000 },
     { "destination", "max_age",               T_DURATION, DOFF(max_age_ms), 0, 0 },
     { "destination", "delivery",              T_DELIVERY, DOFF(exactly_once), 0, 0 },
+    { "destination", "table_time_field",      T_STR,      DOFF(table_time_field), 0, 0 },
+    { "destination", "create_table",          T_BOOL,     DOFF(create_table), 0, 0 },
+    { "destination", "time_partitioning",     T_STR,      DOFF(time_partitioning), 0, 0 },
+    { "destination", "partition_field",       T_STR,      DOFF(partition_field), 0, 0 },
+    { "destination", "clustering",            T_STR,      DOFF(clustering), 0, 0 },
+    { "destination", "partition_expiration",  T_DURATION, DOFF(partition_expiration_ms), 0, 0 },
     { "destination", "schema_file",           T_PATH,     DOFF(schema_file), 0, 0 },
     { "destination", "storage_endpoint",      T_STR,      DOFF(storage_endpoint), 0, 0 },
 };
@@ -170,6 +177,10 @@ static void dest_free(struct conf_dest *d)
     free(d->template_suffix);
     free(d->schema_file);
     free(d->storage_endpoint);
+    free(d->table_time_field);
+    free(d->time_partitioning);
+    free(d->partition_field);
+    free(d->clustering);
 }
 
 bool conf_dest_delivers(const struct conf_dest *d)
@@ -204,6 +215,23 @@ bool conf_valid_name(const char *name, size_t len)
         if (!isalnum(ch) && ch != '_' && ch != '-' && ch != '.')
             return false;
     }
+    return true;
+}
+
+bool conf_valid_table(const char *t)
+{
+    /* a BigQuery table id (we accept the common ASCII subset), then an
+     * optional $partition decorator */
+    size_t n = strcspn(t, "$");
+    if (n == 0 || n > 1024)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!isalnum((unsigned char)t[i]) && t[i] != '_' && t[i] != '-')
+            return false;
+    if (t[n] == '$')
+        for (const char *p = t + n + 1; *p; p++)
+            if (!isalnum((unsigned char)*p) && *p != '_')
+                return false;
     return true;
 }
 
@@ -568,6 +596,37 @@ int conf_validate(const struct conf *c, char *err, size_t errlen)
             snprintf(err, errlen, "[destination %s]: set both project and dataset (or neither, "
                      "to only queue its records)", d->name);
             return -1;
+        }
+        const char *tbl = d->table ? d->table : d->name;
+        if (d->api == API_STORAGE && (strchr(tbl, '%') || strchr(tbl, '$') || d->create_table)) {
+            snprintf(err, errlen, "[destination %s]: time-sharded tables, partition decorators and "
+                     "create_table are available with api = insertall only", d->name);
+            return -1;
+        }
+        if (d->create_table && !d->schema_file) {
+            snprintf(err, errlen, "[destination %s] create_table needs schema_file (the schema "
+                     "of the tables to create)", d->name);
+            return -1;
+        }
+        if (d->time_partitioning && strcmp(d->time_partitioning, "DAY") &&
+            strcmp(d->time_partitioning, "HOUR") && strcmp(d->time_partitioning, "MONTH") &&
+            strcmp(d->time_partitioning, "YEAR")) {
+            snprintf(err, errlen, "[destination %s] time_partitioning: expected DAY, HOUR, MONTH or "
+                     "YEAR, got '%s'", d->name, d->time_partitioning);
+            return -1;
+        }
+        if (strchr(tbl, '%')) {   /* check the pattern now rather than on the first row */
+            char probe[512];
+            struct tm tm = { .tm_year = 126, .tm_mon = 10, .tm_mday = 22 };
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wformat-nonliteral"
+            size_t n = strftime(probe, sizeof probe, tbl, &tm);   /* the user's pattern */
+#pragma GCC diagnostic pop
+            if (n == 0 || !conf_valid_table(probe)) {
+                snprintf(err, errlen, "[destination %s] table: '%s' does not expand to a valid "
+                         "table id (letters, digits, '_', optional $partition)", d->name, tbl);
+                return -1;
+            }
         }
         if (d->exactly_once && d->api != API_STORAGE) {
             snprintf(err, errlen, "[destination %s] delivery = exactly_once needs api = storage "

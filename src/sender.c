@@ -29,6 +29,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/random.h>
+#include <time.h>
 #include <unistd.h>
 
 #define TICK_MS          1000   /* look at every queue at least this often */
@@ -53,6 +54,7 @@ struct chunk {
     uint32_t attempts;
     uint64_t first_attempt_ms, last_attempt_ms;
     bool auth_retried;        /* a 401 gets one immediate retry with a new token */
+    char table[320];          /* the table id its rows go to (sharding resolved) */
 };
 
 struct request {
@@ -74,8 +76,7 @@ static const char *const dstate_names[] = { "idle", "sending", "backoff", "parke
 struct dest {
     const struct conf_dest *cd;
     uint32_t id;
-    char *url;
-    char table[512];          /* project.dataset.table, for messages */
+    char table[512];          /* project.dataset.table (pattern), for messages */
     struct auth *auth;
     uint64_t read_seq;
     struct chunk *retry, **retry_tail;
@@ -84,6 +85,10 @@ struct dest {
     unsigned fail_streak;     /* consecutive failed requests, for the backoff */
     enum dstate state;
     uint64_t flush_at_ms;     /* when the partial batch at the head is due */
+    const char *pattern;      /* table id, maybe with strftime escapes (sharding) */
+    bool sharded;
+    struct { char table[320]; uint64_t created_us; } created[8];   /* recent tables.insert */
+    unsigned n_created;
     bool more;                /* the last read filled a batch: more rows may be waiting */
     struct chunk *held;       /* rows to dead-letter while the store is full: kept */
     /* counters and state for status (under sender->stats_lock) */
@@ -176,6 +181,7 @@ static struct chunk *chunk_slice(const struct chunk *src, size_t from, size_t n)
     ch->attempts = src->attempts;
     ch->first_attempt_ms = src->first_attempt_ms;
     ch->last_attempt_ms = src->last_attempt_ms;
+    memcpy(ch->table, src->table, sizeof ch->table);
     return ch;
 }
 
@@ -352,6 +358,9 @@ static void apply_outcomes(struct sender *s)
 
 /* ---- reading batches ---- */
 
+static int row_table(const struct dest *d, const struct spool_record *r, char *out, size_t n);
+static int ensure_table(struct sender *s, struct dest *d, const char *table, char *why, size_t wl);
+
 struct reader {
     struct sender *s;
     struct dest *d;
@@ -376,11 +385,23 @@ static int read_row(const struct spool_record *r, void *arg)
         rd->any = true;
         return 0;
     }
+    char table[320];
+    if (row_table(rd->d, r, table, sizeof table) != 0) {
+        struct chunk one = { .rows = &(struct row){ .seq = r->seq }, .n = 1 };
+        dead_letter(rd->s, rd->d, &one, 0, "routing", 0, "table_time_field '%s' is missing or "
+                    "not a time (RFC 3339 string or epoch seconds)", cd->table_time_field);
+        rd->last_seq = r->seq;
+        rd->any = true;
+        return 0;
+    }
     size_t cost = r->len + BQREST_ROW_OVERHEAD(ID_MAX);
-    if (ch->n > 0 && (ch->n >= cd->batch_rows || rd->body_bytes + cost > cd->batch_bytes)) {
-        rd->full = true;
+    if (ch->n > 0 && (ch->n >= cd->batch_rows || rd->body_bytes + cost > cd->batch_bytes ||
+                      strcmp(ch->table, table) != 0)) {
+        rd->full = true;   /* full, or the next row goes to another table */
         return 1;
     }
+    if (ch->n == 0)
+        memcpy(ch->table, table, sizeof ch->table);
     if (ch->n == rd->cap_rows) {
         size_t nc = rd->cap_rows ? rd->cap_rows * 2 : 64;
         struct row *nr = realloc(ch->rows, nc * sizeof *nr);
@@ -406,6 +427,58 @@ static int read_row(const struct spool_record *r, void *arg)
     rd->last_seq = r->seq;
     rd->any = true;
     return 0;
+}
+
+/* The time a row is sharded by: its table_time_field (RFC 3339 string or
+ * epoch seconds) or, by default, when relayd received it. */
+static int row_time(const struct dest *d, const struct spool_record *r, time_t *t)
+{
+    if (!d->cd->table_time_field) {
+        *t = (time_t)(r->time_ms / 1000);
+        return 0;
+    }
+    json_t *o = json_loadb(r->row, r->len, 0, NULL);
+    json_t *v = o ? json_object_get(o, d->cd->table_time_field) : NULL;
+    int rc = -1;
+    if (json_is_number(v)) {
+        *t = (time_t)json_number_value(v);
+        rc = 0;
+    } else if (json_is_string(v)) {
+        struct tm tm;
+        memset(&tm, 0, sizeof tm);
+        const char *s = json_string_value(v);
+        const char *end = strptime(s, "%Y-%m-%dT%H:%M:%S", &tm);
+        if (!end)
+            end = strptime(s, "%Y-%m-%d %H:%M:%S", &tm);
+        if (!end)
+            end = strptime(s, "%Y-%m-%d", &tm);
+        if (end) {   /* fractions and a Z suffix are fine; offsets are taken as UTC */
+            *t = timegm(&tm);
+            rc = 0;
+        }
+    }
+    json_decref(o);
+    return rc;
+}
+
+/* The table a row goes to: the destination's table, with strftime escapes
+ * expanded from the row's time when it is sharded (events_%Y%m%d). */
+static int row_table(const struct dest *d, const struct spool_record *r, char *out, size_t n)
+{
+    if (!d->sharded) {
+        snprintf(out, n, "%s", d->pattern);
+        return 0;
+    }
+    time_t t;
+    if (row_time(d, r, &t) != 0)
+        return -1;
+    struct tm tm;
+    gmtime_r(&t, &tm);
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wformat-nonliteral"
+    size_t len = strftime(out, n, d->pattern, &tm);   /* the user's pattern, checked at load */
+#pragma GCC diagnostic pop
+    return len ? 0 : -1;
 }
 
 /* Reads the next batch at the head of d's queue. Returns NULL when there is
@@ -567,9 +640,18 @@ static void start_request(struct sender *s, struct dest *d, struct chunk *ch)
         request_release(s, rq);
         return;
     }
+    struct buf url = { 0 };
+    if (buf_puts(&url, cd->endpoint) != 0 ||
+        bqrest_insertall_path(&url, cd->project, cd->dataset, ch->table) != 0) {
+        buf_free(&url);
+        retry_push_front(d, ch);
+        request_release(s, rq);
+        return;
+    }
     CURL *e = rq->easy;
     curl_easy_reset(e);
-    curl_easy_setopt(e, CURLOPT_URL, d->url);
+    curl_easy_setopt(e, CURLOPT_URL, url.data);   /* copied by libcurl */
+    buf_free(&url);
     curl_easy_setopt(e, CURLOPT_POST, 1L);
     curl_easy_setopt(e, CURLOPT_POSTFIELDS, payload->data);
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)payload->len);
@@ -652,6 +734,125 @@ static void park(struct sender *s, struct dest *d, const char *why)
     pthread_mutex_lock(&s->stats_lock);
     snprintf(d->why, sizeof d->why, "%s", why);
     pthread_mutex_unlock(&s->stats_lock);
+}
+
+static size_t discard_body(char *p, size_t size, size_t n, void *arg)
+{
+    (void)p;
+    return buf_append(arg, p, size * n) == 0 ? size * n : 0;
+}
+
+/* create_table: tables.insert for table (its $decorator dropped) with the
+ * destination's schema and partitioning. Returns 0 when the table exists now
+ * (created, or 409: someone else won the race), 1 when it was created
+ * recently and is presumably still propagating (nothing sent), -1 on failure
+ * with why filled. */
+static int ensure_table(struct sender *s, struct dest *d, const char *table, char *why, size_t wl)
+{
+    const struct conf_dest *cd = d->cd;
+    char base[320];
+    snprintf(base, sizeof base, "%.*s", (int)strcspn(table, "$"), table);
+    uint64_t now = util_mono_us();
+    for (unsigned i = 0; i < d->n_created && i < 8; i++) {
+        if (strcmp(d->created[i].table, base) == 0 &&
+            now - d->created[i].created_us < 60ull * 1000000)
+            return 0;   /* created within the last minute: still propagating */
+    }
+    FILE *f = fopen(cd->schema_file, "rb");
+    json_t *schema = f ? json_loadf(f, 0, NULL) : NULL;
+    if (f)
+        fclose(f);
+    json_t *fields = json_is_array(schema) ? schema : json_object_get(schema, "fields");
+    if (!fields && schema)
+        fields = json_object_get(json_object_get(schema, "schema"), "fields");
+    if (!json_is_array(fields)) {
+        snprintf(why, wl, "create_table: %s holds no schema fields", cd->schema_file);
+        json_decref(schema);
+        return -1;
+    }
+    json_t *body = json_object(), *ref = json_object(), *sch = json_object();
+    json_object_set_new(ref, "projectId", json_string(cd->project));
+    json_object_set_new(ref, "datasetId", json_string(cd->dataset));
+    json_object_set_new(ref, "tableId", json_string(base));
+    json_object_set_new(body, "tableReference", ref);
+    json_object_set(sch, "fields", fields);
+    json_object_set_new(body, "schema", sch);
+    if (cd->time_partitioning) {
+        json_t *tp = json_object();
+        json_object_set_new(tp, "type", json_string(cd->time_partitioning));
+        if (cd->partition_field)
+            json_object_set_new(tp, "field", json_string(cd->partition_field));
+        if (cd->partition_expiration_ms) {
+            char ms[32];
+            snprintf(ms, sizeof ms, "%llu", (unsigned long long)cd->partition_expiration_ms);
+            json_object_set_new(tp, "expirationMs", json_string(ms));
+        }
+        json_object_set_new(body, "timePartitioning", tp);
+    }
+    if (cd->clustering) {
+        json_t *cl = json_object(), *cf = json_array();
+        char *copy = strdup(cd->clustering), *save = NULL;
+        for (char *t = copy ? strtok_r(copy, ", ", &save) : NULL; t; t = strtok_r(NULL, ", ", &save))
+            json_array_append_new(cf, json_string(t));
+        free(copy);
+        json_object_set_new(cl, "fields", cf);
+        json_object_set_new(body, "clustering", cl);
+    }
+    char *text = json_dumps(body, JSON_COMPACT);
+    json_decref(body);
+    json_decref(schema);
+    char token[4096], err[512];
+    if (!text || auth_token(d->auth, token, sizeof token, err, sizeof err) != 0) {
+        snprintf(why, wl, "create_table: %s", text ? err : "out of memory");
+        free(text);
+        return -1;
+    }
+    struct buf url = { 0 }, resp = { 0 };
+    buf_printf(&url, "%s/bigquery/v2/projects/%s/datasets/%s/tables", cd->endpoint, cd->project,
+               cd->dataset);
+    char auth[4200];
+    snprintf(auth, sizeof auth, "Authorization: Bearer %s", token);
+    memset(token, 0, sizeof token);
+    struct curl_slist *h = curl_slist_append(NULL, auth);
+    memset(auth, 0, sizeof auth);
+    h = curl_slist_append(h, "Content-Type: application/json");
+    CURL *e = curl_easy_init();
+    curl_easy_setopt(e, CURLOPT_URL, url.data);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, text);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, h);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, discard_body);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, &resp);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, 30000L);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
+    curl_easy_setopt(e, CURLOPT_USERAGENT, "relayd/" RELAY_VERSION);
+    if (cd->ca_file)
+        curl_easy_setopt(e, CURLOPT_CAINFO, cd->ca_file);
+    CURLcode res = curl_easy_perform(e);
+    long http = 0;
+    curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &http);
+    curl_easy_cleanup(e);
+    curl_slist_free_all(h);
+    free(text);
+    buf_free(&url);
+    int rc;
+    if (res == CURLE_OK && (http == 200 || http == 409)) {
+        log_info("destination %s: table %s.%s.%s %s", cd->name, cd->project, cd->dataset, base,
+                 http == 200 ? "created" : "already exists (created by another writer)");
+        unsigned slot = d->n_created++ % 8;
+        snprintf(d->created[slot].table, sizeof d->created[slot].table, "%s", base);
+        d->created[slot].created_us = now;
+        rc = 0;
+    } else {
+        struct bq_error be;
+        bqrest_classify(http, resp.data, resp.len, &be);
+        snprintf(why, wl, "create_table %s: %s", base,
+                 res != CURLE_OK ? curl_easy_strerror(res) : be.message);
+        rc = -1;
+    }
+    buf_free(&resp);
+    return rc;
 }
 
 /* Splits ch in halves onto the front of the retry list (order kept). */
@@ -790,15 +991,24 @@ static void handle_done(struct sender *s, struct request *rq, CURLcode res)
             backoff(s, d, BQ_RETRY, rq->retry_after_s, why);
         }
         break;
-    case BQ_NOT_FOUND:
+    case BQ_NOT_FOUND: {
         retry_push_front(d, ch);
-        {
-            char pw[700];
-            snprintf(pw, sizeof pw, "table %s not found (%s): create it; retrying every %llu s",
-                     d->table, e.message, (unsigned long long)d->cd->park_wait_ms / 1000);
-            park(s, d, pw);
+        char pw[800];
+        int made = d->cd->create_table ? ensure_table(s, d, ch->table, pw, sizeof pw) : -1;
+        if (made == 0) {
+            /* created (or created meanwhile by someone else): a new table can
+             * take a moment to accept rows; come back soon, not after park_wait */
+            backoff(s, d, BQ_RETRY, 1, "table just created: waiting for it to accept rows");
+            break;
         }
+        if (made < 0)
+            snprintf(pw, sizeof pw, "table %s.%s.%s not found (%s): create it%s; retrying every "
+                     "%llu s", d->cd->project, d->cd->dataset, ch->table, e.message,
+                     d->cd->create_table ? "" : " (or set create_table = yes)",
+                     (unsigned long long)d->cd->park_wait_ms / 1000);
+        park(s, d, pw);
         break;
+    }
     case BQ_TOO_LARGE:
     case BQ_BAD_REQUEST:
         if (ch->n > 1 && split(d, ch))
@@ -1118,24 +1328,14 @@ int sender_create(const struct conf *conf, struct spool *sp, struct sender **out
             return -1;
         }
         const char *table = cd->table ? cd->table : cd->name;
+        d->pattern = table;
+        d->sharded = strchr(table, '%') != NULL;
         snprintf(d->table, sizeof d->table, "%s.%s.%s", cd->project, cd->dataset, table);
-        struct buf path = { 0 };
-        if (bqrest_insertall_path(&path, cd->project, cd->dataset, table) != 0 ||
-            !(d->url = malloc(strlen(cd->endpoint) + path.len + 1))) {
-            buf_free(&path);
-            snprintf(err, errlen, "out of memory");
-            sender_free(s);
-            return -1;
-        }
-        sprintf(d->url, "%s%s", cd->endpoint, path.data);
-        buf_free(&path);
         struct auth_opts ao = { .credentials = cd->credentials, .ca_file = cd->ca_file,
                                 .timeout_ms = 10000 };
         char aerr[512];
         if (auth_create(&ao, &d->auth, aerr, sizeof aerr) != 0) {
             snprintf(err, errlen, "[destination %s] credentials: %s", cd->name, aerr);
-            free(d->url);
-            d->url = NULL;
             sender_free(s);
             return -1;
         }
@@ -1197,7 +1397,6 @@ void sender_free(struct sender *s)
         }
         chunk_free(d->held);
         auth_free(d->auth);
-        free(d->url);
     }
     while (s->active) {            /* abandoned in flight: their rows stay queued */
         struct request *rq = s->active;

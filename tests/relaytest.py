@@ -369,8 +369,14 @@ class Emulator:
         return self._call("GET", "/_emu/rows?table=" + table)["rows"]
 
     def count(self, table):
-        return self._call("GET", "/_emu/rows?table=" + table + "&limit=1")["tables"].get(
-            table, {}).get("stored", 0)
+        import urllib.error
+        try:
+            doc = self._call("GET", "/_emu/rows?table=" + table + "&limit=1")
+        except urllib.error.HTTPError as e:
+            if e.code == 404:      # no such table (yet)
+                return 0
+            raise
+        return doc["tables"].get(table, {}).get("stored", 0)
 
     def cleanup(self):
         self.stop()

@@ -1,0 +1,74 @@
+"""Routing and table management: time-sharded tables created on first use,
+partition decorators, and a creation race between two relayd instances."""
+import json
+import os
+
+from relaytest import EVENTS_SCHEMA, Emulator, Producer, RelayTest, deliver_to, wait_for
+
+SCHEMA = EVENTS_SCHEMA + [{"name": "ts", "type": "TIMESTAMP"}]
+DAYS = ("2026-11-20", "2026-11-21", "2026-11-22")
+
+
+class TablesTest(RelayTest):
+    def setUp(self):
+        self.emu = Emulator(self).start()
+        self.schema = os.path.join(self.emu.dir, "schema.json")
+        with open(self.schema, "w") as f:
+            json.dump({"fields": SCHEMA}, f)
+
+    def sharded(self, **extra):
+        return deliver_to(self.emu, table="ev_%Y%m%d", table_time_field="ts", create_table="yes",
+                          schema_file=self.schema, time_partitioning="DAY", partition_field="ts",
+                          clustering="p", **extra)
+
+    def send(self, d, lines):
+        p = Producer(d.sock)
+        p.send_lines(lines)
+        self.assertEqual(p.finish(), len(lines))
+        self.assertEqual(p.errors, {})
+
+    def rows_for(self, start, per_day=100, p=0):
+        return [json.dumps({"i": start + k, "p": p, "ts": "%sT%02d:00:00Z" % (DAYS[k % 3], k % 24)})
+                for k in range(per_day * 3)]
+
+    def test_time_sharded_tables_are_created_on_first_use(self):
+        d = self.daemon(dests=[("events", self.sharded())])
+        d.start()
+        self.send(d, self.rows_for(0) + [json.dumps({"i": 999, "ts": "not a time"})])
+        for day in DAYS:
+            t = "proj.logs.ev_" + day.replace("-", "")
+            wait_for(lambda: self.emu.count(t) == 100, 60, f"100 rows in {t}")
+            got = self.emu.rows(t)
+            self.assertTrue(all(r["json"]["ts"].startswith(day) for r in got))
+        wait_for(lambda: d.status()["spool"]["records"] == 0, 30, "the queue to drain")
+        st = d.status()
+        self.assertEqual(st["spool"]["dead_letters"], 1, "the row without a time is dead-lettered")
+        self.assertIn("created", d.read_log())
+
+    def test_partition_decorator(self):
+        self.emu.create_table("proj.logs.part", SCHEMA)
+        d = self.daemon(dests=[("events", deliver_to(self.emu, table="part$%Y%m%d",
+                                                      table_time_field="ts"))])
+        d.start()
+        self.send(d, self.rows_for(0, per_day=10))
+        wait_for(lambda: self.emu.count("proj.logs.part") == 30, 60, "30 rows in part")
+        self.assertEqual(d.status()["spool"]["dead_letters"], 0)
+
+    def test_two_relayd_racing_to_create_the_same_tables_lose_nothing(self):
+        a = self.daemon(dests=[("events", self.sharded())])
+        b = self.daemon(dests=[("events", self.sharded())])
+        a.start()
+        b.start()
+        pa, pb = Producer(a.sock), Producer(b.sock)
+        pa.send_lines(self.rows_for(0, p=1))
+        pb.send_lines(self.rows_for(10000, p=2))
+        self.assertEqual(pa.finish(), 300)
+        self.assertEqual(pb.finish(), 300)
+        for day in DAYS:
+            t = "proj.logs.ev_" + day.replace("-", "")
+            wait_for(lambda: self.emu.count(t) == 200, 60, f"200 rows in {t}")
+        for d in (a, b):
+            wait_for(lambda: d.status()["spool"]["records"] == 0, 30, "the queues to drain")
+            self.assertEqual(d.status()["spool"]["dead_letters"], 0)
+        log = a.read_log() + b.read_log()
+        self.assertIn("created", log)
