@@ -38,6 +38,7 @@ int ingest_create(struct conf *conf, struct spool *s, struct ingest **out,
 struct ingest_hooks {
     void (*on_commit)(void *arg);
     void (*status)(void *arg, void *root);
+    void (*reload)(void *arg, const char *path);   /* after a successful SIGHUP reload */
     void *arg;
 };
 

@@ -35,6 +35,11 @@ int sender_create(const struct conf *conf, struct spool *s, struct sender **out,
                   char *err, size_t errlen);
 /* Starts the thread. Returns 0 or -1. */
 int sender_start(struct sender *s);
+/* SIGHUP: reloads path and applies it on the sender's thread: destinations
+ * added, changed (credentials included) or removed; requests in flight and
+ * connections of unchanged destinations go on. A file that does not load is
+ * ignored (ingest reports it). */
+void sender_reload(void *sender, const char *path);
 /* New records were committed: look now rather than at the next tick. */
 void sender_wake(void *sender);
 /* Adds a "delivery" object to each destination in root's "destinations"

@@ -40,6 +40,7 @@ void writer_wake(struct writer *w);
 /* Adds the "delivery" object to dest (a jansson json_t * of one destination). */
 void writer_status(struct writer *w, void *dest);
 const char *writer_name(const struct writer *w);
+const struct conf_dest *writer_conf(const struct writer *w);
 void writer_stop(struct writer *w, unsigned wait_ms);
 void writer_free(struct writer *w);
 

@@ -885,6 +885,8 @@ static void reload(struct ingest *in)
     in->limits.max_depth = (unsigned)nc->max_depth;
     log_set_level((enum log_level)nc->log_level);
     log_info("reloaded %s: %zu destination(s)", nc->path, n);
+    if (in->hooks.reload)
+        in->hooks.reload(in->hooks.arg, nc->path);
     update_reading(in);
 }
 

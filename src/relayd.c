@@ -214,7 +214,7 @@ int main(int argc, char **argv)
         return EXIT_START;
     }
     struct ingest_hooks hooks = { .on_commit = sender_wake, .status = sender_status,
-                                  .arg = sender };
+                                  .reload = sender_reload, .arg = sender };
     struct ingest *in;
     if (ingest_create_hooked(conf, spool, &hooks, &in, err, sizeof err) != 0) {
         log_error("%s", err);

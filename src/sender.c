@@ -89,6 +89,7 @@ struct dest {
     bool sharded;
     struct { char table[320]; uint64_t created_us; } created[8];   /* recent tables.insert */
     unsigned n_created;
+    bool removed;             /* no longer in the config: its rows wait in the queue */
     bool more;                /* the last read filled a batch: more rows may be waiting */
     struct chunk *held;       /* rows to dead-letter while the store is full: kept */
     /* counters and state for status (under sender->stats_lock) */
@@ -127,6 +128,10 @@ struct sender {
     size_t n_outs, cap_outs;
     pthread_mutex_t stats_lock;
     bool dlq_full;                /* dlq_max_bytes reached: hold rows instead */
+    struct conf *pending_conf;    /* from sender_reload, applied by the thread */
+    struct conf **old_confs;      /* earlier configs: destinations may still point in */
+    size_t n_old_confs;
+    bool owns_conf;
     uint64_t dlq_pending_bytes;   /* dead letters collected this turn */
     uint64_t last_expire_us;
 };
@@ -359,6 +364,7 @@ static void apply_outcomes(struct sender *s)
 /* ---- reading batches ---- */
 
 static int row_table(const struct dest *d, const struct spool_record *r, char *out, size_t n);
+static void apply_reload(struct sender *s, struct conf *nc);
 static int ensure_table(struct sender *s, struct dest *d, const char *table, char *why, size_t wl);
 
 struct reader {
@@ -1036,7 +1042,7 @@ static void handle_done(struct sender *s, struct request *rq, CURLcode res)
 /* Starts what d may start now. */
 static void pump(struct sender *s, struct dest *d, uint64_t now_us, uint64_t now_ms)
 {
-    if (now_us < d->not_before_us)
+    if (d->removed || now_us < d->not_before_us)
         return;
     if (d->state == D_BACKOFF || d->state == D_PARKED)
         d->state = d->inflight ? D_SENDING : D_IDLE;
@@ -1145,6 +1151,8 @@ static long next_timeout_ms(struct sender *s, uint64_t now_us, uint64_t now_ms)
     long t = TICK_MS;
     for (size_t i = 0; i < s->n_dests; i++) {
         struct dest *d = &s->dests[i];
+        if (d->removed)
+            continue;
         if (d->not_before_us > now_us) {
             long w = (long)((d->not_before_us - now_us) / 1000) + 1;
             if (w < t)
@@ -1168,6 +1176,12 @@ static void *sender_main(void *arg)
         uint64_t now_us = util_mono_us(), now_ms = util_now_ms();
         if (s->stop && !stop_deadline)
             stop_deadline = now_us + (uint64_t)s->stop_wait_ms * 1000;
+        pthread_mutex_lock(&s->stats_lock);
+        struct conf *nc = s->pending_conf;
+        s->pending_conf = NULL;
+        pthread_mutex_unlock(&s->stats_lock);
+        if (nc)
+            apply_reload(s, nc);
         s->dlq_pending_bytes = 0;
         s->dlq_full = s->conf->dlq_max_bytes &&
                       spool_dlq_bytes(s->spool) >= s->conf->dlq_max_bytes;
@@ -1252,7 +1266,7 @@ void sender_status(void *sender, void *rootp)
             continue;
         json_t *dl = json_object();
         json_object_set_new(dl, "table", json_string(d->table));
-        json_object_set_new(dl, "state", json_string(dstate_names[d->state]));
+        json_object_set_new(dl, "state", json_string(d->removed ? "removed" : dstate_names[d->state]));
         json_object_set_new(dl, "delivered", json_integer((json_int_t)d->delivered));
         json_object_set_new(dl, "retried", json_integer((json_int_t)d->retried));
         json_object_set_new(dl, "dead_lettered", json_integer((json_int_t)d->dead_lettered));
@@ -1286,6 +1300,201 @@ void sender_status(void *sender, void *rootp)
 
 /* ---- life cycle ---- */
 
+/* Sets d up for cd (a new destination). */
+static int dest_init(struct sender *s, struct dest *d, const struct conf_dest *cd, char *err,
+                     size_t errlen)
+{
+    memset(d, 0, sizeof *d);
+    d->cd = cd;
+    d->retry_tail = &d->retry;
+    if (spool_dest(s->spool, cd->name, true, &d->id) != SPOOL_OK) {
+        snprintf(err, errlen, "[destination %s]: cannot open its queue: %s", cd->name,
+                 spool_last_error());
+        return -1;
+    }
+    const char *table = cd->table ? cd->table : cd->name;
+    d->pattern = table;
+    d->sharded = strchr(table, '%') != NULL;
+    snprintf(d->table, sizeof d->table, "%s.%s.%s", cd->project, cd->dataset, table);
+    struct auth_opts ao = { .credentials = cd->credentials, .ca_file = cd->ca_file,
+                            .timeout_ms = 10000 };
+    char aerr[512];
+    if (auth_create(&ao, &d->auth, aerr, sizeof aerr) != 0) {
+        snprintf(err, errlen, "[destination %s] credentials: %s", cd->name, aerr);
+        return -1;
+    }
+    log_info("destination %s -> %s via insertAll (%s)", cd->name, d->table,
+             auth_describe(d->auth));
+    return 0;
+}
+
+static bool str_eq(const char *a, const char *b)
+{
+    return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+/* True if a writer built for a can go on serving b unchanged. */
+static bool storage_same(const struct conf_dest *a, const struct conf_dest *b)
+{
+    return str_eq(a->project, b->project) && str_eq(a->dataset, b->dataset) &&
+           str_eq(a->table, b->table) && str_eq(a->credentials, b->credentials) &&
+           str_eq(a->endpoint, b->endpoint) && str_eq(a->ca_file, b->ca_file) &&
+           str_eq(a->storage_endpoint, b->storage_endpoint) && str_eq(a->schema_file, b->schema_file) &&
+           a->exactly_once == b->exactly_once && a->batch_rows == b->batch_rows &&
+           a->batch_bytes == b->batch_bytes && a->max_inflight == b->max_inflight &&
+           a->ignore_unknown_values == b->ignore_unknown_values &&
+           a->flush_interval_ms == b->flush_interval_ms && a->retry_base_ms == b->retry_base_ms &&
+           a->retry_cap_ms == b->retry_cap_ms && a->park_wait_ms == b->park_wait_ms;
+}
+
+/* Applies a reloaded config on the sender thread: destinations added,
+ * changed or removed, credentials swapped; requests in flight and kept-alive
+ * connections of unchanged destinations go on untouched. */
+static void apply_reload(struct sender *s, struct conf *nc)
+{
+    char err[512];
+    size_t added = 0, changed = 0, removed = 0;
+    for (size_t i = 0; i < s->n_dests; i++) {
+        struct dest *d = &s->dests[i];
+        const struct conf_dest *cd = conf_find_dest(nc, d->cd->name, strlen(d->cd->name));
+        if (!cd || !conf_dest_delivers(cd) || cd->api != API_INSERTALL) {
+            if (!d->removed)
+                removed++;
+            pthread_mutex_lock(&s->stats_lock);
+            d->removed = true;
+            pthread_mutex_unlock(&s->stats_lock);
+            continue;
+        }
+        struct auth *na = NULL;
+        if (!str_eq(cd->credentials, d->cd->credentials) || !str_eq(cd->ca_file, d->cd->ca_file)) {
+            struct auth_opts ao = { .credentials = cd->credentials, .ca_file = cd->ca_file,
+                                    .timeout_ms = 10000 };
+            if (auth_create(&ao, &na, err, sizeof err) != 0) {
+                log_error("reload: [destination %s] credentials: %s; keeping the old ones",
+                          cd->name, err);
+                na = NULL;
+            } else {
+                log_info("reload: destination %s now uses %s", cd->name, auth_describe(na));
+            }
+        }
+        pthread_mutex_lock(&s->stats_lock);
+        if (d->removed)
+            added++;
+        else
+            changed++;
+        d->removed = false;
+        d->cd = cd;
+        d->pattern = cd->table ? cd->table : cd->name;
+        d->sharded = strchr(d->pattern, '%') != NULL;
+        snprintf(d->table, sizeof d->table, "%s.%s.%s", cd->project, cd->dataset, d->pattern);
+        if (na) {
+            auth_free(d->auth);
+            d->auth = na;
+        }
+        pthread_mutex_unlock(&s->stats_lock);
+    }
+    for (size_t i = 0; i < nc->n_dests; i++) {
+        const struct conf_dest *cd = &nc->dests[i];
+        if (!conf_dest_delivers(cd))
+            continue;
+        if (cd->api == API_STORAGE) {
+            struct writer *old = NULL;
+            size_t k;
+            for (k = 0; k < s->n_writers; k++)
+                if (strcmp(writer_name(s->writers[k]), cd->name) == 0) {
+                    old = s->writers[k];
+                    break;
+                }
+            if (old && storage_same(writer_conf(old), cd))
+                continue;   /* unchanged: its connection goes on */
+            struct writer *w;
+            if (writer_create(cd, s->spool, &w, err, sizeof err) != 0 || writer_start(w) != 0) {
+                log_error("reload: %s", err);
+                continue;
+            }
+            if (old) {
+                writer_stop(old, 5000);   /* its rows wait in the queue for the new one */
+                pthread_mutex_lock(&s->stats_lock);
+                s->writers[k] = w;
+                pthread_mutex_unlock(&s->stats_lock);
+                writer_free(old);
+                changed++;
+            } else {
+                pthread_mutex_lock(&s->stats_lock);
+                s->writers[s->n_writers++] = w;
+                pthread_mutex_unlock(&s->stats_lock);
+                added++;
+            }
+            continue;
+        }
+        bool known = false;
+        for (size_t k = 0; k < s->n_dests; k++)
+            known |= strcmp(s->dests[k].cd->name, cd->name) == 0;
+        if (known || s->n_dests == CONF_MAX_DESTS)
+            continue;
+        struct dest nd;
+        if (dest_init(s, &nd, cd, err, sizeof err) != 0) {
+            log_error("reload: %s", err);
+            continue;
+        }
+        pthread_mutex_lock(&s->stats_lock);
+        s->dests[s->n_dests] = nd;
+        s->dests[s->n_dests].retry_tail = &s->dests[s->n_dests].retry;
+        s->n_dests++;
+        pthread_mutex_unlock(&s->stats_lock);
+        added++;
+    }
+    for (size_t k = 0; k < s->n_writers;) {   /* writers whose destination is gone */
+        const struct conf_dest *cd = conf_find_dest(nc, writer_name(s->writers[k]),
+                                                    strlen(writer_name(s->writers[k])));
+        if (cd && conf_dest_delivers(cd) && cd->api == API_STORAGE) {
+            k++;
+            continue;
+        }
+        struct writer *w = s->writers[k];
+        writer_stop(w, 5000);
+        pthread_mutex_lock(&s->stats_lock);
+        s->writers[k] = s->writers[--s->n_writers];
+        pthread_mutex_unlock(&s->stats_lock);
+        writer_free(w);
+        removed++;
+    }
+    /* destinations and writers may still point into the old config */
+    struct conf **oc = realloc(s->old_confs, (s->n_old_confs + 1) * sizeof *oc);
+    if (oc) {
+        s->old_confs = oc;
+        if (s->owns_conf)
+            oc[s->n_old_confs++] = (struct conf *)s->conf;
+    }
+    s->conf = nc;
+    s->owns_conf = true;
+    log_info("reload: delivery to %zu destination(s) added, %zu updated, %zu removed", added,
+             changed, removed);
+}
+
+void sender_reload(void *sender, const char *path)
+{
+    struct sender *s = sender;
+    struct conf *nc = malloc(sizeof *nc);
+    char err[512];
+    if (!nc)
+        return;
+    conf_defaults(nc);
+    if (conf_load(path, nc, err, sizeof err) != 0) {
+        free(nc);   /* ingest has reported the error already */
+        return;
+    }
+    pthread_mutex_lock(&s->stats_lock);
+    struct conf *prev = s->pending_conf;
+    s->pending_conf = nc;
+    pthread_mutex_unlock(&s->stats_lock);
+    if (prev) {
+        conf_free(prev);
+        free(prev);
+    }
+    curl_multi_wakeup(s->multi);
+}
+
 int sender_create(const struct conf *conf, struct spool *sp, struct sender **out,
                   char *err, size_t errlen)
 {
@@ -1298,8 +1507,9 @@ int sender_create(const struct conf *conf, struct spool *sp, struct sender **out
     s->conf = conf;
     s->spool = sp;
     pthread_mutex_init(&s->stats_lock, NULL);
-    s->dests = calloc(conf->n_dests ? conf->n_dests : 1, sizeof *s->dests);
-    s->writers = calloc(conf->n_dests ? conf->n_dests : 1, sizeof *s->writers);
+    /* room for every destination a reload may add: their addresses must not move */
+    s->dests = calloc(CONF_MAX_DESTS, sizeof *s->dests);
+    s->writers = calloc(CONF_MAX_DESTS, sizeof *s->writers);
     s->multi = curl_multi_init();
     if (!s->dests || !s->writers || !s->multi) {
         snprintf(err, errlen, "out of memory");
@@ -1319,29 +1529,11 @@ int sender_create(const struct conf *conf, struct spool *sp, struct sender **out
             continue;
         }
         struct dest *d = &s->dests[s->n_dests];
-        d->cd = cd;
-        d->retry_tail = &d->retry;
-        if (spool_dest(sp, cd->name, true, &d->id) != SPOOL_OK) {
-            snprintf(err, errlen, "[destination %s]: cannot open its queue: %s", cd->name,
-                     spool_last_error());
-            sender_free(s);
-            return -1;
-        }
-        const char *table = cd->table ? cd->table : cd->name;
-        d->pattern = table;
-        d->sharded = strchr(table, '%') != NULL;
-        snprintf(d->table, sizeof d->table, "%s.%s.%s", cd->project, cd->dataset, table);
-        struct auth_opts ao = { .credentials = cd->credentials, .ca_file = cd->ca_file,
-                                .timeout_ms = 10000 };
-        char aerr[512];
-        if (auth_create(&ao, &d->auth, aerr, sizeof aerr) != 0) {
-            snprintf(err, errlen, "[destination %s] credentials: %s", cd->name, aerr);
+        if (dest_init(s, d, cd, err, errlen) != 0) {
             sender_free(s);
             return -1;
         }
         s->n_dests++;
-        log_info("destination %s -> %s via insertAll (%s)", cd->name, d->table,
-                 auth_describe(d->auth));
     }
     *out = s;
     return 0;
@@ -1415,6 +1607,19 @@ void sender_free(struct sender *s)
         curl_multi_cleanup(s->multi);
     free(s->outs);
     free(s->dests);
+    for (size_t i = 0; i < s->n_old_confs; i++) {
+        conf_free(s->old_confs[i]);
+        free(s->old_confs[i]);
+    }
+    free(s->old_confs);
+    if (s->pending_conf) {
+        conf_free(s->pending_conf);
+        free(s->pending_conf);
+    }
+    if (s->owns_conf) {
+        conf_free((struct conf *)s->conf);
+        free((struct conf *)s->conf);
+    }
     pthread_mutex_destroy(&s->stats_lock);
     free(s);
 }

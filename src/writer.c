@@ -85,6 +85,7 @@ struct writer {
 };
 
 const char *writer_name(const struct writer *w) { return w->cd->name; }
+const struct conf_dest *writer_conf(const struct writer *w) { return w->cd; }
 
 static void set_state(struct writer *w, const char *state, const char *why)
 {

@@ -72,3 +72,37 @@ class TablesTest(RelayTest):
             self.assertEqual(d.status()["spool"]["dead_letters"], 0)
         log = a.read_log() + b.read_log()
         self.assertIn("created", log)
+
+
+class ReloadTest(RelayTest):
+    def test_sighup_adds_destinations_and_swaps_credentials_without_dropping_producers(self):
+        import signal
+        import subprocess
+        from relaytest import BQEMU, PY
+        emu = Emulator(self).start()
+        emu.create_table("proj.logs.events", EVENTS_SCHEMA)
+        emu.create_table("proj.logs.more", EVENTS_SCHEMA)
+        d = self.daemon(dests=[("events", deliver_to(emu))])
+        d.start()
+        p = Producer(d.sock)                       # stays connected across the reload
+        p.send_lines([json.dumps({"i": i}) for i in range(100)])
+        p.wait_ack(100)
+        wait_for(lambda: emu.count("proj.logs.events") == 100, 30, "the first rows")
+        key2 = os.path.join(emu.dir, "key2.json")
+        subprocess.run([PY, BQEMU, "gen-key", "--dir", emu.data, "--out", key2, "--token-uri",
+                        emu.token_uri, "--email", "second@emu-project.iam.gserviceaccount.com"],
+                       check=True, stdout=subprocess.DEVNULL)
+        os.chmod(key2, 0o600)
+        d.dests = [("events", deliver_to(emu, credentials=key2)),
+                   ("more", deliver_to(emu, table="more"))]
+        d.write_config()
+        d.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reload: delivery to" in d.read_log(), 10, "the sender's reload")
+        self.assertIn("second@emu-project", d.read_log())
+        p.send_lines([json.dumps({"i": 100 + i}) for i in range(100)] +
+                     ["@more " + json.dumps({"i": 500 + i}) for i in range(50)])
+        self.assertEqual(p.finish(), 250)          # the same connection, every line acked
+        wait_for(lambda: emu.count("proj.logs.events") == 200, 30, "rows after the reload")
+        wait_for(lambda: emu.count("proj.logs.more") == 50, 30, "rows of the new destination")
+        self.assertEqual(d.status()["spool"]["dead_letters"], 0)
+        self.assertEqual(d.stop(), 0)
