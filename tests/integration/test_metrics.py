@@ -94,10 +94,18 @@ class MetricsTest(RelayTest):
         with open(path, "w") as f:
             for i in range(4000):
                 f.write(json.dumps({"i": i, "pad": "z" * 1000}) + "\n")
-        d.relayctl("send", path, timeout=120)
-        code, body = scrape(f"http://127.0.0.1:{port}/readyz")
-        self.assertEqual(code, 503)
-        self.assertIn(body.strip(), ("backpressure", "refusing"))
+        import threading
+        sender = threading.Thread(target=d.relayctl, args=("send", path), kwargs={"timeout": 120})
+        sender.start()
+        seen = []
+
+        def not_ready():
+            code, body = scrape(f"http://127.0.0.1:{port}/readyz")
+            seen.append((code, body.strip()))
+            return code == 503
+        wait_for(not_ready, 60, "/readyz to say the spool is full", interval=0.02)
+        sender.join(120)
+        self.assertIn(seen[-1][1], ("backpressure", "refusing"))
         self.assertEqual(scrape(f"http://127.0.0.1:{port}/healthz")[0], 200)
 
     def test_metrics_on_a_unix_socket_and_only_on_loopback(self):
