@@ -429,9 +429,14 @@ class PackageTest(unittest.TestCase):
         with open("/etc/relayd/relayd.conf") as f:
             packaged = f.read()
         dest = deliver_to(emu, credentials=key, ca_file=ca)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.metrics_port = s.getsockname()[1]
+        text = config_with(packaged, "destination events", dest)
+        text = config_with(text, "relayd", {"metrics_listen": "127.0.0.1:%d" % self.metrics_port})
         conf = os.path.join(conf_dir, "relayd.conf")
         with open(conf, "w") as f:
-            f.write(config_with(packaged, "destination events", dest))
+            f.write(text)
         os.chmod(conf, 0o644)
         # systemd's RuntimeDirectory=relayd, RuntimeDirectoryMode=0755
         os.mkdir("/run/relayd", 0o755)
@@ -494,10 +499,44 @@ class PackageTest(unittest.TestCase):
             self.assertEqual(st.st_uid, pwd.getpwnam("relayd").pw_uid, f)
             self.assertEqual(stat.S_IMODE(st.st_mode) & 0o077, 0, f + " is private")
 
+    def http_get(self, path):
+        import urllib.error
+        import urllib.request
+        try:
+            with urllib.request.urlopen("http://127.0.0.1:%d%s" % (self.metrics_port, path),
+                                        timeout=10) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def daemonset_probes(self):
+        try:
+            import yaml
+        except ImportError:
+            return {}
+        with open(DAEMONSET) as f:
+            ds = [d for d in yaml.safe_load_all(f) if d and d["kind"] == "DaemonSet"][0]
+        [c] = ds["spec"]["template"]["spec"]["containers"]
+        return {k: c[k]["exec"]["command"] for k in ("livenessProbe", "readinessProbe")}
+
+    def check_health(self, up):
+        """The DaemonSet's exec probes, run as relayd, pass iff relayd is up."""
+        for name, cmd in self.daemonset_probes().items():
+            p = self.as_user("relayd", cmd, check=False)
+            out = (p.stdout + p.stderr).decode(errors="replace")
+            if up:
+                self.assertEqual(p.returncode, 0, "%s fails: %s" % (name, out))
+            else:
+                self.assertNotEqual(p.returncode, 0, "%s passes with relayd down" % name)
+        if up:
+            self.assertEqual(self.http_get("/healthz")[0], 200)
+            self.assertEqual(self.http_get("/readyz"), (200, "ready\n"))
+
     def stop_relayd(self):
         self.proc.send_signal(signal.SIGTERM)
         rc = self.proc.wait(30)
         self.assertEqual(rc, 0, self.read_log())
+        self.check_health(up=False)
         shutil.rmtree("/run/relayd", ignore_errors=True)   # RuntimeDirectory cleanup
 
     def reinstall_keeps_edits(self, deb):
@@ -542,6 +581,7 @@ class PackageTest(unittest.TestCase):
         emu = Emulator(self).start()
         emu.create_table(TABLE, EVENTS_SCHEMA)
         self.start_relayd(emu)
+        self.check_health(up=True)
         self.send_rows_as_a_producer(emu, 500)
         self.stop_relayd()
         self.reinstall_keeps_edits(deb)
