@@ -36,6 +36,16 @@ int util_write_all(int fd, const void *buf, size_t len);
 
 
 
+/* A random number in [0, n) (getrandom; 0 for n == 0). */
+uint64_t util_rand_below(uint64_t n);
+
+/* Backoff delay in ms after `streak` failures in a row: base << streak capped
+ * at cap, then jittered: UTIL_JITTER_FULL picks in [0, d] (AWS "full
+ * jitter"), UTIL_JITTER_EQUAL in [d/2, d] (never shorter than half),
+ * UTIL_JITTER_MIN in [d, d + d/10] (at least d: quota waits). */
+enum util_jitter { UTIL_JITTER_FULL, UTIL_JITTER_EQUAL, UTIL_JITTER_MIN };
+uint64_t util_backoff_ms(uint64_t base, uint64_t cap, unsigned streak, enum util_jitter j);
+
 /* ---- a growable byte buffer ---- */
 #ifndef RELAY_BUF_DEFINED
 #define RELAY_BUF_DEFINED

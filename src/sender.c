@@ -13,6 +13,7 @@
  */
 #include "sender.h"
 #include "auth.h"
+#include "https.h"
 #include "writer.h"
 #include "dlq.h"
 #include "bqrest.h"
@@ -138,16 +139,6 @@ struct sender {
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
 static void curl_init_once(void) { curl_global_init(CURL_GLOBAL_DEFAULT); }
-
-static uint64_t rand_below(uint64_t n)
-{
-    uint64_t r;
-    if (n == 0)
-        return 0;
-    if (getrandom(&r, sizeof r, GRND_NONBLOCK) != (ssize_t)sizeof r)
-        r = util_mono_us() * 6364136223846793005ull;
-    return r % n;
-}
 
 /* ---- chunks ---- */
 
@@ -709,19 +700,10 @@ static void backoff(struct sender *s, struct dest *d, enum bq_action a, long ret
         base = cd->rate_limit_wait_ms ? cd->rate_limit_wait_ms : base;
     else if (a == BQ_QUOTA)
         base = cd->quota_wait_ms ? cd->quota_wait_ms : base;
-    if (cap < base)
-        cap = base;
-    unsigned k = d->fail_streak < 30 ? d->fail_streak : 30;
-    d->fail_streak++;
-    uint64_t exp = base << k;
-    if (exp > cap || exp < base)
-        exp = cap;
-    if (a == BQ_QUOTA)              /* at least quota_wait, plus up to 10 % */
-        delay = exp + rand_below(exp / 10 + 1);
-    else if (a == BQ_RATE_LIMITED)  /* "equal jitter": at least half */
-        delay = exp / 2 + rand_below(exp / 2 + 1);
-    else                            /* "full jitter" */
-        delay = rand_below(exp + 1);
+    /* quota: at least quota_wait; rate limits: at least half; else full jitter */
+    delay = util_backoff_ms(base, cap, d->fail_streak++,
+                            a == BQ_QUOTA ? UTIL_JITTER_MIN :
+                            a == BQ_RATE_LIMITED ? UTIL_JITTER_EQUAL : UTIL_JITTER_FULL);
     if ((uint64_t)retry_after_s * 1000 > delay)
         delay = (uint64_t)retry_after_s * 1000;
     uint64_t until = util_mono_us() + delay * 1000;
@@ -740,12 +722,6 @@ static void park(struct sender *s, struct dest *d, const char *why)
     pthread_mutex_lock(&s->stats_lock);
     snprintf(d->why, sizeof d->why, "%s", why);
     pthread_mutex_unlock(&s->stats_lock);
-}
-
-static size_t discard_body(char *p, size_t size, size_t n, void *arg)
-{
-    (void)p;
-    return buf_append(arg, p, size * n) == 0 ? size * n : 0;
 }
 
 /* create_table: tables.insert for table (its $decorator dropped) with the
@@ -816,34 +792,15 @@ static int ensure_table(struct sender *s, struct dest *d, const char *table, cha
     struct buf url = { 0 }, resp = { 0 };
     buf_printf(&url, "%s/bigquery/v2/projects/%s/datasets/%s/tables", cd->endpoint, cd->project,
                cd->dataset);
-    char auth[4200];
-    snprintf(auth, sizeof auth, "Authorization: Bearer %s", token);
-    memset(token, 0, sizeof token);
-    struct curl_slist *h = curl_slist_append(NULL, auth);
-    memset(auth, 0, sizeof auth);
-    h = curl_slist_append(h, "Content-Type: application/json");
-    CURL *e = curl_easy_init();
-    curl_easy_setopt(e, CURLOPT_URL, url.data);
-    curl_easy_setopt(e, CURLOPT_POSTFIELDS, text);
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, h);
-    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, discard_body);
-    curl_easy_setopt(e, CURLOPT_WRITEDATA, &resp);
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, 30000L);
-    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
-    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
-    curl_easy_setopt(e, CURLOPT_USERAGENT, "relayd/" RELAY_VERSION);
-    if (cd->ca_file)
-        curl_easy_setopt(e, CURLOPT_CAINFO, cd->ca_file);
-    CURLcode res = curl_easy_perform(e);
     long http = 0;
-    curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &http);
-    curl_easy_cleanup(e);
-    curl_slist_free_all(h);
+    char terr[512];
+    int sent = https_call("POST", url.data, token, cd->ca_file, text, 30000, &resp, &http, terr,
+                          sizeof terr);
+    memset(token, 0, sizeof token);
     free(text);
     buf_free(&url);
     int rc;
-    if (res == CURLE_OK && (http == 200 || http == 409)) {
+    if (sent == 0 && (http == 200 || http == 409)) {
         log_info("destination %s: table %s.%s.%s %s", cd->name, cd->project, cd->dataset, base,
                  http == 200 ? "created" : "already exists (created by another writer)");
         unsigned slot = d->n_created++ % 8;
@@ -853,8 +810,7 @@ static int ensure_table(struct sender *s, struct dest *d, const char *table, cha
     } else {
         struct bq_error be;
         bqrest_classify(http, resp.data, resp.len, &be);
-        snprintf(why, wl, "create_table %s: %s", base,
-                 res != CURLE_OK ? curl_easy_strerror(res) : be.message);
+        snprintf(why, wl, "create_table %s: %s", base, sent != 0 ? terr : be.message);
         rc = -1;
     }
     buf_free(&resp);

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -310,4 +311,29 @@ void histo_add(struct histo *h, double seconds)
     h->bucket[i]++;
     h->count++;
     h->sum += seconds;
+}
+
+uint64_t util_rand_below(uint64_t n)
+{
+    uint64_t r;
+    if (n == 0)
+        return 0;
+    if (getrandom(&r, sizeof r, GRND_NONBLOCK) != (ssize_t)sizeof r)
+        r = util_mono_us() * 6364136223846793005ull;
+    return r % n;
+}
+
+uint64_t util_backoff_ms(uint64_t base, uint64_t cap, unsigned streak, enum util_jitter j)
+{
+    if (cap < base)
+        cap = base;
+    unsigned k = streak < 30 ? streak : 30;
+    uint64_t d = base << k;
+    if (d > cap || d < base)
+        d = cap;
+    switch (j) {
+    case UTIL_JITTER_MIN:   return d + util_rand_below(d / 10 + 1);
+    case UTIL_JITTER_EQUAL: return d / 2 + util_rand_below(d / 2 + 1);
+    default:                return util_rand_below(d + 1);
+    }
 }

@@ -15,13 +15,13 @@
 #include "auth.h"
 #include "bqrest.h"
 #include "bqwrite.h"
+#include "https.h"
 #include "log.h"
 #include "rowenc.h"
 #include "sender.h"
 #include "util.h"
 #include "version.h"
 
-#include <curl/curl.h>
 #include <errno.h>
 #include <jansson.h>
 #include <pthread.h>
@@ -116,28 +116,13 @@ static void count(struct writer *w, uint64_t *field, uint64_t n)
     pthread_mutex_unlock(&w->lock);
 }
 
-static uint64_t rand_below(uint64_t n)
-{
-    uint64_t r;
-    if (n == 0)
-        return 0;
-    if (getrandom(&r, sizeof r, GRND_NONBLOCK) != (ssize_t)sizeof r)
-        r = util_mono_us() * 6364136223846793005ull;
-    return r % n;
-}
-
 /* Full-jitter backoff (equal jitter for throttling), as for insertAll. */
 static void backoff(struct writer *w, bool throttled, const char *why)
 {
     uint64_t base = throttled && w->cd->rate_limit_wait_ms ? w->cd->rate_limit_wait_ms
                                                           : w->cd->retry_base_ms;
-    uint64_t cap = w->cd->retry_cap_ms > base ? w->cd->retry_cap_ms : base;
-    unsigned k = w->fail_streak < 30 ? w->fail_streak : 30;
-    w->fail_streak++;
-    uint64_t exp = base << k;
-    if (exp > cap || exp < base)
-        exp = cap;
-    uint64_t delay = throttled ? exp / 2 + rand_below(exp / 2 + 1) : rand_below(exp + 1);
+    uint64_t delay = util_backoff_ms(base, w->cd->retry_cap_ms, w->fail_streak++,
+                                     throttled ? UTIL_JITTER_EQUAL : UTIL_JITTER_FULL);
     w->not_before_us = util_mono_us() + delay * 1000;
     set_state(w, "backoff", why);
 }
@@ -283,11 +268,6 @@ static int record_chunk_done(struct writer *w, const struct wchunk *c)
 
 /* ---- schema ---- */
 
-static size_t on_body(char *p, size_t size, size_t n, void *arg)
-{
-    return buf_append(arg, p, size * n) == 0 ? size * n : 0;
-}
-
 /* tables.get over the REST endpoint. */
 static int fetch_schema(struct writer *w, struct buf *out, char *err, size_t errlen)
 {
@@ -295,42 +275,18 @@ static int fetch_schema(struct writer *w, struct buf *out, char *err, size_t err
     char token[4096];
     if (auth_token(w->auth, token, sizeof token, err, errlen) != 0)
         return -1;
-    struct buf path = { 0 }, url = { 0 };
-    bqrest_table_path(&path, cd->project, cd->dataset, cd->table ? cd->table : cd->name);
-    buf_printf(&url, "%s%s", cd->endpoint, path.data ? path.data : "");
-    char auth[4200];
-    snprintf(auth, sizeof auth, "Authorization: Bearer %s", token);
-    struct curl_slist *h = curl_slist_append(NULL, auth);
-    memset(auth, 0, sizeof auth);
-    memset(token, 0, sizeof token);
-    CURL *e = curl_easy_init();
-    curl_easy_setopt(e, CURLOPT_URL, url.data);
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, h);
-    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(e, CURLOPT_WRITEDATA, out);
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, 30000L);
-    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
-    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
-    curl_easy_setopt(e, CURLOPT_USERAGENT, "relayd/" RELAY_VERSION);
-    if (cd->ca_file)
-        curl_easy_setopt(e, CURLOPT_CAINFO, cd->ca_file);
-    CURLcode res = curl_easy_perform(e);
+    struct buf url = { 0 };
+    buf_puts(&url, cd->endpoint);
+    bqrest_table_path(&url, cd->project, cd->dataset, cd->table ? cd->table : cd->name);
     long http = 0;
-    curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &http);
-    curl_easy_cleanup(e);
-    curl_slist_free_all(h);
-    int rc = 0;
-    if (res != CURLE_OK) {
-        snprintf(err, errlen, "tables.get %s: %s", url.data, curl_easy_strerror(res));
-        rc = -1;
-    } else if (http != 200) {
+    int rc = https_call("GET", url.data, token, cd->ca_file, NULL, 30000, out, &http, err, errlen);
+    memset(token, 0, sizeof token);
+    if (rc == 0 && http != 200) {
         struct bq_error be;
         bqrest_classify(http, out->data, out->len, &be);
         snprintf(err, errlen, "tables.get %s: HTTP %ld: %s", url.data, http, be.message);
         rc = http == 404 ? -2 : -1;
     }
-    buf_free(&path);
     buf_free(&url);
     return rc;
 }
