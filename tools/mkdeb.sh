@@ -35,7 +35,10 @@ version=$(sed -n 's/^#define[[:space:]]*RELAY_VERSION[[:space:]]*"\([^"]*\)".*/\
           "$top/include/version.h")
 [ -n "$version" ] || die "no RELAY_VERSION in include/version.h"
 arch=$(dpkg --print-architecture)
-maint=${DEB_MAINTAINER:-"relayd maintainers <relayd-maintainers@localhost>"}
+# Whoever distributes the package should set DEB_MAINTAINER; the default is
+# the author of the last commit, as the closest thing to a maintainer.
+maint=${DEB_MAINTAINER:-$(git -C "$top" log -1 --format='%an <%ae>' 2>/dev/null || true)}
+maint=${maint:-"relayd maintainers <relayd@example.org>"}
 
 # The binaries must be the version we are about to call them, and not a
 # sanitizer build (it would drag libasan in and run several times slower).
@@ -82,6 +85,17 @@ for f in "$top"/docs/*.md; do
 done
 install -m 0644 "$top/packaging/kubernetes/relayd-daemonset.yaml" \
     "$root/usr/share/doc/relayd/examples/relayd-daemonset.yaml"
+
+# A Debian changelog, as dpkg-parsechangelog and apt-listchanges expect one;
+# its date is the last commit's (reproducible), else SOURCE_DATE_EPOCH or now.
+when=$(git -C "$top" log -1 --format=%ct 2>/dev/null || true)
+when=${when:-${SOURCE_DATE_EPOCH:-$(date +%s)}}
+{
+    printf 'relayd (%s) unstable; urgency=medium\n\n' "$version"
+    printf '  * Built from the relayd source tree by tools/mkdeb.sh.\n\n'
+    printf ' -- %s  %s\n' "$maint" "$(LC_ALL=C date -u -R -d "@$when")"
+} | gzip -9n > "$root/usr/share/doc/relayd/changelog.gz"
+chmod 0644 "$root/usr/share/doc/relayd/changelog.gz"
 
 # ---- Depends --------------------------------------------------------------
 # Packages that provide the shared libraries the binaries need.
@@ -146,7 +160,11 @@ Description: reliable on-disk spooling relay to Google BigQuery
  the group relayd-producers may write to it.
 EOF
 printf '/etc/relayd/relayd.conf\n' > "$root/DEBIAN/conffiles"
-chmod 0644 "$root/DEBIAN/control" "$root/DEBIAN/conffiles"
+# md5sums of the files (not the conffile: dpkg tracks that one itself), for
+# dpkg --verify and debsums.
+(cd "$root" && find . -type f ! -path './DEBIAN/*' ! -path './etc/*' | LC_ALL=C sort |
+     sed 's|^\./||' | xargs md5sum) > "$root/DEBIAN/md5sums"
+chmod 0644 "$root/DEBIAN/control" "$root/DEBIAN/conffiles" "$root/DEBIAN/md5sums"
 for s in postinst prerm postrm; do
     install -m 0755 "$top/packaging/deb/$s" "$root/DEBIAN/$s"
 done

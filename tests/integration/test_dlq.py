@@ -49,8 +49,8 @@ class DlqBase(RelayTest):
     def make_dead_letters(self, d, n_bad, n_good=0, table="events"):
         lines = [json.dumps({"i": i, "extra": "x%d" % i}) for i in range(n_bad)]
         lines += [json.dumps({"i": 100000 + i}) for i in range(n_good)]
-        self.send(d, ["@%s %s" % (table, l) for l in lines])
         before = d.status()["spool"]["dead_letters"]
+        self.send(d, ["@%s %s" % (table, l) for l in lines])
         wait_for(lambda: d.status()["spool"]["dead_letters"] >= before + n_bad, 60,
                  f"{n_bad} more dead letters")
 

@@ -37,6 +37,10 @@ CONF = os.path.join(ROOT, "packaging", "relayd.conf")
 DAEMONSET = os.path.join(ROOT, "packaging", "kubernetes", "relayd-daemonset.yaml")
 TABLE = "proj.logs.events"
 WANTS_LINK = "/etc/systemd/system/multi-user.target.wants/relayd.service"
+MASK_LINK = "/etc/systemd/system/relayd.service"
+DSH_STATE = ("/var/lib/systemd/deb-systemd-helper-enabled/relayd.service.dsh-also",
+             "/var/lib/systemd/deb-systemd-helper-masked/relayd.service")
+HELD = 50   # rows for a queue-only destination: still in the spool at remove
 
 INSTALLED_FILES = {
     "/usr/sbin/relayd": 0o755,
@@ -397,9 +401,7 @@ class PackageTest(unittest.TestCase):
         self.assertEqual(p.returncode, 0, p.stderr.decode())
         self.assertEqual(run(["/usr/sbin/relayd", "--version"]).stdout.decode().strip(),
                          "relayd " + version())
-        if shutil.which("systemctl"):
-            # postinst enables the unit on first installation, offline too.
-            self.assertTrue(os.path.islink(WANTS_LINK), WANTS_LINK)
+        self.check_enabled()
         if shutil.which("systemd-analyze"):
             p = run(["systemd-analyze", "verify", "--man=no",
                      "/lib/systemd/system/relayd.service"], check=False, cwd=self.tmp)
@@ -410,6 +412,12 @@ class PackageTest(unittest.TestCase):
             # test can run its own relayd on the same spool.
             run(["systemctl", "is-active", "--quiet", "relayd.service"])
             run(["systemctl", "stop", "relayd.service"])
+
+    def check_enabled(self):
+        if shutil.which("deb-systemd-helper"):
+            # postinst enables the unit (offline too), and it is not masked.
+            self.assertTrue(os.path.islink(WANTS_LINK), WANTS_LINK)
+            self.assertFalse(os.path.lexists(MASK_LINK), MASK_LINK + " (masked)")
 
     def start_relayd(self, emu):
         """relayd as the unit would run it: user relayd, /run/relayd made for it."""
@@ -436,7 +444,7 @@ class PackageTest(unittest.TestCase):
         text = config_with(text, "relayd", {"metrics_listen": "127.0.0.1:%d" % self.metrics_port})
         conf = os.path.join(conf_dir, "relayd.conf")
         with open(conf, "w") as f:
-            f.write(text)
+            f.write(text + "\n[destination held]\n")
         os.chmod(conf, 0o644)
         # systemd's RuntimeDirectory=relayd, RuntimeDirectoryMode=0755
         os.mkdir("/run/relayd", 0o755)
@@ -490,6 +498,15 @@ class PackageTest(unittest.TestCase):
         # Someone outside relayd-producers cannot even connect.
         p = self.as_user("nobody", ["/usr/bin/relayctl", "send", rows], check=False)
         self.assertNotEqual(p.returncode, 0, "nobody could send rows")
+        # Rows for a destination that only queues: they stay in the spool.
+        held = os.path.join(self.tmp, "held.ndjson")
+        with open(held, "w") as f:
+            for i in range(HELD):
+                f.write(json.dumps({"held": i}) + "\n")
+        os.chmod(held, 0o644)
+        p = self.as_user(self.producer, ["/usr/bin/relayctl", "send", "--table", "held", held],
+                         check=False)
+        self.assertEqual(p.returncode, 0, (p.stdout + p.stderr).decode())
         wait_for(lambda: emu.count(TABLE) >= n, 60, "%d rows at the emulator" % n,
                  interval=0.1)
         got = sorted(r["json"]["i"] for r in emu.rows(TABLE))
@@ -548,6 +565,20 @@ class PackageTest(unittest.TestCase):
         st = os.stat("/var/lib/relayd/data.mdb")
         self.assertEqual(st.st_uid, pwd.getpwnam("relayd").pw_uid)
 
+    def held_rows(self):
+        p = self.as_user("relayd", ["/usr/bin/relayctl", "-d", "/var/lib/relayd", "spool", "dump",
+                                    "--table", "held"], check=False)
+        self.assertEqual(p.returncode, 0, p.stderr.decode())
+        return [json.loads(l) for l in p.stdout.splitlines() if l.strip()]
+
+    def reinstall_after_remove(self, deb):
+        """Reinstalling picks up where remove left: same spool, same rows."""
+        self.install(deb)
+        self.check_enabled()
+        self.assertEqual(len(self.held_rows()), HELD, "rows queued before remove are lost")
+        with open("/etc/relayd/relayd.conf") as f:
+            self.assertTrue(f.read().endswith("# local edit\n"), "conffile edit lost")
+
     def remove(self):
         if self.systemd:
             run(["systemctl", "stop", "relayd.service"], check=False)
@@ -557,13 +588,17 @@ class PackageTest(unittest.TestCase):
             self.assertFalse(os.path.exists(path), path + " is still there after remove")
         self.assertTrue(os.path.exists("/var/lib/relayd/data.mdb"),
                         "remove must keep the spool (acknowledged rows)")
+        if shutil.which("deb-systemd-helper"):
+            self.assertTrue(os.path.islink(WANTS_LINK), "remove keeps the enable link")
+            self.assertEqual(os.path.realpath(MASK_LINK), "/dev/null", "masked while removed")
         self.assertTrue(os.path.exists("/etc/relayd/relayd.conf"), "remove keeps the conffile")
         self.assertTrue(user_exists("relayd"))
 
     def purge(self):
         run(["dpkg", "--purge", "relayd"])
         self.assertEqual(dpkg_status(), "")
-        for path in ("/etc/relayd", "/var/lib/relayd", "/run/relayd", WANTS_LINK):
+        for path in ("/etc/relayd", "/var/lib/relayd", "/run/relayd", WANTS_LINK, MASK_LINK,
+                     *DSH_STATE):
             self.assertFalse(os.path.lexists(path), path + " is still there after purge")
         self.assertFalse(user_exists("relayd"), "user relayd is still there after purge")
         self.assertFalse(group_exists("relayd"), "group relayd is still there after purge")
@@ -576,6 +611,11 @@ class PackageTest(unittest.TestCase):
         self.check_contents(deb)
         depends = self.check_control(deb, arch)
         print("\n  Depends: " + depends)
+        missing = [d.split()[0] for d in depends.split(", ")
+                   if dpkg_status(d.split()[0]) != "install ok installed"]
+        if missing:
+            self.skipTest("cannot install the package here: %s not installed "
+                          "(apt-get install %s)" % (", ".join(missing), " ".join(missing)))
         self.install(deb)
         self.check_installed()
         emu = Emulator(self).start()
@@ -584,11 +624,20 @@ class PackageTest(unittest.TestCase):
         self.check_health(up=True)
         self.send_rows_as_a_producer(emu, 500)
         self.stop_relayd()
+        self.assertEqual(len(self.held_rows()), HELD)
         self.reinstall_keeps_edits(deb)
-        if self.systemd:
-            run(["systemctl", "stop", "relayd.service"], check=False)
+        self.remove()
+        self.reinstall_after_remove(deb)
         self.remove()
         self.purge()
+
+
+def tearDownModule():
+    # The emulator's test CA (relaytest caches one per process).
+    import relaytest
+    d = relaytest._TLS_CACHE.pop("dir", None)
+    if d:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 if __name__ == "__main__":
