@@ -125,6 +125,10 @@ bool conf_valid_table(const char *t);
  * allowed_uids (or '*'), or membership (primary or supplementary) of a group
  * in allowed_gids or of socket_group. May look up the user's groups (NSS). */
 bool conf_peer_allowed(const struct conf *c, uid_t uid, gid_t gid);
+/* The same, also accepting membership through groups[0..n) (the peer
+ * process's own supplementary groups, from SO_PEERGROUPS). */
+bool conf_peer_allowed_groups(const struct conf *c, uid_t uid, gid_t gid, const gid_t *groups,
+                              size_t n);
 
 void conf_free(struct conf *c);
 

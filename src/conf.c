@@ -254,6 +254,15 @@ static bool gid_allowed(const struct conf *c, gid_t gid)
     return false;
 }
 
+bool conf_peer_allowed_groups(const struct conf *c, uid_t uid, gid_t gid, const gid_t *groups,
+                              size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (gid_allowed(c, groups[i]))
+            return true;
+    return conf_peer_allowed(c, uid, gid);
+}
+
 bool conf_peer_allowed(const struct conf *c, uid_t uid, gid_t gid)
 {
     if (uid == 0 || uid == geteuid() || c->allow_any_uid)

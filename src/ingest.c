@@ -571,6 +571,19 @@ static void conn_read(struct ingest *in, struct conn *c)
 
 /* ---- accepting ---- */
 
+/* The peer's uid/gid, and the supplementary groups its process really has
+ * (SO_PEERGROUPS: containers and systemd's SupplementaryGroups= grant groups
+ * that /etc/group does not list), checked against the config. */
+static bool peer_allowed(const struct conf *c, int fd, uid_t uid, gid_t gid)
+{
+    gid_t groups[64];
+    socklen_t len = sizeof groups;
+    size_t n = 0;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) == 0)
+        n = len / sizeof groups[0];
+    return conf_peer_allowed_groups(c, uid, gid, groups, n);
+}
+
 static void accept_conns(struct ingest *in)
 {
     for (int k = 0; k < 64; k++) {
@@ -583,7 +596,7 @@ static void accept_conns(struct ingest *in)
         struct ucred cr;
         socklen_t cl = sizeof cr;
         if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &cl) != 0 ||
-            !conf_peer_allowed(in->conf, cr.uid, cr.gid)) {
+            !peer_allowed(in->conf, fd, cr.uid, cr.gid)) {
             char msg[256];
             int m = snprintf(msg, sizeof msg, "err 0 denied uid %u gid %u may not send to "
                              "relayd: add it to [ingest] allowed_uids or allowed_gids\n",
@@ -776,7 +789,7 @@ static void control_accept(struct ingest *in)
     struct ucred cr;
     socklen_t cl = sizeof cr;
     if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &cl) != 0 ||
-        !conf_peer_allowed(in->conf, cr.uid, cr.gid)) {
+        !peer_allowed(in->conf, fd, cr.uid, cr.gid)) {
         static const char d[] = "{\"error\":\"denied: add this uid to [ingest] allowed_uids\"}\n";
         ssize_t w = send(fd, d, sizeof d - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
         (void)w;

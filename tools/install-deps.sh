@@ -8,7 +8,7 @@ liblmdb-dev lmdb-utils libcmocka-dev libjansson-dev libsystemd-dev libmicrohttpd
 libcurl4-openssl-dev libssl-dev zlib1g-dev
 libgrpc-dev protobuf-c-compiler libprotobuf-c-dev protobuf-compiler
 python3 python3-cryptography python3-grpcio python3-protobuf
-socat openssl ca-certificates"
+socat openssl ca-certificates python3-yaml adduser dpkg-dev"
 
 missing=""
 for p in $PKGS; do
