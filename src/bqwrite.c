@@ -470,6 +470,11 @@ int bqw_conn_append(struct bqw_conn *c, const void *descriptor, size_t dlen,
         ps.proto_descriptor = desc;
         pd.writer_schema = &ps;
         req.write_stream = c->stream;   /* with every schema: harmless, and needed on the first */
+        /* a column missing from a row takes its default value expression (or
+         * NULL without one), as insertAll does; sticky for the connection */
+        req.has_default_missing_value_interpretation = 1;
+        req.default_missing_value_interpretation =
+            GOOGLE__CLOUD__BIGQUERY__STORAGE__V1__APPEND_ROWS_REQUEST__MISSING_VALUE_INTERPRETATION__DEFAULT_VALUE;
     }
     if (offset >= 0) {
         off.has_value = 1;
