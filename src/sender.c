@@ -230,10 +230,15 @@ static void dead_letter(struct sender *s, struct dest *d, const struct chunk *ch
 static void hold(struct dest *d, const struct chunk *ch, size_t i)
 {
     struct chunk *h = d->held;
+    if (h && strcmp(h->table, ch->table) != 0) {   /* one table per chunk */
+        retry_push_front(d, h);
+        h = d->held = NULL;
+    }
     if (!h) {
         if (!(h = d->held = calloc(1, sizeof *h)))
             return;
         h->first_attempt_ms = ch->first_attempt_ms;
+        memcpy(h->table, ch->table, sizeof h->table);
     }
     const struct row *r = &ch->rows[i];
     struct row *nr = realloc(h->rows, (h->n + 1) * sizeof *nr);
@@ -915,6 +920,7 @@ static void handle_done(struct sender *s, struct request *rq, CURLcode res)
                 rc->attempts = ch->attempts;
                 rc->first_attempt_ms = ch->first_attempt_ms;
                 rc->last_attempt_ms = ch->last_attempt_ms;
+                memcpy(rc->table, ch->table, sizeof rc->table);
                 retry_push_front(d, rc);
             } else {
                 chunk_free(rc);
