@@ -16,6 +16,7 @@
 #include "committer.h"
 #include "line.h"
 #include "log.h"
+#include "status.h"
 #include "util.h"
 
 #include <errno.h>
@@ -742,35 +743,16 @@ static char *status_json(struct ingest *in)
     json_object_set_new(cm, "full_events", json_integer((json_int_t)cs.full_events));
     json_object_set_new(root, "commit", cm);
 
-    json_t *sp = json_object();
-    json_object_set_new(sp, "dir", json_string(in->conf->spool_dir));
+    status_add_spool(root, st, in->conf->spool_dir, now);
+    json_t *sp = json_object_get(root, "spool"), *ds = json_object_get(root, "destinations");
     json_object_set_new(sp, "durability", json_string(conf_durability_name(in->conf->durability)));
-    json_object_set_new(sp, "file_bytes", json_integer((json_int_t)st->file_bytes));
-    json_object_set_new(sp, "used_bytes", json_integer((json_int_t)st->used_bytes));
-    json_object_set_new(sp, "max_bytes", json_integer((json_int_t)st->max_bytes));
-    json_object_set_new(sp, "records", json_integer((json_int_t)st->records));
-    json_object_set_new(sp, "bytes", json_integer((json_int_t)st->bytes));
-    json_object_set_new(sp, "dead_letters", json_integer((json_int_t)st->dlq_records));
-    uint64_t oldest = 0;
-    json_t *ds = json_array();
-    for (size_t i = 0; i < st->n_dests; i++) {
-        const struct spool_dest_stats *d = &st->dests[i];
-        json_t *o = json_object();
-        json_object_set_new(o, "name", json_string(d->name));
-        json_object_set_new(o, "records", json_integer((json_int_t)d->records));
-        json_object_set_new(o, "bytes", json_integer((json_int_t)d->bytes));
-        double age = d->oldest_ms && d->oldest_ms < now ? (double)(now - d->oldest_ms) / 1000 : 0;
-        json_object_set_new(o, "oldest_age_s", json_real(age));
+    size_t i;
+    json_t *o;
+    json_array_foreach(ds, i, o) {
+        const char *name = json_string_value(json_object_get(o, "name"));
         json_object_set_new(o, "configured",
-                            json_boolean(lookup_dest(in, d->name, strlen(d->name)) != 0));
-        json_array_append_new(ds, o);
-        if (d->oldest_ms && (!oldest || d->oldest_ms < oldest))
-            oldest = d->oldest_ms;
+                            json_boolean(lookup_dest(in, name, strlen(name)) != 0));
     }
-    json_object_set_new(sp, "oldest_age_s",
-                        json_real(oldest && oldest < now ? (double)(now - oldest) / 1000 : 0));
-    json_object_set_new(root, "spool", sp);
-    json_object_set_new(root, "destinations", ds);
     if (in->hooks.status)
         in->hooks.status(in->hooks.arg, root);
     free(st);

@@ -5,6 +5,7 @@
 #include "conf.h"
 #include "log.h"
 #include "relayctl.h"
+#include "status.h"
 #include "spool.h"
 #include "util.h"
 #include "version.h"
@@ -526,34 +527,9 @@ static json_t *offline_status(struct ctx *x, char *err, size_t errlen)
         snprintf(err, errlen, "cannot read the spool's statistics");
         return NULL;
     }
-    uint64_t now = util_now_ms(), oldest = 0;
     json_t *root = json_object();
     json_object_set_new(root, "state", json_string("stopped"));
-    json_t *spj = json_object();
-    json_object_set_new(spj, "dir", json_string(x->spool_dir));
-    json_object_set_new(spj, "file_bytes", json_integer((json_int_t)st->file_bytes));
-    json_object_set_new(spj, "used_bytes", json_integer((json_int_t)st->used_bytes));
-    json_object_set_new(spj, "max_bytes", json_integer((json_int_t)st->max_bytes));
-    json_object_set_new(spj, "records", json_integer((json_int_t)st->records));
-    json_object_set_new(spj, "bytes", json_integer((json_int_t)st->bytes));
-    json_object_set_new(spj, "dead_letters", json_integer((json_int_t)st->dlq_records));
-    json_t *ds = json_array();
-    for (size_t i = 0; i < st->n_dests; i++) {
-        const struct spool_dest_stats *d = &st->dests[i];
-        json_t *o = json_object();
-        json_object_set_new(o, "name", json_string(d->name));
-        json_object_set_new(o, "records", json_integer((json_int_t)d->records));
-        json_object_set_new(o, "bytes", json_integer((json_int_t)d->bytes));
-        json_object_set_new(o, "oldest_age_s", json_real(d->oldest_ms && d->oldest_ms < now ?
-                            (double)(now - d->oldest_ms) / 1000 : 0));
-        json_array_append_new(ds, o);
-        if (d->oldest_ms && (!oldest || d->oldest_ms < oldest))
-            oldest = d->oldest_ms;
-    }
-    json_object_set_new(spj, "oldest_age_s",
-                        json_real(oldest && oldest < now ? (double)(now - oldest) / 1000 : 0));
-    json_object_set_new(root, "spool", spj);
-    json_object_set_new(root, "destinations", ds);
+    status_add_spool(root, st, x->spool_dir, util_now_ms());
     free(st);
     spool_close(sp);
     return root;
