@@ -36,6 +36,10 @@ int util_write_all(int fd, const void *buf, size_t len);
 
 
 
+/* printf into err[0..errlen) when err is not NULL (error-message helper). */
+void util_set_err(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 /* A random number in [0, n) (getrandom; 0 for n == 0). */
 uint64_t util_rand_below(uint64_t n);
 

@@ -105,18 +105,6 @@ struct auth {
 
 /* ---- small helpers ---- */
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 static void free_secret(char *s)
 {
@@ -176,27 +164,27 @@ static char *read_cred_file(const char *path, const char *label, size_t *len,
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
     if (fd < 0) {
-        set_err(err, errlen, "%s: cannot open: %s", label, strerror(errno));
+        util_set_err(err, errlen, "%s: cannot open: %s", label, strerror(errno));
         return NULL;
     }
     struct stat st;
     if (fstat(fd, &st) != 0) {
-        set_err(err, errlen, "%s: cannot stat: %s", label, strerror(errno));
+        util_set_err(err, errlen, "%s: cannot stat: %s", label, strerror(errno));
         close(fd);
         return NULL;
     }
     if (S_ISDIR(st.st_mode)) {
-        set_err(err, errlen, "%s: is a directory, not a credentials file", label);
+        util_set_err(err, errlen, "%s: is a directory, not a credentials file", label);
         close(fd);
         return NULL;
     }
     if (!S_ISREG(st.st_mode)) {
-        set_err(err, errlen, "%s: not a regular file", label);
+        util_set_err(err, errlen, "%s: not a regular file", label);
         close(fd);
         return NULL;
     }
     if (st.st_size > MAX_CRED_FILE) {
-        set_err(err, errlen, "%s: %lld bytes is too large for a credentials file",
+        util_set_err(err, errlen, "%s: %lld bytes is too large for a credentials file",
                 label, (long long)st.st_size);
         close(fd);
         return NULL;
@@ -208,7 +196,7 @@ static char *read_cred_file(const char *path, const char *label, size_t *len,
     size_t size = (size_t)st.st_size, n = 0;
     char *data = malloc(size + 1);
     if (!data) {
-        set_err(err, errlen, "%s: out of memory", label);
+        util_set_err(err, errlen, "%s: out of memory", label);
         close(fd);
         return NULL;
     }
@@ -218,7 +206,7 @@ static char *read_cred_file(const char *path, const char *label, size_t *len,
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0) {
-            set_err(err, errlen, "%s: cannot read: %s", label, strerror(errno));
+            util_set_err(err, errlen, "%s: cannot read: %s", label, strerror(errno));
             break;
         }
         if (r == 0) {
@@ -228,7 +216,7 @@ static char *read_cred_file(const char *path, const char *label, size_t *len,
             return data;
         }
         if (n == size) {
-            set_err(err, errlen, "%s: the file changed while it was read; try again", label);
+            util_set_err(err, errlen, "%s: the file changed while it was read; try again", label);
             break;
         }
         n += (size_t)r;
@@ -249,12 +237,12 @@ static json_t *parse_cred_json(const char *data, size_t len, const char *label,
         char *near = strstr(je.text, " near ");
         if (near)
             *near = 0;
-        set_err(err, errlen, "%s: not valid JSON at line %d column %d: %s",
+        util_set_err(err, errlen, "%s: not valid JSON at line %d column %d: %s",
                 label, je.line, je.column, je.text);
         return NULL;
     }
     if (!json_is_object(root)) {
-        set_err(err, errlen, "%s: not a JSON object (a credentials file is one object with a \"type\")",
+        util_set_err(err, errlen, "%s: not a JSON object (a credentials file is one object with a \"type\")",
                 label);
         json_decref(root);
         return NULL;
@@ -272,21 +260,21 @@ static int get_member(json_t *root, const char *name, bool required, const char 
     if (!v || json_is_null(v)) {
         if (!required)
             return 0;
-        set_err(err, errlen, "%s: no %s", label, name);
+        util_set_err(err, errlen, "%s: no %s", label, name);
         return -1;
     }
     if (!json_is_string(v)) {
-        set_err(err, errlen, "%s: %s is not a string", label, name);
+        util_set_err(err, errlen, "%s: %s is not a string", label, name);
         return -1;
     }
     if (strlen(json_string_value(v)) != json_string_length(v)) {
-        set_err(err, errlen, "%s: %s holds a NUL character", label, name);
+        util_set_err(err, errlen, "%s: %s holds a NUL character", label, name);
         return -1;
     }
     if (json_string_length(v) == 0) {
         if (!required)
             return 0;
-        set_err(err, errlen, "%s: %s is empty", label, name);
+        util_set_err(err, errlen, "%s: %s is empty", label, name);
         return -1;
     }
     *out = json_string_value(v);
@@ -301,7 +289,7 @@ static int dup_member(json_t *root, const char *name, bool required, const char 
         return -1;
     *out = NULL;
     if (s && !(*out = strdup(s))) {
-        set_err(err, errlen, "out of memory");
+        util_set_err(err, errlen, "out of memory");
         return -1;
     }
     return 0;
@@ -333,13 +321,13 @@ static EVP_PKEY *load_private_key(const char *pem, const char *label, char *err,
             hint = "encrypted keys are not supported";
         else if (strstr(pem, "\\n") && !strchr(pem, '\n'))
             hint = "it holds literal \\n sequences instead of line breaks";
-        set_err(err, errlen, "%s: private_key is not a valid PEM private key: %s (OpenSSL: %s)",
+        util_set_err(err, errlen, "%s: private_key is not a valid PEM private key: %s (OpenSSL: %s)",
                 label, hint, why ? why : "unknown error");
         ERR_clear_error();
         return NULL;
     }
     if (EVP_PKEY_get_base_id(k) != EVP_PKEY_RSA) {
-        set_err(err, errlen, "%s: private_key is not an RSA key (RS256 needs one)", label);
+        util_set_err(err, errlen, "%s: private_key is not an RSA key (RS256 needs one)", label);
         EVP_PKEY_free(k);
         return NULL;
     }
@@ -358,7 +346,7 @@ static int load_service_account(struct auth *a, json_t *root, const char *label,
         return -1;
     if (!is_http_url(a->token_uri)) {
         char shown[128];
-        set_err(err, errlen, "%s: token_uri \"%s\" is not an http(s) URL", label,
+        util_set_err(err, errlen, "%s: token_uri \"%s\" is not an http(s) URL", label,
                 printable(a->token_uri, shown, sizeof shown));
         return -1;
     }
@@ -370,7 +358,7 @@ static int load_service_account(struct auth *a, json_t *root, const char *label,
     if (buf_printf(&d, "service account %s (from %s%s%s)",
                    printable(a->client_email, shown, sizeof shown), path,
                    via ? ", " : "", via ? via : "")) {
-        set_err(err, errlen, "out of memory");
+        util_set_err(err, errlen, "out of memory");
         return -1;
     }
     a->desc = d.data;
@@ -388,12 +376,12 @@ static int load_authorized_user(struct auth *a, json_t *root, const char *label,
         get_member(root, "account", false, label, &account, err, errlen))
         return -1;
     if (!a->token_uri && !(a->token_uri = strdup(GOOGLE_TOKEN_URI))) {
-        set_err(err, errlen, "out of memory");
+        util_set_err(err, errlen, "out of memory");
         return -1;
     }
     if (!is_http_url(a->token_uri)) {
         char shown[128];
-        set_err(err, errlen, "%s: token_uri \"%s\" is not an http(s) URL", label,
+        util_set_err(err, errlen, "%s: token_uri \"%s\" is not an http(s) URL", label,
                 printable(a->token_uri, shown, sizeof shown));
         return -1;
     }
@@ -403,7 +391,7 @@ static int load_authorized_user(struct auth *a, json_t *root, const char *label,
     if (buf_printf(&d, "user credentials%s%s (from %s%s%s)",
                    account ? " " : "", account ? printable(account, shown, sizeof shown) : "",
                    path, via ? ", " : "", via ? via : "")) {
-        set_err(err, errlen, "out of memory");
+        util_set_err(err, errlen, "out of memory");
         return -1;
     }
     a->desc = d.data;
@@ -416,7 +404,7 @@ static int load_cred_file(struct auth *a, const char *path, const char *via,
 {
     struct buf label = { 0 };
     if (buf_printf(&label, "%s%s%s%s", path, via ? " (" : "", via ? via : "", via ? ")" : "")) {
-        set_err(err, errlen, "out of memory");
+        util_set_err(err, errlen, "out of memory");
         return -1;
     }
     int rc = -1;
@@ -435,7 +423,7 @@ static int load_cred_file(struct auth *a, const char *path, const char *via,
     if (get_member(root, "type", false, label.data, &type, err, errlen))
         goto out;
     if (!type) {
-        set_err(err, errlen, "%s: no \"type\" member (expected \"service_account\" or "
+        util_set_err(err, errlen, "%s: no \"type\" member (expected \"service_account\" or "
                 "\"authorized_user\")", label.data);
         goto out;
     }
@@ -445,7 +433,7 @@ static int load_cred_file(struct auth *a, const char *path, const char *via,
         rc = load_authorized_user(a, root, label.data, path, via, err, errlen);
     } else {
         char shown[64];
-        set_err(err, errlen, "%s: credentials of type \"%s\" are not supported (expected "
+        util_set_err(err, errlen, "%s: credentials of type \"%s\" are not supported (expected "
                 "\"service_account\" or \"authorized_user\")", label.data,
                 printable(type, shown, sizeof shown));
     }
@@ -476,12 +464,12 @@ static int setup_metadata(struct auth *a, bool adc, char *err, size_t errlen)
     const char *host = env && *env ? env : METADATA_HOST;
     if (!valid_host(host)) {
         char shown[128];
-        set_err(err, errlen, "GCE_METADATA_HOST=%s is not a host[:port]",
+        util_set_err(err, errlen, "GCE_METADATA_HOST=%s is not a host[:port]",
                 printable(host, shown, sizeof shown));
         return -1;
     }
     if (!(a->md_host = strdup(host))) {
-        set_err(err, errlen, "out of memory");
+        util_set_err(err, errlen, "out of memory");
         return -1;
     }
     a->kind = AUTH_METADATA;
@@ -489,7 +477,7 @@ static int setup_metadata(struct auth *a, bool adc, char *err, size_t errlen)
     struct buf d = { 0 };
     if (buf_printf(&d, "metadata server %s%s", host,
                    adc ? " (application default credentials: no key file found)" : "")) {
-        set_err(err, errlen, "out of memory");
+        util_set_err(err, errlen, "out of memory");
         return -1;
     }
     a->desc = d.data;
@@ -549,7 +537,7 @@ static int resolve_adc(struct auth *a, char *err, size_t errlen)
 static int ensure_curl(struct auth *a, char *err, size_t errlen)
 {
     if (!a->curl && !(a->curl = curl_easy_init())) {
-        set_err(err, errlen, "cannot initialise libcurl");
+        util_set_err(err, errlen, "cannot initialise libcurl");
         return -1;
     }
     return 0;
@@ -617,7 +605,7 @@ static int http_exchange(struct auth *a, const char *url, const char *form, bool
         (form && add_header(&hdrs, "Content-Type: application/x-www-form-urlencoded")) ||
         (form && add_header(&hdrs, "Expect:"))) {
         curl_slist_free_all(hdrs);
-        set_err(err, errlen, "out of memory");
+        util_set_err(err, errlen, "out of memory");
         return -1;
     }
 
@@ -657,7 +645,7 @@ static int http_exchange(struct auth *a, const char *url, const char *form, bool
         if (rc == CURLE_PEER_FAILED_VERIFICATION || rc == CURLE_SSL_CACERT_BADFILE)
             hint = a->ca_file ? " (is ca_file the CA that signed the server's certificate?)"
                               : " (the system CA bundle does not trust it; set ca_file?)";
-        set_err(err, errlen, "%s%s", what, hint);
+        util_set_err(err, errlen, "%s%s", what, hint);
         return -1;
     }
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, status);
@@ -710,13 +698,13 @@ static void describe_failure(const struct auth *a, const char *who, long status,
             hint = " (the refresh token is expired or revoked: run gcloud auth "
                    "application-default login again)";
         char c1[64], d1[300];
-        set_err(err, errlen, "%s: %ld %s%s%s%s", who, status,
+        util_set_err(err, errlen, "%s: %ld %s%s%s%s", who, status,
                 code ? printable(code, c1, sizeof c1) : "error",
                 desc ? ": " : "", desc ? printable(desc, d1, sizeof d1) : "", hint);
     } else {
         char ex[200];
         body_excerpt(ans, ex, sizeof ex);
-        set_err(err, errlen, "%s: HTTP %ld%s%s", who, status, ex[0] ? ": " : "", ex);
+        util_set_err(err, errlen, "%s: HTTP %ld%s%s", who, status, ex[0] ? ": " : "", ex);
     }
     json_decref(root);
 }
@@ -728,23 +716,23 @@ static int take_token(struct auth *a, const char *who, const struct answer *ans,
     int rc = -1;
     json_t *root = json_loadb(ans->body.data ? ans->body.data : "", ans->body.len, 0, NULL);
     if (!json_is_object(root)) {
-        set_err(err, errlen, "%s: the answer is not a JSON object", who);
+        util_set_err(err, errlen, "%s: the answer is not a JSON object", who);
         goto out;
     }
     json_t *at = json_object_get(root, "access_token");
     if (!json_is_string(at) || json_string_length(at) == 0) {
-        set_err(err, errlen, "%s: the answer has no access_token", who);
+        util_set_err(err, errlen, "%s: the answer has no access_token", who);
         goto out;
     }
     const char *tok = json_string_value(at);
     size_t tlen = json_string_length(at);
     if (tlen > MAX_TOKEN_LEN || strlen(tok) != tlen) {
-        set_err(err, errlen, "%s: the access_token is malformed (%zu bytes)", who, tlen);
+        util_set_err(err, errlen, "%s: the access_token is malformed (%zu bytes)", who, tlen);
         goto out;
     }
     for (size_t i = 0; i < tlen; i++) {
         if (tok[i] <= 0x20 || tok[i] >= 0x7f) {   /* it goes into an HTTP header */
-            set_err(err, errlen, "%s: the access_token holds characters a header cannot carry", who);
+            util_set_err(err, errlen, "%s: the access_token holds characters a header cannot carry", who);
             goto out;
         }
     }
@@ -752,7 +740,7 @@ static int take_token(struct auth *a, const char *who, const struct answer *ans,
     if (tt && !json_is_null(tt) &&
         (!json_is_string(tt) || strcasecmp(json_string_value(tt), "Bearer") != 0)) {
         char shown[40];
-        set_err(err, errlen, "%s: token_type \"%s\" is not Bearer", who,
+        util_set_err(err, errlen, "%s: token_type \"%s\" is not Bearer", who,
                 json_is_string(tt) ? printable(json_string_value(tt), shown, sizeof shown) : "?");
         goto out;
     }
@@ -775,12 +763,12 @@ static int take_token(struct auth *a, const char *who, const struct answer *ans,
         ok = false;
     }
     if (!ok || secs <= 0 || secs > MAX_EXPIRES_S) {
-        set_err(err, errlen, "%s: expires_in is not a plausible number of seconds", who);
+        util_set_err(err, errlen, "%s: expires_in is not a plausible number of seconds", who);
         goto out;
     }
     char *copy = strdup(tok);
     if (!copy) {
-        set_err(err, errlen, "out of memory");
+        util_set_err(err, errlen, "out of memory");
         goto out;
     }
     free_secret(a->token);
@@ -806,17 +794,17 @@ static int token_request(struct auth *a, const char *who, const char *url, const
 
     if (http_exchange(a, url, form, md, &status, &ans, terr, sizeof terr) != 0) {
         if (md && a->md_adc && !a->md_answered)
-            set_err(err, errlen, NO_CREDENTIALS_MSG " (metadata server at %s: %s)", a->md_host, terr);
+            util_set_err(err, errlen, NO_CREDENTIALS_MSG " (metadata server at %s: %s)", a->md_host, terr);
         else
-            set_err(err, errlen, "%s: %s", who, terr);
+            util_set_err(err, errlen, "%s: %s", who, terr);
         goto out;
     }
     if (md && !ans.md_flavor) {
         if (a->md_adc && !a->md_answered)
-            set_err(err, errlen, NO_CREDENTIALS_MSG " (metadata server at %s: HTTP %ld without "
+            util_set_err(err, errlen, NO_CREDENTIALS_MSG " (metadata server at %s: HTTP %ld without "
                     "Metadata-Flavor: Google, so not a metadata server)", a->md_host, status);
         else
-            set_err(err, errlen, "%s: HTTP %ld without Metadata-Flavor: Google (a proxy or "
+            util_set_err(err, errlen, "%s: HTTP %ld without Metadata-Flavor: Google (a proxy or "
                     "another service answered)", who, status);
         goto out;
     }
@@ -881,11 +869,11 @@ static int make_jwt(struct auth *a, struct buf *jwt, char *err, size_t errlen)
 
     if (!hdr || !claims ||
         (a->key_id && json_object_set_new(hdr, "kid", json_string(a->key_id)) != 0)) {
-        set_err(err, errlen, "cannot build the JWT (is the scope valid UTF-8?)");
+        util_set_err(err, errlen, "cannot build the JWT (is the scope valid UTF-8?)");
         goto out;
     }
     if (b64url_json(jwt, hdr) || buf_append(jwt, ".", 1) || b64url_json(jwt, claims)) {
-        set_err(err, errlen, "out of memory");
+        util_set_err(err, errlen, "out of memory");
         goto out;
     }
     size_t siglen = (size_t)EVP_PKEY_get_size(a->pkey);
@@ -895,12 +883,12 @@ static int make_jwt(struct auth *a, struct buf *jwt, char *err, size_t errlen)
         EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PADDING) != 1 ||
         EVP_DigestSign(md, sig, &siglen, (const unsigned char *)jwt->data, jwt->len) != 1) {
         const char *why = ERR_reason_error_string(ERR_peek_last_error());
-        set_err(err, errlen, "cannot sign the JWT: %s", why ? why : "out of memory");
+        util_set_err(err, errlen, "cannot sign the JWT: %s", why ? why : "out of memory");
         ERR_clear_error();
         goto out;
     }
     if (buf_append(jwt, ".", 1) || b64url(jwt, sig, siglen)) {
-        set_err(err, errlen, "out of memory");
+        util_set_err(err, errlen, "out of memory");
         goto out;
     }
     rc = 0;
@@ -933,7 +921,7 @@ static int fetch_service_account(struct auth *a, char *err, size_t errlen)
     if (form_add(a->curl, &form, "grant_type", JWT_BEARER_GRANT) ||
         form_add(a->curl, &form, "assertion", jwt.data) ||
         buf_printf(&who, "token endpoint %s", a->token_uri)) {
-        set_err(err, errlen, "out of memory");
+        util_set_err(err, errlen, "out of memory");
         goto out;
     }
     rc = token_request(a, who.data, a->token_uri, form.data, err, errlen);
@@ -959,7 +947,7 @@ static int fetch_user(struct auth *a, char *err, size_t errlen)
         form_add(a->curl, &form, "refresh_token", a->refresh_token) ||
         (a->scope_given && form_add(a->curl, &form, "scope", a->scope)) ||
         buf_printf(&who, "token endpoint %s", a->token_uri)) {
-        set_err(err, errlen, "out of memory");
+        util_set_err(err, errlen, "out of memory");
         goto out;
     }
     rc = token_request(a, who.data, a->token_uri, form.data, err, errlen);
@@ -1030,7 +1018,7 @@ static int fetch_metadata(struct auth *a, char *err, size_t errlen)
         fetch_metadata_project(a);
     goto out;
 oom:
-    set_err(err, errlen, "out of memory");
+    util_set_err(err, errlen, "out of memory");
 out:
     curl_free(esc);
     buf_free(&url);
@@ -1046,7 +1034,7 @@ static int refresh(struct auth *a, char *err, size_t errlen)
     case AUTH_USER:            return fetch_user(a, err, errlen);
     case AUTH_METADATA:        return fetch_metadata(a, err, errlen);
     }
-    set_err(err, errlen, "internal error: unknown credentials kind");
+    util_set_err(err, errlen, "internal error: unknown credentials kind");
     return -1;
 }
 
@@ -1058,27 +1046,27 @@ int auth_create(const struct auth_opts *o, struct auth **out, char *err, size_t 
     if (err && errlen)
         err[0] = 0;
     if (!o || !o->credentials || !*o->credentials) {
-        set_err(err, errlen, "no credentials configured (\"adc\", \"metadata\" or a key file path)");
+        util_set_err(err, errlen, "no credentials configured (\"adc\", \"metadata\" or a key file path)");
         return -1;
     }
     pthread_once(&curl_once, curl_init);
     if (curl_init_rc != CURLE_OK) {
-        set_err(err, errlen, "cannot initialise libcurl: %s", curl_easy_strerror(curl_init_rc));
+        util_set_err(err, errlen, "cannot initialise libcurl: %s", curl_easy_strerror(curl_init_rc));
         return -1;
     }
     const char *scope = o->scope ? o->scope : AUTH_SCOPE_BIGQUERY;
     if (!*scope || strspn(scope, " ") == strlen(scope)) {
-        set_err(err, errlen, "the OAuth scope is empty");
+        util_set_err(err, errlen, "the OAuth scope is empty");
         return -1;
     }
     if (o->ca_file && access(o->ca_file, R_OK) != 0) {
-        set_err(err, errlen, "CA file %s: %s", o->ca_file, strerror(errno));
+        util_set_err(err, errlen, "CA file %s: %s", o->ca_file, strerror(errno));
         return -1;
     }
 
     struct auth *a = calloc(1, sizeof *a);
     if (!a || !(a->scope = strdup(scope)) || (o->ca_file && !(a->ca_file = strdup(o->ca_file)))) {
-        set_err(err, errlen, "out of memory");
+        util_set_err(err, errlen, "out of memory");
         auth_free(a);
         return -1;
     }
@@ -1120,7 +1108,7 @@ int auth_token(struct auth *a, char *out, size_t outlen, char *err, size_t errle
         ferr[0] = 0;
         if (refresh(a, ferr, sizeof ferr) != 0) {
             if (!a->token || a->expires_us < now + STALE_MIN_US) {
-                set_err(err, errlen, "%s", ferr);
+                util_set_err(err, errlen, "%s", ferr);
                 return -1;
             }
             log_warn("auth: cannot refresh the access token (%s); the current one is valid "
@@ -1129,7 +1117,7 @@ int auth_token(struct auth *a, char *out, size_t outlen, char *err, size_t errle
     }
     size_t n = strlen(a->token);
     if (!out || n + 1 > outlen) {
-        set_err(err, errlen, "the access token (%zu bytes) does not fit a %zu-byte buffer", n, outlen);
+        util_set_err(err, errlen, "the access token (%zu bytes) does not fit a %zu-byte buffer", n, outlen);
         return -1;
     }
     memcpy(out, a->token, n + 1);

@@ -317,18 +317,6 @@ static const char *str_member(const json_t *obj, const char *key)
     return json_string_value(json_object_get(obj, key));
 }
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* ------------------------------------------------------------------------ */
 /* insertAll response                                                       */
@@ -369,29 +357,29 @@ static long long entry_index(const json_t *entry, size_t i, size_t n, char *err,
                              size_t errlen)
 {
     if (!json_is_object(entry)) {
-        set_err(err, errlen, "insertErrors[%zu] is not an object", i);
+        util_set_err(err, errlen, "insertErrors[%zu] is not an object", i);
         return -1;
     }
     const json_t *jidx = json_object_get(entry, "index");
     if (!json_is_integer(jidx)) {
-        set_err(err, errlen, "insertErrors[%zu].index is %s", i,
+        util_set_err(err, errlen, "insertErrors[%zu].index is %s", i,
                 jidx ? "not an integer" : "missing");
         return -1;
     }
     json_int_t idx = json_integer_value(jidx);
     if (idx < 0 || (unsigned long long)idx >= n) {
-        set_err(err, errlen, "insertErrors[%zu].index %lld out of range for %zu rows", i,
+        util_set_err(err, errlen, "insertErrors[%zu].index %lld out of range for %zu rows", i,
                 (long long)idx, n);
         return -1;
     }
     const json_t *errors = json_object_get(entry, "errors");
     if (errors && !json_is_array(errors) && !json_is_null(errors)) {
-        set_err(err, errlen, "insertErrors[%zu].errors is not an array", i);
+        util_set_err(err, errlen, "insertErrors[%zu].errors is not an array", i);
         return -1;
     }
     for (size_t k = 0; k < json_array_size(errors); k++) {
         if (!json_is_object(json_array_get(errors, k))) {
-            set_err(err, errlen, "insertErrors[%zu].errors[%zu] is not an object", i, k);
+            util_set_err(err, errlen, "insertErrors[%zu].errors[%zu] is not an object", i, k);
             return -1;
         }
     }
@@ -410,7 +398,7 @@ static void fail_all(struct bq_row_result *results, size_t n)
 int bqrest_parse_insertall(const char *body, size_t len, size_t n,
                            struct bq_row_result *results, char *err, size_t errlen)
 {
-    set_err(err, errlen, "%s", "");
+    util_set_err(err, errlen, "%s", "");
     for (size_t i = 0; i < n; i++)
         set_result(&results[i], BQ_ROW_INSERTED, NULL, NULL, NULL);
 
@@ -418,22 +406,22 @@ int bqrest_parse_insertall(const char *body, size_t len, size_t n,
     json_t *root = NULL;
     json_error_t jerr;
     if (!body || len == 0) {
-        set_err(err, errlen, "empty insertAll response");
+        util_set_err(err, errlen, "empty insertAll response");
         goto out;
     }
     if (!(root = json_loadb(body, len, 0, &jerr))) {
-        set_err(err, errlen, "insertAll response is not JSON: %s (at byte %d)", jerr.text,
+        util_set_err(err, errlen, "insertAll response is not JSON: %s (at byte %d)", jerr.text,
                 jerr.position);
         goto out;
     }
     if (!json_is_object(root)) {
-        set_err(err, errlen, "insertAll response is not a JSON object");
+        util_set_err(err, errlen, "insertAll response is not a JSON object");
         goto out;
     }
     /* A 2xx never carries this; if one does, counting its rows as inserted
      * would lose them. */
     if (json_object_get(root, "error")) {
-        set_err(err, errlen, "insertAll response carries an \"error\" member");
+        util_set_err(err, errlen, "insertAll response carries an \"error\" member");
         goto out;
     }
     const json_t *ierrs = json_object_get(root, "insertErrors");
@@ -442,7 +430,7 @@ int bqrest_parse_insertall(const char *body, size_t len, size_t n,
         goto out;
     }
     if (!json_is_array(ierrs)) {
-        set_err(err, errlen, "insertErrors is not an array");
+        util_set_err(err, errlen, "insertErrors is not an array");
         goto out;
     }
 

@@ -337,3 +337,13 @@ uint64_t util_backoff_ms(uint64_t base, uint64_t cap, unsigned streak, enum util
     default:                return util_rand_below(d + 1);
     }
 }
+
+void util_set_err(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (!err || errlen == 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
