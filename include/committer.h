@@ -15,7 +15,8 @@
  * nothing in that commit was acknowledged and a restart recovers from disk.
  *
  * Threads: submit/take_done/reject/state from the ingest thread; the
- * committer runs on its own thread.
+ * committer runs on its own thread, and with SPOOL_NOSYNC_PERIODIC a second
+ * thread flushes the spool every sync_interval_ms.
  */
 #ifndef RELAY_COMMITTER_H
 #define RELAY_COMMITTER_H

@@ -26,6 +26,9 @@ struct committer {
     struct spool *spool;
     struct committer_opts opts;
     pthread_t thread;
+    pthread_t syncer;            /* SPOOL_NOSYNC_PERIODIC: flushes off the commit path */
+    bool has_syncer;
+    int syncer_stop;
     pthread_mutex_t lock;
     pthread_cond_t cond;
     struct batch *pending, **pending_tail;   /* submitted, not yet taken */
@@ -208,20 +211,11 @@ static void set_full(struct committer *c, bool full)
 static void *committer_main(void *arg)
 {
     struct committer *c = arg;
-    uint64_t last_sync = util_mono_us(), last_rcheck = last_sync, last_release = last_sync;
+    uint64_t last_rcheck = util_mono_us(), last_release = last_rcheck;
     uint64_t released_at_bytes = 0;
     pthread_mutex_lock(&c->lock);
     for (;;) {
         uint64_t now = util_mono_us();
-        if (c->opts.durability == SPOOL_NOSYNC_PERIODIC &&
-            now - last_sync >= c->opts.sync_interval_ms * 1000) {
-            pthread_mutex_unlock(&c->lock);
-            int rc = spool_sync(c->spool);
-            if (rc)
-                fatal_io(rc);
-            pthread_mutex_lock(&c->lock);
-            last_sync = now;
-        }
         if (now - last_release >= (uint64_t)RELEASE_PAGES_MS * 1000 ||
             c->stats.bytes - released_at_bytes >= RELEASE_PAGES_BYTES) {
             spool_release_pages(c->spool);
@@ -257,8 +251,6 @@ static void *committer_main(void *arg)
                     continue;
                 }
                 timed_wait(c, FULL_RETRY_MS);
-            } else if (c->opts.durability == SPOOL_NOSYNC_PERIODIC) {
-                timed_wait(c, c->opts.sync_interval_ms);
             } else {
                 timed_wait(c, READER_CHECK_MS);
             }
@@ -315,6 +307,26 @@ static void *committer_main(void *arg)
     return NULL;
 }
 
+/* durability = os: commits are not synced; this thread flushes the spool
+ * every sync_interval, so that a long flush never holds a commit (or an ack)
+ * up. An I/O error here is fatal like one in a commit. */
+static void *syncer_main(void *arg)
+{
+    struct committer *c = arg;
+    uint64_t last = util_mono_us();
+    while (!__atomic_load_n(&c->syncer_stop, __ATOMIC_ACQUIRE)) {
+        usleep(20000);
+        uint64_t now = util_mono_us();
+        if (now - last < c->opts.sync_interval_ms * 1000)
+            continue;
+        int rc = spool_sync(c->spool);
+        if (rc)
+            fatal_io(rc);
+        last = now;
+    }
+    return NULL;
+}
+
 int committer_start(struct spool *s, const struct committer_opts *o, struct committer **out)
 {
     struct committer *c = calloc(1, sizeof *c);
@@ -340,6 +352,9 @@ int committer_start(struct spool *s, const struct committer_opts *o, struct comm
         free(c);
         return -1;
     }
+    if (c->opts.durability == SPOOL_NOSYNC_PERIODIC &&
+        pthread_create(&c->syncer, NULL, syncer_main, c) == 0)
+        c->has_syncer = true;
     *out = c;
     return 0;
 }
@@ -411,6 +426,10 @@ void committer_stop(struct committer *c, struct batch **left)
     pthread_cond_signal(&c->cond);
     pthread_mutex_unlock(&c->lock);
     pthread_join(c->thread, NULL);
+    if (c->has_syncer) {
+        __atomic_store_n(&c->syncer_stop, 1, __ATOMIC_RELEASE);
+        pthread_join(c->syncer, NULL);
+    }
     if (c->opts.durability == SPOOL_NOSYNC_PERIODIC)
         spool_sync(c->spool);
     /* done batches keep their status; what could not be committed comes
