@@ -138,3 +138,20 @@ class CrashTest(RelayTest):
               f"max {max(open_times) * 1000:.0f} ms, median {sorted(open_times)[len(open_times) // 2] * 1000:.0f} ms")
         self.assertLess(max(open_times), 1.0, "relayd took a second or more to be ready")
         self.assertEqual(d.stop(), 0)
+
+
+class OsDurabilityTest(RelayTest):
+    def test_os_mode_keeps_acked_records_across_kill9(self):
+        # durability = os acknowledges once the kernel has the commit: a crash
+        # of relayd (not of the machine) must lose nothing acknowledged
+        from relaytest import Producer
+        import json
+        d = self.daemon(spool__durability="os", spool__sync_interval="10s")
+        d.start()
+        p = Producer(d.sock)
+        p.send_lines([json.dumps({"n": i}) for i in range(5000)])
+        self.assertEqual(p.wait_ack(5000), 5000)
+        d.kill9()
+        d.start()
+        self.assertEqual([r["row"]["n"] for r in d.dump()], list(range(5000)))
+        self.assertEqual(d.stop(), 0)
