@@ -23,9 +23,12 @@ PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
            -Wpointer-arith -Wformat=2 -Wno-unused-parameter -Wno-format-truncation
 OPT     ?= -O2
+# Hardening for the release build (the sanitizer builds bring their own checks)
+HARDEN  ?= -D_FORTIFY_SOURCE=2 -fstack-protector-strong -fstack-clash-protection
+HARDEN_LD ?= -Wl,-z,relro,-z,now
 CFLAGS  ?=
-CFLAGS  += -std=c11 -D_GNU_SOURCE -g $(OPT) $(WARN) -Iinclude -I$(BUILD)/gen $(PKG_CFLAGS) $(EXTRA_CFLAGS)
-LDFLAGS += $(EXTRA_LDFLAGS)
+CFLAGS  += -std=c11 -D_GNU_SOURCE -g $(OPT) $(WARN) $(HARDEN) -Iinclude -I$(BUILD)/gen $(PKG_CFLAGS) $(EXTRA_CFLAGS)
+LDFLAGS += $(HARDEN_LD) $(EXTRA_LDFLAGS)
 LIBS    := $(PKG_LIBS) -lpthread
 
 MAINS   := src/relayd.c src/relayctl.c
@@ -87,7 +90,7 @@ $(BUILD)/tools/faultinject.so: tests/preload/faultinject.c | $(BUILD)/tools
 unit: all $(UNITBIN) $(TOOLBIN) $(BUILD)/tools/faultinject.so
 
 asan:
-	$(MAKE) BUILD=build-asan OPT=-O1 \
+	$(MAKE) BUILD=build-asan OPT=-O1 HARDEN= \
 	  EXTRA_CFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer" \
 	  EXTRA_LDFLAGS="-fsanitize=address,undefined" unit
 
