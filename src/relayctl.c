@@ -537,6 +537,24 @@ static json_t *offline_status(struct ctx *x, char *err, size_t errlen)
 
 static int show_status(struct ctx *x);
 
+/* --ready: for probes. 0 accepting, 1 backpressure/refusing, 3 not running. */
+static int status_ready(struct ctx *x)
+{
+    char err[512];
+    char *resp = control_request(x->control, "status\n", err, sizeof err);
+    if (!resp) {
+        printf("down\n");
+        return EXIT_DOWN;
+    }
+    json_t *root = json_loads(resp, 0, NULL);
+    free(resp);
+    const char *st = json_string_value(json_object_get(root, "state"));
+    printf("%s\n", st ? st : "unknown");
+    int rc = st && strcmp(st, "accepting") == 0 ? 0 : EXIT_REFUSED;
+    json_decref(root);
+    return rc;
+}
+
 static volatile sig_atomic_t watch_stop;
 static void on_watch_signal(int sig) { (void)sig; watch_stop = 1; }
 
@@ -549,6 +567,8 @@ static int cmd_status(struct ctx *x, int argc, char **argv)
             x->json = true;
         } else if (strcmp(argv[i], "--watch") == 0 || strcmp(argv[i], "-w") == 0) {
             watch = true;
+        } else if (strcmp(argv[i], "--ready") == 0) {
+            return status_ready(x);
         } else if (strcmp(argv[i], "--interval") == 0 && i + 1 < argc) {
             if (util_parse_duration_ms(argv[++i], &interval_ms) != 0 || interval_ms < 100) {
                 fprintf(stderr, "relayctl status: --interval: expected a duration of at least "
@@ -556,12 +576,14 @@ static int cmd_status(struct ctx *x, int argc, char **argv)
                 return EXIT_USAGE;
             }
         } else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
-            printf("Usage: relayctl status [--json] [--watch [--interval 1s]]\n"
+            printf("Usage: relayctl status [--json] [--watch [--interval 1s]] | --ready\n"
                    "Shows relayd's state, ingest counters and rates, the spool's size against\n"
                    "its bound, and the depth, oldest record and delivery of each destination.\n"
                    "When relayd is not running, shows what the spool holds and exits 3.\n"
                    "--watch refreshes in place until interrupted (with --json: one document\n"
-                   "per line).\n");
+                   "per line). --ready prints the ingest state and exits 0 when relayd accepts\n"
+                   "records, 1 when it holds or refuses them (spool full), 3 when it is down\n"
+                   "(for readiness probes).\n");
             return 0;
         } else {
             fprintf(stderr, "relayctl status: unknown argument '%s'\n", argv[i]);

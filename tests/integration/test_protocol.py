@@ -215,3 +215,14 @@ class WatchTest(RelayTest):
             p.wait(10)
         self.assertTrue(all(doc["state"] == "accepting" for doc in docs))
         self.assertEqual(p.returncode, 0)
+
+
+class ReadyTest(RelayTest):
+    def test_status_ready_exit_codes(self):
+        d = self.daemon()
+        d.start()
+        r = d.relayctl("status", "--ready")
+        self.assertEqual((r.returncode, r.stdout.strip()), (0, b"accepting"))
+        self.assertEqual(d.stop(), 0)
+        r = d.relayctl("status", "--ready")
+        self.assertEqual((r.returncode, r.stdout.strip()), (3, b"down"))
