@@ -53,6 +53,10 @@ const char *auth_describe(const struct auth *a);
  * metadata server's), or NULL. */
 const char *auth_project(const struct auth *a);
 
+/* The quota project to bill (sent as x-goog-user-project): the user
+ * credentials' quota_project_id, or $GOOGLE_CLOUD_QUOTA_PROJECT; else NULL. */
+const char *auth_quota_project(const struct auth *a);
+
 /* Copies a valid access token into out (NUL-terminated), refreshing it when
  * needed. Returns 0, or -1 with a message in err: the token endpoint's error
  * and error_description, an HTTP status, a connection error, or a hint such as

@@ -42,6 +42,7 @@ struct bqwrite_opts {
     const char *target;       /* host:port, e.g. bigquerystorage.googleapis.com:443 */
     const char *ca_file;      /* PEM roots instead of the system's, or NULL */
     long timeout_ms;          /* unary calls; 0: 30000 */
+    const char *quota_project;/* sent as x-goog-user-project, or NULL */
 };
 
 struct bqwrite;

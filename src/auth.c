@@ -78,6 +78,7 @@ struct auth {
     long timeout_ms;
     char *desc;
     char *project;         /* NULL if unknown */
+    char *quota_project;   /* billed for user credentials (x-goog-user-project), or NULL */
     char *token_uri;       /* service_account, authorized_user */
 
     /* service_account */
@@ -373,6 +374,7 @@ static int load_authorized_user(struct auth *a, json_t *root, const char *label,
         dup_member(root, "client_secret", true, label, &a->client_secret, err, errlen) ||
         dup_member(root, "refresh_token", true, label, &a->refresh_token, err, errlen) ||
         dup_member(root, "token_uri", false, label, &a->token_uri, err, errlen) ||
+        dup_member(root, "quota_project_id", false, label, &a->quota_project, err, errlen) ||
         get_member(root, "account", false, label, &account, err, errlen))
         return -1;
     if (!a->token_uri && !(a->token_uri = strdup(GOOGLE_TOKEN_URI))) {
@@ -1098,6 +1100,14 @@ const char *auth_project(const struct auth *a)
     return a->project;
 }
 
+const char *auth_quota_project(const struct auth *a)
+{
+    const char *env = getenv("GOOGLE_CLOUD_QUOTA_PROJECT");   /* ADC's override */
+    if (env && *env)
+        return env;
+    return a->kind == AUTH_USER ? a->quota_project : NULL;
+}
+
 int auth_token(struct auth *a, char *out, size_t outlen, char *err, size_t errlen)
 {
     if (err && errlen)
@@ -1152,6 +1162,7 @@ void auth_free(struct auth *a)
     free(a->token_uri);
     free(a->md_host);
     free(a->project);
+    free(a->quota_project);
     free(a->desc);
     free(a->ca_file);
     free(a->scope);

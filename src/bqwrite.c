@@ -43,6 +43,7 @@ typedef Google__Rpc__Status RpcStatus;
 struct bqwrite {
     grpc_channel *channel;
     long timeout_ms;
+    char quota_project[256];   /* "" if none */
 };
 
 static pthread_once_t grpc_once = PTHREAD_ONCE_INIT;
@@ -85,6 +86,8 @@ int bqwrite_create(const struct bqwrite_opts *o, struct bqwrite **out, char *err
         return -1;
     }
     w->timeout_ms = o->timeout_ms ? o->timeout_ms : 30000;
+    if (o->quota_project)
+        snprintf(w->quota_project, sizeof w->quota_project, "%s", o->quota_project);
     char *roots = NULL;
     if (o->ca_file && !(roots = read_file(o->ca_file, err, errlen))) {
         free(w);
@@ -175,22 +178,30 @@ static grpc_slice bb_to_slice(grpc_byte_buffer *bb)
     return s;
 }
 
-static void make_md(grpc_metadata md[2], char *auth, size_t alen, char *route, size_t rlen,
-                    const char *token, const char *route_key, const char *route_val)
+/* The call's metadata: the token, the routing header and, for user
+ * credentials, the quota project. Returns the number of entries (2 or 3). */
+static size_t make_md(const struct bqwrite *w, grpc_metadata md[3], char *auth, size_t alen,
+                      char *route, size_t rlen, const char *token, const char *route_key,
+                      const char *route_val)
 {
     snprintf(auth, alen, "Bearer %s", token);
     snprintf(route, rlen, "%s=%s", route_key, route_val);
-    memset(md, 0, 2 * sizeof *md);
+    memset(md, 0, 3 * sizeof *md);
     md[0].key = grpc_slice_from_static_string("authorization");
     md[0].value = grpc_slice_from_copied_string(auth);
     md[1].key = grpc_slice_from_static_string("x-goog-request-params");
     md[1].value = grpc_slice_from_copied_string(route);
     memset(auth, 0, alen);
+    if (!w->quota_project[0])
+        return 2;
+    md[2].key = grpc_slice_from_static_string("x-goog-user-project");
+    md[2].value = grpc_slice_from_copied_string(w->quota_project);
+    return 3;
 }
 
-static void free_md(grpc_metadata md[2])
+static void free_md(grpc_metadata md[3], size_t n)
 {
-    for (int i = 0; i < 2; i++) {
+    for (size_t i = 0; i < n; i++) {
         grpc_slice_unref(md[i].key);
         grpc_slice_unref(md[i].value);
     }
@@ -211,8 +222,8 @@ static int unary(struct bqwrite *w, const char *method, const char *token, const
                                                mslice, NULL, deadline, NULL);
     grpc_slice_unref(mslice);
     char auth[4200], route[1200];
-    grpc_metadata md[2];
-    make_md(md, auth, sizeof auth, route, sizeof route, token, route_key, route_val);
+    grpc_metadata md[3];
+    size_t nmd = make_md(w, md, auth, sizeof auth, route, sizeof route, token, route_key, route_val);
     grpc_slice body = grpc_slice_from_copied_buffer(req, reqlen);
     grpc_byte_buffer *send = grpc_raw_byte_buffer_create(&body, 1);
     grpc_slice_unref(body);
@@ -225,7 +236,7 @@ static int unary(struct bqwrite *w, const char *method, const char *token, const
     grpc_op ops[6];
     memset(ops, 0, sizeof ops);
     ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-    ops[0].data.send_initial_metadata.count = 2;
+    ops[0].data.send_initial_metadata.count = nmd;
     ops[0].data.send_initial_metadata.metadata = md;
     ops[1].op = GRPC_OP_SEND_MESSAGE;
     ops[1].data.send_message.send_message = send;
@@ -260,7 +271,7 @@ static int unary(struct bqwrite *w, const char *method, const char *token, const
     grpc_slice_unref(details);
     grpc_metadata_array_destroy(&initial);
     grpc_metadata_array_destroy(&trailing);
-    free_md(md);
+    free_md(md, nmd);
     grpc_call_unref(call);
     grpc_completion_queue_shutdown(cq);
     while (grpc_completion_queue_next(cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type !=
@@ -374,7 +385,8 @@ struct bqw_conn {
     grpc_completion_queue *cq;
     grpc_call *call;
     char stream[1024];
-    grpc_metadata md[2];
+    grpc_metadata md[3];
+    size_t nmd;
     grpc_metadata_array initial, trailing;
     grpc_status_code code;
     grpc_slice details;
@@ -420,14 +432,15 @@ int bqw_conn_open(struct bqwrite *w, const char *token, const char *stream,
     c->call = grpc_channel_create_call(w->channel, NULL, GRPC_PROPAGATE_DEFAULTS, c->cq, m, NULL,
                                        gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
     char auth[4200], route[1200];
-    make_md(c->md, auth, sizeof auth, route, sizeof route, token, "write_stream", stream);
+    c->nmd = make_md(w, c->md, auth, sizeof auth, route, sizeof route, token, "write_stream",
+                     stream);
     grpc_metadata_array_init(&c->initial);
     grpc_metadata_array_init(&c->trailing);
     c->details = grpc_empty_slice();
     grpc_op ops[2];
     memset(ops, 0, sizeof ops);
     ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-    ops[0].data.send_initial_metadata.count = 2;
+    ops[0].data.send_initial_metadata.count = c->nmd;
     ops[0].data.send_initial_metadata.metadata = c->md;
     ops[1].op = GRPC_OP_RECV_INITIAL_METADATA;
     ops[1].data.recv_initial_metadata.recv_initial_metadata = &c->initial;
@@ -697,7 +710,7 @@ void bqw_conn_close(struct bqw_conn *c)
     grpc_metadata_array_destroy(&c->initial);
     grpc_metadata_array_destroy(&c->trailing);
     grpc_slice_unref(c->details);
-    free_md(c->md);
+    free_md(c->md, c->nmd);
     free(c->last_desc);
     free(c->row_errors);
     free(c);

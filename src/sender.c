@@ -633,6 +633,12 @@ static void start_request(struct sender *s, struct dest *d, struct chunk *ch)
     h = curl_slist_append(h, auth_hdr);
     memset(auth_hdr, 0, sizeof auth_hdr);
     h = curl_slist_append(h, "Content-Type: application/json; charset=utf-8");
+    const char *qp = auth_quota_project(d->auth);
+    if (qp) {
+        char qh[300];
+        snprintf(qh, sizeof qh, "x-goog-user-project: %s", qp);
+        h = curl_slist_append(h, qh);
+    }
     if (cd->gzip)
         h = curl_slist_append(h, "Content-Encoding: gzip");
     h = curl_slist_append(h, "Expect:");

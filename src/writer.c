@@ -963,7 +963,8 @@ int writer_create(const struct conf_dest *cd, struct spool *sp, struct writer **
         writer_free(w);
         return -1;
     }
-    struct bqwrite_opts bo = { .target = cd->storage_endpoint, .ca_file = cd->ca_file };
+    struct bqwrite_opts bo = { .target = cd->storage_endpoint, .ca_file = cd->ca_file,
+                               .quota_project = auth_quota_project(w->auth) };
     if (bqwrite_create(&bo, &w->bw, aerr, sizeof aerr) != 0) {
         snprintf(err, errlen, "[destination %s] storage_endpoint: %s", cd->name, aerr);
         writer_free(w);

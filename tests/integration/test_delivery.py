@@ -288,3 +288,18 @@ class CorruptRecordTest(DeliveryBase):
         self.assertTrue(any("checksum" in e["detail"] for e in dl))
         self.assertTrue(any("truncated" in e["detail"] for e in dl))
         self.assertEqual(d.stop(), 0)
+
+
+class UserCredentialsTest(DeliveryBase):
+    def test_authorized_user_with_a_quota_project_bills_it(self):
+        from relaytest import BQEMU, PY
+        user = os.path.join(self.emu.dir, "adc.json")
+        subprocess.run([PY, BQEMU, "gen-user", "--dir", self.emu.data, "--out", user,
+                        "--token-uri", self.emu.token_uri, "--quota-project", "billing-proj"],
+                       check=True, stdout=subprocess.DEVNULL)
+        os.chmod(user, 0o600)
+        d = self.relay(credentials=user)
+        self.send(d, rows(20))
+        self.delivered(20)
+        self.assertGreater(self.emu.stats().get("user_projects", {}).get("billing-proj", 0), 0,
+                           "x-goog-user-project was not sent")
