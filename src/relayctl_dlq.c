@@ -114,12 +114,11 @@ static int parse_filter(int argc, char **argv, struct filter *f, char **rest, in
             i++;
         } else if ((!strcmp(a, "--since") || !strcmp(a, "--until") || !strcmp(a, "--older-than")) && v) {
             uint64_t t;
-            if (parse_when(v, &t) != 0 && !strcmp(a, "--older-than")) {
-                fprintf(stderr, "relayctl dlq: %s: expected a duration such as 7d or 12h, got '%s'\n", a, v);
-                return EXIT_USAGE;
-            } else if (strcmp(a, "--older-than") && parse_when(v, &t) != 0) {
-                fprintf(stderr, "relayctl dlq: %s: expected a time such as 2026-11-22, "
-                        "2026-11-22T10:00:00Z or a duration ago such as 2h, got '%s'\n", a, v);
+            if (parse_when(v, &t) != 0) {
+                fprintf(stderr, "relayctl dlq: %s: expected %s, got '%s'\n", a,
+                        !strcmp(a, "--older-than") ? "a duration such as 7d or 12h" :
+                        "a time such as 2026-11-22, 2026-11-22T10:00:00Z or a duration ago "
+                        "such as 2h", v);
                 return EXIT_USAGE;
             }
             if (!strcmp(a, "--since"))
