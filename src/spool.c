@@ -674,12 +674,11 @@ int spool_txn_append(struct spool_txn *t, uint32_t dest, const void *row, size_t
 }
 
 /* Positions a cursor on (dest, seq); returns the value. */
-static int seek(struct spool_txn *t, uint32_t dest, uint64_t seq, MDB_cursor **c,
-                unsigned char kb[8], MDB_val *v)
+/* Positions a cursor of database dbi on key be64(seq); returns the value. */
+static int seek_dbi(struct spool_txn *t, MDB_dbi dbi, uint64_t seq, MDB_cursor **c,
+                    unsigned char kb[8], MDB_val *v, const char *what)
 {
-    if (!dest_ready(t->s, dest))
-        return SPOOL_INVAL;
-    int rc = mdb_cursor_open(t->txn, t->s->dest[dest].dbi, c);
+    int rc = mdb_cursor_open(t->txn, dbi, c);
     if (rc)
         return map_rc(rc, "cursor");
     be64(kb, seq);
@@ -687,9 +686,17 @@ static int seek(struct spool_txn *t, uint32_t dest, uint64_t seq, MDB_cursor **c
     rc = mdb_cursor_get(*c, &k, v, MDB_SET_KEY);
     if (rc) {
         mdb_cursor_close(*c);
-        return map_rc(rc, "find record");
+        return map_rc(rc, what);
     }
     return SPOOL_OK;
+}
+
+static int seek(struct spool_txn *t, uint32_t dest, uint64_t seq, MDB_cursor **c,
+                unsigned char kb[8], MDB_val *v)
+{
+    if (!dest_ready(t->s, dest))
+        return SPOOL_INVAL;
+    return seek_dbi(t, t->s->dest[dest].dbi, seq, c, kb, v, "find record");
 }
 
 int spool_txn_remove(struct spool_txn *t, uint32_t dest, uint64_t seq)
@@ -773,17 +780,7 @@ int spool_txn_dead_letter_info(struct spool_txn *t, uint32_t dest, uint64_t seq,
 static int dlq_seek(struct spool_txn *t, uint64_t seq, MDB_cursor **c, unsigned char kb[8],
                     MDB_val *v)
 {
-    int rc = mdb_cursor_open(t->txn, t->s->dlq, c);
-    if (rc)
-        return map_rc(rc, "cursor");
-    be64(kb, seq);
-    MDB_val k = { 8, kb };
-    rc = mdb_cursor_get(*c, &k, v, MDB_SET_KEY);
-    if (rc) {
-        mdb_cursor_close(*c);
-        return map_rc(rc, "find dead letter");
-    }
-    return SPOOL_OK;
+    return seek_dbi(t, t->s->dlq, seq, c, kb, v, "find dead letter");
 }
 
 int spool_txn_dlq_delete(struct spool_txn *t, uint64_t seq)
