@@ -1083,7 +1083,6 @@ struct check_ctx {
     const char *name;
     uint64_t *bad;
     size_t nbad, capbad;
-    bool verbose;
 };
 
 static int check_one(const struct spool_record *r, void *arg)
