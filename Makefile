@@ -16,9 +16,14 @@ BUILD   ?= build
 CC      ?= cc
 PY      := /usr/bin/python3
 
+PKG_CONFIG ?= pkg-config
 PKGS     := lmdb jansson zlib libcurl openssl libprotobuf-c grpc libsystemd libmicrohttpd
-PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+# Nothing probes the machine when this file is parsed: the flags are computed
+# the first time a recipe uses them (after `deps` has installed the packages),
+# then kept. The targets that install packages (test, run, bench, deb) build in
+# a fresh $(MAKE) after `deps`, so a clean machine works on the first try.
+PKG_CFLAGS = $(eval PKG_CFLAGS := $$(shell $(PKG_CONFIG) --cflags $(PKGS)))$(PKG_CFLAGS)
+PKG_LIBS   = $(eval PKG_LIBS := $$(shell $(PKG_CONFIG) --libs $(PKGS)))$(PKG_LIBS)
 
 WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
            -Wpointer-arith -Wformat=2 -Wno-unused-parameter -Wno-format-truncation
@@ -26,10 +31,13 @@ OPT     ?= -O2
 # Hardening for the release build (the sanitizer builds bring their own checks)
 HARDEN  ?= -D_FORTIFY_SOURCE=2 -fstack-protector-strong -fstack-clash-protection
 HARDEN_LD ?= -Wl,-z,relro,-z,now
+# CFLAGS, CPPFLAGS and LDFLAGS from the environment are honoured (dpkg-buildflags
+# for the .deb); ours come after theirs.
 CFLAGS  ?=
-CFLAGS  += -std=c11 -D_GNU_SOURCE -g $(OPT) $(WARN) $(HARDEN) -Iinclude -I$(BUILD)/gen $(PKG_CFLAGS) $(EXTRA_CFLAGS)
+CPPFLAGS ?=
+CFLAGS  += $(CPPFLAGS) -std=c11 -D_GNU_SOURCE -g $(OPT) $(WARN) $(HARDEN) -Iinclude -I$(BUILD)/gen $(PKG_CFLAGS) $(EXTRA_CFLAGS)
 LDFLAGS += $(HARDEN_LD) $(EXTRA_LDFLAGS)
-LIBS    := $(PKG_LIBS) -lpthread
+LIBS     = $(PKG_LIBS) -lpthread
 
 MAINS   := src/relayd.c src/relayctl.c
 LIBSRC  := $(filter-out $(MAINS),$(wildcard src/*.c))
@@ -44,7 +52,8 @@ TOOLBIN := $(TOOLSRC:tests/tools/%.c=$(BUILD)/tools/%)
 BENCHSRC:= $(wildcard tests/bench/*.c)
 BENCHBIN:= $(BENCHSRC:tests/bench/%.c=$(BUILD)/bench/%)
 
-.PHONY: all deps test unit asan bench fuzz fuzz-smoke run clean install valgrind check-deps deb
+.PHONY: all deps test unit asan bench fuzz fuzz-smoke run clean install valgrind check-deps deb \
+        fresh-check parse-check test-suite
 .SECONDARY:
 
 all: $(BUILD)/relayd $(BUILD)/relayctl
@@ -52,11 +61,23 @@ all: $(BUILD)/relayd $(BUILD)/relayctl
 deps:
 	@./tools/install-deps.sh
 
-$(BUILD)/obj/%.o: src/%.c $(wildcard include/*.h) $(GENHDR) | $(BUILD)/obj
+# Fails with the list of missing packages (and how to install them) instead of
+# a compiler or linker error when `make` runs before `make deps`.
+check-deps $(BUILD)/.deps-ok:
+	@./tools/install-deps.sh --check
+	@mkdir -p $(BUILD) && touch $(BUILD)/.deps-ok
+
+# Parses this Makefile and does nothing: tests/run.py runs it with a PATH whose
+# pkg-config, protoc-c, apt-get and dpkg-query only log, to prove that nothing
+# probes the machine at parse time.
+parse-check:
+	@:
+
+$(BUILD)/obj/%.o: src/%.c $(wildcard include/*.h) $(GENHDR) | $(BUILD)/obj $(BUILD)/.deps-ok
 	$(CC) $(CFLAGS) -c -o $@ $<
 
 # protobuf-c code generated from proto/ (the Storage Write API messages)
-$(BUILD)/gen/%.pb-c.c $(BUILD)/gen/%.pb-c.h: proto/%.proto $(PROTOS)
+$(BUILD)/gen/%.pb-c.c $(BUILD)/gen/%.pb-c.h: proto/%.proto $(PROTOS) | $(BUILD)/.deps-ok
 	@mkdir -p $(BUILD)/gen
 	protoc-c --c_out=$(BUILD)/gen -Iproto $<
 
@@ -99,7 +120,7 @@ asan:
 FUZZSRC := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZBIN := $(FUZZSRC:tests/fuzz/%.c=build-fuzz/%)
 FUZZOBJ := $(LIBSRC:src/%.c=build-fuzz/obj/%.o)
-FUZZFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -Iinclude -Ibuild-fuzz/gen $(PKG_CFLAGS) -fsanitize=fuzzer-no-link,address,undefined
+FUZZFLAGS  = -std=c11 -D_GNU_SOURCE -g -O1 -Iinclude -Ibuild-fuzz/gen $(PKG_CFLAGS) -fsanitize=fuzzer-no-link,address,undefined
 FUZZGEN := $(PROTOS:proto/%.proto=build-fuzz/gen/%.pb-c.c)
 build-fuzz/gen/%.pb-c.c build-fuzz/gen/%.pb-c.h: proto/%.proto $(PROTOS)
 	@mkdir -p build-fuzz/gen
@@ -118,21 +139,41 @@ fuzz: $(FUZZBIN)
 
 fuzz-smoke: $(FUZZBIN)
 
-test: deps all unit asan fuzz-smoke
+# The README's commands. Each installs the packages first, then builds in a new
+# make (whose recipes see the freshly installed pkg-config files).
+test: deps
+	@$(MAKE) --no-print-directory test-suite
+
+test-suite: all unit asan fuzz-smoke
 	$(PY) tests/run.py
 
 valgrind: unit
 	@for t in $(UNITBIN); do valgrind -q --leak-check=full --errors-for-leak-kinds=definite,indirect \
 	  --error-exitcode=1 $$t >/dev/null || { echo "valgrind: $$t failed"; exit 1; }; done; echo "valgrind: clean"
 
-bench: deps all $(BENCHBIN)
+bench: deps
+	@$(MAKE) --no-print-directory all $(BENCHBIN)
 	$(PY) tests/bench/run.py
 
-run: deps all
+run: deps
+	@$(MAKE) --no-print-directory all
 	@./tools/run-local.sh
 
-deb: deps all
-	./tools/mkdeb.sh $(BUILD) $(BUILD)
+# The .deb is built the Debian way: CFLAGS/CPPFLAGS/LDFLAGS from dpkg-buildflags
+# (with our hardening and warnings added), in its own build directory.
+deb: deps
+	@CFLAGS="$$(dpkg-buildflags --get CFLAGS)" CPPFLAGS="$$(dpkg-buildflags --get CPPFLAGS)" \
+	  LDFLAGS="$$(dpkg-buildflags --get LDFLAGS)" \
+	  $(MAKE) --no-print-directory BUILD=build-deb HARDEN= HARDEN_LD= all
+	./tools/mkdeb.sh build-deb build
+
+# A clean machine, as closely as this one allows: removes the project's -dev
+# packages, clones HEAD afresh and runs the README's commands there
+# (docs/fresh-check.md). FRESH=run|test|both, FRESH_REV=<commit> (default HEAD).
+FRESH ?= both
+FRESH_REV ?= HEAD
+fresh-check:
+	./tools/fresh-check.sh $(FRESH) $(FRESH_REV)
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/sbin
@@ -144,4 +185,4 @@ install: all
 	install -m 0644 docs/man/relayd.8 $(DESTDIR)$(PREFIX)/share/man/man8/
 
 clean:
-	rm -rf build build-asan build-fuzz
+	rm -rf build build-asan build-fuzz build-deb
