@@ -145,9 +145,9 @@ PY
         { echo "fresh-check: \$ /usr/bin/python3 tools/bqemu/bqemu.py rows --dir run/bqemu/data --table demo.relayd.events"
           printf '%s\n' "$out"; } >>"$log"
     fi
-    kill -INT -- -$pid 2>/dev/null || true
+    kill -INT -$pid 2>/dev/null || true
     i=0; while kill -0 $pid 2>/dev/null && [ $i -lt 30 ]; do sleep 1; i=$((i + 1)); done
-    kill -KILL -- -$pid 2>/dev/null || true
+    kill -KILL -$pid 2>/dev/null || true
     wait $pid 2>/dev/null || true
     cleanup_root
     if [ $ok = 1 ]; then say "make run: PASS (3 rows acked and seen in the emulator); transcript $log"
