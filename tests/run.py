@@ -2,6 +2,9 @@
 """relayd's test runner: every suite, one summary line.
 
 Runs, in order:
+  frontdoor the Makefile is parsed with a PATH whose pkg-config, protoc-c,
+            apt-get, dpkg-query and dpkg-buildflags only log: nothing may
+            probe the machine before `make deps` has installed the packages
   unit      cmocka binaries in build/tests and, under ASan+UBSan, build-asan/tests
   fuzz      each libFuzzer target in build-fuzz for FUZZ_SMOKE_SECONDS (default 30)
   emulator  tests/emulator/test_*.py (the local BigQuery emulator)
@@ -9,7 +12,7 @@ Runs, in order:
                (build-asan by default, RELAY_BUILD=build to use the release build)
 
 Ends with the line "N passed, N failed". Exit status 0 only if nothing failed.
-Usage: tests/run.py [-k SUBSTRING] [--only unit|fuzz|emulator|integration]
+Usage: tests/run.py [-k SUBSTRING] [--only frontdoor|unit|fuzz|emulator|integration]
 """
 import argparse
 import glob
@@ -81,6 +84,47 @@ def pyunit(tally, path, env):
     tally.add(f"{os.path.relpath(path, ROOT)} ({secs:.0f}s)", ran - failed - skipped, failed, out)
 
 
+PROBES = ("pkg-config", "protoc-c", "apt-get", "dpkg-query", "dpkg-buildflags", "pkgconf")
+
+
+def parse_probes(makefile_dir, target):
+    """Runs make TARGET in makefile_dir with logging stand-ins for the tools
+    that probe the machine; returns (make's exit code, the probes made)."""
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix="relayd-frontdoor-") as d:
+        log = os.path.join(d, "probes.log")
+        for tool in PROBES:
+            path = os.path.join(d, tool)
+            with open(path, "w") as f:
+                f.write(f'#!/bin/sh\necho "{tool} $*" >> {log}\nexit 1\n')
+            os.chmod(path, 0o755)
+        env = dict(os.environ)
+        env["PATH"] = d + os.pathsep + env.get("PATH", "")
+        env.pop("MAKEFLAGS", None)
+        env.pop("MFLAGS", None)
+        env.pop("MAKELEVEL", None)
+        rc, out, _ = run(["make", "--no-print-directory", "-C", makefile_dir, target], 60, env)
+        probes = open(log).read() if os.path.exists(log) else ""
+        return rc, probes + out
+
+
+def frontdoor(tally):
+    """No parse-time dependency probing in the Makefile, and the detector works."""
+    import tempfile
+    rc, probes = parse_probes(ROOT, "parse-check")
+    ok = rc == 0 and not any(line.split(" ")[0] in PROBES for line in probes.splitlines())
+    tally.add("frontdoor: Makefile parses without probing the machine", 1 if ok else 0, 0 if ok else 1,
+              "make parse-check ran these at parse time (or failed):\n" + probes)
+    # The same detector on a Makefile with the old flaw must see the probe.
+    with tempfile.TemporaryDirectory(prefix="relayd-frontdoor-bad-") as d:
+        with open(os.path.join(d, "Makefile"), "w") as f:
+            f.write("LIBS := $(shell pkg-config --libs lmdb)\nparse-check:\n\t@:\n")
+        _, probes = parse_probes(d, "parse-check")
+    ok = "pkg-config --libs lmdb" in probes
+    tally.add("frontdoor: the detector catches a parse-time pkg-config", 1 if ok else 0, 0 if ok else 1,
+              "a Makefile with LIBS := $(shell pkg-config ...) was not caught:\n" + probes)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("-k", default="")
@@ -91,6 +135,10 @@ def main():
 
     def want(kind, name):
         return (not args.only or args.only == kind) and args.k in name
+
+    if want("frontdoor", "frontdoor"):
+        print("front door", flush=True)
+        frontdoor(tally)
 
     print("unit tests", flush=True)
     for d in ("build/tests", "build-asan/tests"):
