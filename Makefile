@@ -162,7 +162,8 @@ run: deps
 # The .deb is built the Debian way: CFLAGS/CPPFLAGS/LDFLAGS from dpkg-buildflags
 # (with our hardening and warnings added), in its own build directory.
 deb: deps
-	@CFLAGS="$$(dpkg-buildflags --get CFLAGS)" CPPFLAGS="$$(dpkg-buildflags --get CPPFLAGS)" \
+	@export DEB_BUILD_MAINT_OPTIONS="$${DEB_BUILD_MAINT_OPTIONS:-hardening=+all}"; \
+	  CFLAGS="$$(dpkg-buildflags --get CFLAGS)" CPPFLAGS="$$(dpkg-buildflags --get CPPFLAGS)" \
 	  LDFLAGS="$$(dpkg-buildflags --get LDFLAGS)" \
 	  $(MAKE) --no-print-directory BUILD=build-deb HARDEN= HARDEN_LD= all
 	./tools/mkdeb.sh build-deb build
