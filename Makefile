@@ -53,7 +53,7 @@ BENCHSRC:= $(wildcard tests/bench/*.c)
 BENCHBIN:= $(BENCHSRC:tests/bench/%.c=$(BUILD)/bench/%)
 
 .PHONY: all deps test unit asan bench fuzz fuzz-smoke run clean install valgrind check-deps deb \
-        fresh-check parse-check test-suite
+        fresh-check parse-check test-suite systemd-check
 .SECONDARY:
 
 all: $(BUILD)/relayd $(BUILD)/relayctl
@@ -175,6 +175,12 @@ FRESH ?= both
 FRESH_REV ?= HEAD
 fresh-check:
 	./tools/fresh-check.sh $(FRESH) $(FRESH_REV)
+
+# The packaged unit under a real systemd as PID 1 (systemd-nspawn --boot of a
+# fresh Debian 12 root with the .deb installed): notify, socket access, reload,
+# journal, stop. Needs root and apt (docs/packaging.md).
+systemd-check: deb
+	./tools/systemd-check.sh build/relayd_$$(sed -n 's/^#define[[:space:]]*RELAY_VERSION[[:space:]]*"\([^"]*\)".*/\1/p' include/version.h)_$$(dpkg --print-architecture).deb
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/sbin

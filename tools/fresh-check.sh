@@ -17,6 +17,7 @@
 #   test  `make test`; passes only if it exits 0 and its last line is
 #         "N passed, 0 failed".
 #   both  run, then test, each in a root of its own (default).
+#   base  only make the base root tarball (tools/systemd-check.sh uses it).
 #
 # The base root is made once and kept as a tarball ($FRESH_CACHE, default
 # /var/tmp/relayd-fresh-base.tar); each check unpacks a new copy of it, so
@@ -36,7 +37,7 @@ py=/usr/bin/python3
 say() { printf 'fresh-check: %s\n' "$*" >&2; }
 die() { say "$*"; exit 1; }
 
-case "$mode" in run|test|both) ;; *) die "usage: tools/fresh-check.sh [run|test|both] [REV]";; esac
+case "$mode" in run|test|both|base) ;; *) die "usage: tools/fresh-check.sh [run|test|both|base] [REV]";; esac
 [ "$(id -u)" = 0 ] || die "needs root (debootstrap, chroot and mounts); run: sudo make fresh-check"
 commit=$(git -C "$top" rev-parse --verify "$rev^{commit}") || die "no such revision: $rev"
 mkdir -p "$work"
@@ -171,6 +172,7 @@ check_test() {
 
 status=0
 case "$mode" in
+    base) ;;
     run) check_run || status=1 ;;
     test) check_test || status=1 ;;
     both) check_run || status=1; check_test || status=1 ;;
