@@ -73,6 +73,9 @@ new_root() {   # $1: name
     mkdir -p "$root"
     tar -C "$root" -xf "$cache"
     cp /etc/resolv.conf "$root/etc/resolv.conf" 2>/dev/null || true
+    # What Debian's installer writes and debootstrap does not: without it,
+    # "localhost" does not resolve in the root, unlike on any real machine.
+    printf '127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' >"$root/etc/hosts"
     for m in /proc /sys /dev /dev/pts /dev/shm; do
         mkdir -p "$root$m"
         case $m in
