@@ -19,6 +19,7 @@ relayd_pid=""
 
 cleanup() {
     trap - EXIT INT TERM
+    set +e    # Ctrl-C is the normal way out: make must not report an error for it
     if [ -n "$relayd_pid" ]; then kill -TERM "$relayd_pid" 2>/dev/null; wait "$relayd_pid" 2>/dev/null; fi
     [ -n "$emu_pid" ] && kill "$emu_pid" 2>/dev/null
     exit 0
