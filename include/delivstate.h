@@ -16,7 +16,7 @@
  * Besides, every line but summaries and the end of a logged episode takes a
  * token from a bucket (10, refilled one a minute): a flapping reason cannot
  * flood the journal either; what the bucket holds back is counted
- * (suppressed=N on the next line). docs/operations.md lists events and fields.
+ * (suppressed=N on the next line of its sort). docs/operations.md lists events and fields.
  *
  * RELAYD_LOG_TIME_SCALE=<factor> (environment, for tests) divides those
  * periods: 60 makes a minute of them last a second.
@@ -61,7 +61,8 @@ struct delivstate {
     bool logged_start;              /* the episode's first line was written */
     bool probe_logged;              /* since the last logged change */
     uint64_t next_summary_us, summary_gap_us;
-    uint64_t suppressed;            /* lines held back since the last one written */
+    uint64_t suppressed;            /* episode lines held back since the last one written */
+    uint64_t ev_suppressed;         /* event lines (reconnect, ...) held back */
     double tokens;
     uint64_t tokens_us;
 };

@@ -371,7 +371,7 @@ void ds_event(struct delivstate *ds, enum log_level level, const char *event, co
 {
     uint64_t now = ds_clock();
     if (!take_token(ds, now)) {
-        ds->suppressed++;
+        ds->ev_suppressed++;
         return;
     }
     char k[16], reason[128], line[1400];
@@ -381,9 +381,9 @@ void ds_event(struct delivstate *ds, enum log_level level, const char *event, co
     ds_kv(line, sizeof line, &n, "reason", reason);
     if (extra && *extra && n + 1 + strlen(extra) < sizeof line)
         n += (size_t)snprintf(line + n, sizeof line - n, " %s", extra);
-    if (ds->suppressed)
-        kv_u64(line, sizeof line, &n, "suppressed", ds->suppressed);
-    ds->suppressed = 0;
+    if (ds->ev_suppressed)
+        kv_u64(line, sizeof line, &n, "suppressed", ds->ev_suppressed);
+    ds->ev_suppressed = 0;
     ds_kv(line, sizeof line, &n, "error", detail);
     emit(level, line);
 }

@@ -172,11 +172,15 @@ static void test_episode_logs_each_change_once(void **state)
     ds_probe(&ds);                           /* same reason: neither is logged */
     assert_int_equal(n_lines, 2);
 
+    ds_event(&ds, LOG_INFO, "token_rejected", "auth", "HTTP 401 authError: no", NULL);
+    assert_int_equal(n_lines, 3);            /* events do not carry the episode's count */
+    assert_string_equal(lines[2], "event=token_rejected dest=events api=insertAll table=p.d.t "
+                        "kind=auth reason=\"HTTP 401 authError\" error=\"HTTP 401 authError: no\"");
     ds_wait(&ds, DS_BACKOFF, NULL, "token endpoint https://h:1/token: HTTP 500: x", 1000);
-    assert_int_equal(n_lines, 3);            /* a new reason */
-    assert_has(lines[2], "kind=auth reason=\"token endpoint: HTTP 500\"");
-    assert_has(lines[2], "attempt=3 for=2.1s");
-    assert_has(lines[2], "suppressed=1");    /* the repeated 503 */
+    assert_int_equal(n_lines, 4);            /* a new reason */
+    assert_has(lines[3], "kind=auth reason=\"token endpoint: HTTP 500\"");
+    assert_has(lines[3], "attempt=3 for=2.1s");
+    assert_has(lines[3], "suppressed=1");    /* the repeated 503 */
     pthread_mutex_lock(&lock);
     assert_true(ds_in_episode(&ds));
     char why[600];
@@ -187,18 +191,18 @@ static void test_episode_logs_each_change_once(void **state)
     pthread_mutex_unlock(&lock);
 
     ds_wait(&ds, DS_PARKED, NULL, "table p.d.t not found (x): create it", 2000);
-    assert_int_equal(n_lines, 4);            /* a new state */
-    assert_has(lines[3], "event=parked ");
-    assert_has(lines[3], "kind=not_found reason=\"table p.d.t not found\"");
+    assert_int_equal(n_lines, 5);            /* a new state */
+    assert_has(lines[4], "event=parked ");
+    assert_has(lines[4], "kind=not_found reason=\"table p.d.t not found\"");
 
     fake_now_us += 5000000;
     ds_ok(&ds, NULL, 0);
-    assert_int_equal(n_lines, 5);
-    assert_int_equal(levels[4], LOG_INFO);
-    assert_has(lines[4], "event=recovered dest=events api=insertAll table=p.d.t state=parked");
-    assert_has(lines[4], "for=7.1s attempts=4 rows_waited=0");
+    assert_int_equal(n_lines, 6);
+    assert_int_equal(levels[5], LOG_INFO);
+    assert_has(lines[5], "event=recovered dest=events api=insertAll table=p.d.t state=parked");
+    assert_has(lines[5], "for=7.1s attempts=4 rows_waited=0");
     ds_ok(&ds, NULL, 0);
-    assert_int_equal(n_lines, 5);
+    assert_int_equal(n_lines, 6);
     pthread_mutex_lock(&lock);
     assert_false(ds_in_episode(&ds));
     ds_why(&ds, "idle", NULL, why, sizeof why);
