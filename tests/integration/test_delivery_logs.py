@@ -108,14 +108,17 @@ class InsertAllLogsTest(LogsBase):
         # the park goes on: two more attempts, still one parked line and one probing line
         wait_for(lambda: self.delivery(d, "later")["failed_requests"] >= 3, 30, "two more attempts",
                  interval=0.1)
-        wait_for(lambda: self.delivery(d, "later")["state"] == "parked", 30, "parked again")
-        st = self.delivery(d, "later")
-        self.assertIn("not found", st["why"])
+        def parked_why():
+            st = self.delivery(d, "later")
+            return st["state"] == "parked" and "table proj.logs.later not found" in st["why"]
+        wait_for(parked_why, 30, "status: parked, with the reason")
         self.assertEqual(len(self.events(d, "later", "parked")), 1)
         self.assertEqual(len(self.events(d, "later", "probing")), 1)
-        text = d.relayctl("status").stdout.decode()
-        self.assertIn("-> proj.logs.later: parked", text)
-        self.assertIn("table proj.logs.later not found", text)
+
+        def text_says_why():       # relayctl status, as people read it
+            text = d.relayctl("status").stdout.decode()
+            return "-> proj.logs.later: parked" in text and "table proj.logs.later not found" in text
+        wait_for(text_says_why, 30, "relayctl status to say parked and why")
         self.emu.create_table("proj.logs.later", EVENTS_SCHEMA)
         self.arrived("proj.logs.later", 50)
         f = self.wait_event(d, "later", "recovered")
@@ -166,9 +169,10 @@ class InsertAllLogsTest(LogsBase):
         self.assertEqual(f["kind"], "tls")
         self.assertTrue(f["reason"].startswith("token endpoint: "), f["reason"])
         self.wait_event(d, "events", "probing")
-        st = self.delivery(d, "events")
-        self.assertIn(st["state"], ("backoff", "probing"))
-        self.assertIn("certificate", st["why"])
+        def waiting_for_tls():
+            st = self.delivery(d, "events")
+            return st["state"] in ("backoff", "probing") and "certificate" in st["why"]
+        wait_for(waiting_for_tls, 30, "status: waiting, because of the certificate")
         self.assertEqual(len(self.events(d, "events", "backoff")), 1)
 
     def test_ten_minute_outage_writes_a_bounded_number_of_lines(self):
