@@ -136,7 +136,7 @@ static void delivery_series(struct buf *b, json_t *dests)
         }
     }
     help(b, "relayd_destination_state", "gauge",
-         "1 for the destination's delivery state (idle, sending, backoff, parked).");
+         "1 for the destination's delivery state (idle, sending, probing, backoff, parked, removed).");
     json_array_foreach(dests, i, d) {
         json_t *dl = json_object_get(d, "delivery");
         if (!dl)

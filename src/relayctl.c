@@ -707,9 +707,11 @@ static int show_status(struct ctx *x)
                    json_string_value(json_object_get(dl, "state")),
                    (long long)jint(dl, "delivered"), (long long)jint(dl, "retried"),
                    (long long)jint(dl, "dead_lettered"), (long long)jint(dl, "in_flight"));
+            const char *why = json_string_value(json_object_get(dl, "why"));
             if (jreal(dl, "backoff_s") > 0)
-                printf("     waiting %.1f s: %s\n", jreal(dl, "backoff_s"),
-                       json_string_value(json_object_get(dl, "why")));
+                printf("     waiting %.1f s: %s\n", jreal(dl, "backoff_s"), why ? why : "");
+            else if (why && *why)
+                printf("     %s\n", why);
             const char *le = json_string_value(json_object_get(dl, "last_error"));
             if (le && *le)
                 printf("     last error %s ago: %s\n",

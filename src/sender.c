@@ -15,6 +15,7 @@
 #include "auth.h"
 #include "https.h"
 #include "writer.h"
+#include "delivstate.h"
 #include "dlq.h"
 #include "bqrest.h"
 #include "log.h"
@@ -100,6 +101,7 @@ struct dest {
     char why[256];            /* why backing off / parked */
     char last_error[512];
     uint64_t last_error_ms;
+    struct delivstate ds;     /* state changes: logs and the status reason */
 };
 
 struct outcome {
@@ -296,7 +298,6 @@ static void release_held(struct sender *s, struct dest *d)
     snprintf(why, sizeof why, "the dead-letter store is full (dlq_max_bytes = %llu): %zu rejected "
              "row(s) wait in the queue; replay or purge dead letters (relayctl dlq)",
              (unsigned long long)s->conf->dlq_max_bytes, h->n);
-    log_warn("destination %s: %s", d->cd->name, why);
     park(s, d, why);
 }
 
@@ -724,6 +725,9 @@ static void backoff(struct sender *s, struct dest *d, enum bq_action a, long ret
     pthread_mutex_lock(&s->stats_lock);
     snprintf(d->why, sizeof d->why, "%s", why);
     pthread_mutex_unlock(&s->stats_lock);
+    uint64_t now = util_mono_us();
+    ds_wait(&d->ds, d->state == D_PARKED ? DS_PARKED : DS_BACKOFF, NULL, why,
+            d->not_before_us > now ? (d->not_before_us - now) / 1000 : 0);
 }
 
 static void park(struct sender *s, struct dest *d, const char *why)
@@ -733,6 +737,8 @@ static void park(struct sender *s, struct dest *d, const char *why)
     pthread_mutex_lock(&s->stats_lock);
     snprintf(d->why, sizeof d->why, "%s", why);
     pthread_mutex_unlock(&s->stats_lock);
+    ds_wait(&d->ds, DS_PARKED, strstr(why, "dead-letter store") ? "dlq_full" : NULL, why,
+            d->cd->park_wait_ms);
 }
 
 /* create_table: tables.insert for table (its $decorator dropped) with the
@@ -941,6 +947,7 @@ static void handle_done(struct sender *s, struct request *rq, CURLcode res)
                 backoff(s, d, BQ_RETRY, rq->retry_after_s, "rows failed with a transient error");
         } else {
             d->fail_streak = 0;
+            ds_ok(&d->ds, s->spool, d->id);
         }
         free(res_rows);
         chunk_free(ch);
@@ -960,6 +967,7 @@ static void handle_done(struct sender *s, struct request *rq, CURLcode res)
         retry_push_front(d, ch);
         if (!ch->auth_retried) {
             ch->auth_retried = true;   /* once at once, with a fresh token */
+            ds_event(&d->ds, LOG_INFO, "token_rejected", "auth", why, "next=new_token");
         } else {
             ch->auth_retried = false;
             backoff(s, d, BQ_RETRY, rq->retry_after_s, why);
@@ -1012,8 +1020,10 @@ static void pump(struct sender *s, struct dest *d, uint64_t now_us, uint64_t now
 {
     if (d->removed || now_us < d->not_before_us)
         return;
-    if (d->state == D_BACKOFF || d->state == D_PARKED)
+    if (d->state == D_BACKOFF || d->state == D_PARKED) {
         d->state = d->inflight ? D_SENDING : D_IDLE;
+        ds_probe(&d->ds);
+    }
     /* after failures, probe with one request; full parallelism once it succeeds */
     unsigned limit = d->fail_streak ? 1 : (unsigned)d->cd->max_inflight;
     while (d->inflight < limit && !s->stop) {
@@ -1234,7 +1244,13 @@ void sender_status(void *sender, void *rootp)
             continue;
         json_t *dl = json_object();
         json_object_set_new(dl, "table", json_string(d->table));
-        json_object_set_new(dl, "state", json_string(d->removed ? "removed" : dstate_names[d->state]));
+        const char *state = d->removed ? "removed" : dstate_names[d->state];
+        if (d->state == D_SENDING && !d->removed && ds_in_episode(&d->ds))
+            state = "probing";   /* after failures: one request tests the way */
+        char why[800], sending[64];
+        snprintf(sending, sizeof sending, "%u request(s) in flight", d->inflight);
+        ds_why(&d->ds, state, sending, why, sizeof why);
+        json_object_set_new(dl, "state", json_string(state));
         json_object_set_new(dl, "delivered", json_integer((json_int_t)d->delivered));
         json_object_set_new(dl, "retried", json_integer((json_int_t)d->retried));
         json_object_set_new(dl, "dead_lettered", json_integer((json_int_t)d->dead_lettered));
@@ -1245,7 +1261,7 @@ void sender_status(void *sender, void *rootp)
         json_object_set_new(dl, "bytes_sent", json_integer((json_int_t)d->bytes_sent));
         double wait = d->not_before_us > now_us ? (double)(d->not_before_us - now_us) / 1e6 : 0;
         json_object_set_new(dl, "backoff_s", json_real(wait));
-        json_object_set_new(dl, "why", json_string(wait > 0 ? d->why : ""));
+        json_object_set_new(dl, "why", json_string(why));
         json_object_set_new(dl, "last_error", json_string(d->last_error));
         json_object_set_new(dl, "last_error_age_s", json_real(d->last_error_ms ?
                             (double)(now_ms - d->last_error_ms) / 1000 : -1));
@@ -1284,6 +1300,7 @@ static int dest_init(struct sender *s, struct dest *d, const struct conf_dest *c
     d->pattern = table;
     d->sharded = strchr(table, '%') != NULL;
     snprintf(d->table, sizeof d->table, "%s.%s.%s", cd->project, cd->dataset, table);
+    ds_init(&d->ds, &s->stats_lock, cd->name, "insertAll", d->table);
     struct auth_opts ao = { .credentials = cd->credentials, .ca_file = cd->ca_file,
                             .timeout_ms = 10000 };
     char aerr[512];
@@ -1355,6 +1372,7 @@ static void apply_reload(struct sender *s, struct conf *nc)
         d->pattern = cd->table ? cd->table : cd->name;
         d->sharded = strchr(d->pattern, '%') != NULL;
         snprintf(d->table, sizeof d->table, "%s.%s.%s", cd->project, cd->dataset, d->pattern);
+        ds_set_table(&d->ds, cd->name, d->table);
         if (na) {
             auth_free(d->auth);
             d->auth = na;

@@ -15,6 +15,7 @@
 #include "auth.h"
 #include "bqrest.h"
 #include "bqwrite.h"
+#include "delivstate.h"
 #include "https.h"
 #include "log.h"
 #include "rowenc.h"
@@ -57,6 +58,7 @@ struct writer {
     struct spool *sp;
     uint32_t id;
     char table_path[600];     /* projects/P/datasets/D/tables/T */
+    char table[320];          /* P.D.T, for people */
     char stream[1024];
     char state_key[64];       /* spool meta key for the exactly-once state */
     int64_t next_offset;      /* exactly-once: offset of the queue's first row */
@@ -82,6 +84,7 @@ struct writer {
     struct histo latency;
     char state[16], why[300], last_error[512];
     uint64_t last_error_ms;
+    struct delivstate ds;     /* state changes: logs and the status reason */
 };
 
 const char *writer_name(const struct writer *w) { return w->cd->name; }
@@ -117,14 +120,33 @@ static void count(struct writer *w, uint64_t *field, uint64_t n)
 }
 
 /* Full-jitter backoff (equal jitter for throttling), as for insertAll. */
-static void backoff(struct writer *w, bool throttled, const char *why)
+static void backoff(struct writer *w, bool throttled, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void backoff(struct writer *w, bool throttled, const char *fmt, ...)
 {
+    char why[600];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof why, fmt, ap);
+    va_end(ap);
     uint64_t base = throttled && w->cd->rate_limit_wait_ms ? w->cd->rate_limit_wait_ms
                                                           : w->cd->retry_base_ms;
     uint64_t delay = util_backoff_ms(base, w->cd->retry_cap_ms, w->fail_streak++,
                                      throttled ? UTIL_JITTER_EQUAL : UTIL_JITTER_FULL);
     w->not_before_us = util_mono_us() + delay * 1000;
     set_state(w, "backoff", why);
+    ds_wait(&w->ds, DS_BACKOFF, NULL, why, delay);
+}
+
+/* The table (or stream) is missing: wait park_wait. */
+static void park(struct writer *w, const char *what)
+{
+    char why[800];
+    snprintf(why, sizeof why, "table %s not found (%s): create it; retrying every %llu s", w->table,
+             what, (unsigned long long)w->cd->park_wait_ms / 1000);
+    w->not_before_us = util_mono_us() + w->cd->park_wait_ms * 1000;
+    set_state(w, "parked", why);
+    ds_wait(&w->ds, DS_PARKED, "not_found", why, w->cd->park_wait_ms);
 }
 
 /* ---- chunks ---- */
@@ -284,7 +306,8 @@ static int fetch_schema(struct writer *w, struct buf *out, char *err, size_t err
     if (rc == 0 && http != 200) {
         struct bq_error be;
         bqrest_classify(http, out->data, out->len, &be);
-        snprintf(err, errlen, "tables.get %s: HTTP %ld: %s", url.data, http, be.message);
+        snprintf(err, errlen, "tables.get %s.%s.%s: HTTP %ld: %s", cd->project, cd->dataset,
+                 cd->table ? cd->table : cd->name, http, be.message);
         rc = http == 404 ? -2 : -1;
     }
     buf_free(&url);
@@ -354,7 +377,7 @@ static int open_conn(struct writer *w)
     char token[4096], err[512];
     if (auth_token(w->auth, token, sizeof token, err, sizeof err) != 0) {
         note_error(w, "credentials: %s", err);
-        backoff(w, false, err);
+        backoff(w, false, "%s", err);
         return -1;
     }
     struct bqw_status st;
@@ -362,12 +385,11 @@ static int open_conn(struct writer *w)
         if (bqwrite_create_stream(w->bw, token, w->table_path, false, w->stream,
                                   sizeof w->stream, &st) != BQW_OK) {
             note_error(w, "CreateWriteStream: %s: %s", bqw_code_name(st.code), st.message);
-            if (st.code == BQW_NOT_FOUND) {
-                w->not_before_us = util_mono_us() + w->cd->park_wait_ms * 1000;
-                set_state(w, "parked", "table not found: create it");
-            } else {
-                backoff(w, st.code == BQW_RESOURCE_EXHAUSTED, st.message);
-            }
+            if (st.code == BQW_NOT_FOUND)
+                park(w, "CreateWriteStream: NOT_FOUND");
+            else
+                backoff(w, st.code == BQW_RESOURCE_EXHAUSTED, "CreateWriteStream: %s: %s",
+                        bqw_code_name(st.code), st.message);
             memset(token, 0, sizeof token);
             return -1;
         }
@@ -389,7 +411,7 @@ static int open_conn(struct writer *w)
     memset(token, 0, sizeof token);
     if (rc != BQW_OK) {
         note_error(w, "AppendRows: %s: %s", bqw_code_name(st.code), st.message);
-        backoff(w, false, st.message);
+        backoff(w, false, "AppendRows: %s: %s", bqw_code_name(st.code), st.message);
         return -1;
     }
     set_state(w, "sending", "");
@@ -726,6 +748,7 @@ static void on_result(struct writer *w, const struct bqw_result *r)
             return;
         }
         w->fail_streak = 0;
+        ds_ok(&w->ds, w->sp, w->id);
         chunk_free(c);
         return;
     }
@@ -831,8 +854,8 @@ static void on_result(struct writer *w, const struct bqw_result *r)
         c->next = w->retry;
         w->retry = c;
         drop_conn(w);
-        w->not_before_us = util_mono_us() + w->cd->park_wait_ms * 1000;
-        set_state(w, "parked", "table or stream not found");
+        park(w, w->cd->exactly_once ? "append: NOT_FOUND: the table or its write stream"
+                                    : "append: NOT_FOUND");
         if (w->cd->exactly_once)
             w->stream[0] = 0;    /* the stream is gone: a new one, after a resync */
         return;
@@ -841,7 +864,8 @@ static void on_result(struct writer *w, const struct bqw_result *r)
         w->retry = c;
         count(w, &w->retried, c->n);
         drop_conn(w);
-        backoff(w, e->code == BQW_RESOURCE_EXHAUSTED, e->message);
+        backoff(w, e->code == BQW_RESOURCE_EXHAUSTED, "append: %s: %s", bqw_code_name(e->code),
+                e->message);
         return;
     }
 }
@@ -858,20 +882,33 @@ static void *writer_main(void *arg)
         if (rc == 0)
             break;
         note_error(w, "%s", err);
-        set_state(w, rc == -2 ? "parked" : "backoff", err);
         uint64_t wait = rc == -2 ? w->cd->park_wait_ms : w->cd->retry_cap_ms / 4 + 1000;
+        if (rc == -2) {
+            park(w, err);
+        } else {
+            w->not_before_us = util_mono_us() + wait * 1000;
+            set_state(w, "backoff", err);
+            ds_wait(&w->ds, DS_BACKOFF, NULL, err, wait);
+        }
         for (uint64_t t = 0; t < wait && !w->stop; t += POLL_MS)
             usleep(POLL_MS * 1000);
+        if (!w->stop)
+            ds_probe(&w->ds);
     }
+    if (w->schema)
+        ds_ok(&w->ds, w->sp, w->id);   /* the table is there (rows may still wait) */
     while (!w->stop || (w->inflight && util_mono_us() < stop_deadline)) {
         if (w->stop && !stop_deadline)
             stop_deadline = util_mono_us() + 5000000;
         uint64_t now_us = util_mono_us();
         if (!w->stop && now_us >= w->not_before_us) {
+            if (!w->conn)
+                ds_probe(&w->ds);   /* after a wait: logged once per change */
             if (!w->conn && open_conn(w) == 0 && w->uncertain && resync(w) != 0) {
                 note_error(w, "could not settle appends of uncertain fate; retrying");
                 drop_conn(w);
-                backoff(w, false, "resynchronising the stream");
+                backoff(w, false, "could not settle appends of uncertain fate (resynchronising "
+                        "the stream)");
             }
             size_t limit = w->fail_streak ? 1 : (size_t)w->cd->max_inflight;
             while (w->conn && n_inflight(w) < limit) {
@@ -903,10 +940,18 @@ static void *writer_main(void *arg)
             if (r.status.code == BQW_UNAUTHENTICATED)
                 auth_invalidate(w->auth);
             drop_conn(w);
-            if (!idle && w->fail_streak > 0)
-                backoff(w, r.status.code == BQW_RESOURCE_EXHAUSTED, r.status.message);
-            else if (!idle)
-                w->fail_streak++;   /* reconnect at once the first time */
+            if (!idle && w->fail_streak > 0) {
+                backoff(w, r.status.code == BQW_RESOURCE_EXHAUSTED, "AppendRows: %s: %s",
+                        bqw_code_name(r.status.code), r.status.message);
+            } else {
+                char why[600];
+                snprintf(why, sizeof why, "AppendRows: %s: %s", bqw_code_name(r.status.code),
+                         r.status.message);
+                ds_event(&w->ds, idle ? LOG_INFO : LOG_WARN, "reconnect", NULL, why,
+                         idle ? "cause=idle next=at_once" : "cause=closed next=at_once");
+                if (!idle)
+                    w->fail_streak++;   /* reconnect at once the first time */
+            }
         }
         if (!w->inflight && !w->retry && w->conn)
             set_state(w, "idle", "");
@@ -937,6 +982,9 @@ int writer_create(const struct conf_dest *cd, struct spool *sp, struct writer **
     }
     snprintf(w->table_path, sizeof w->table_path, "projects/%s/datasets/%s/tables/%s",
              cd->project, cd->dataset, cd->table ? cd->table : cd->name);
+    snprintf(w->table, sizeof w->table, "%s.%s.%s", cd->project, cd->dataset,
+             cd->table ? cd->table : cd->name);
+    ds_init(&w->ds, &w->lock, cd->name, "storage", w->table);
     snprintf(w->state_key, sizeof w->state_key, "wstream.%u", w->id);
     if (!cd->exactly_once) {
         snprintf(w->stream, sizeof w->stream, "%s/streams/_default", w->table_path);
@@ -971,7 +1019,7 @@ int writer_create(const struct conf_dest *cd, struct spool *sp, struct writer **
         return -1;
     }
     log_info("destination %s -> %s via the Storage Write API (%s, %s, %s)", cd->name,
-             w->table_path, cd->exactly_once ? "exactly once" : "at least once",
+             w->table, cd->exactly_once ? "exactly once" : "at least once",
              cd->storage_endpoint, auth_describe(w->auth));
     *out = w;
     return 0;
@@ -996,10 +1044,15 @@ void writer_status(struct writer *w, void *destp)
     json_t *dl = json_object();
     uint64_t now_us = util_mono_us(), now_ms = util_now_ms();
     pthread_mutex_lock(&w->lock);
-    json_object_set_new(dl, "table", json_string(w->table_path));
+    json_object_set_new(dl, "table", json_string(w->table));
     json_object_set_new(dl, "api", json_string("storage"));
     json_object_set_new(dl, "delivery", json_string(w->cd->exactly_once ? "exactly_once" : "at_least_once"));
-    json_object_set_new(dl, "state", json_string(w->state));
+    const char *state = w->state;
+    if (strcmp(state, "sending") == 0 && ds_in_episode(&w->ds))
+        state = "probing";   /* after failures: one append tests the way */
+    char why[800];
+    ds_why(&w->ds, state, "appending over an open AppendRows call", why, sizeof why);
+    json_object_set_new(dl, "state", json_string(state));
     json_object_set_new(dl, "delivered", json_integer((json_int_t)w->delivered));
     json_object_set_new(dl, "retried", json_integer((json_int_t)w->retried));
     json_object_set_new(dl, "dead_lettered", json_integer((json_int_t)w->dead_lettered));
@@ -1008,7 +1061,7 @@ void writer_status(struct writer *w, void *destp)
     json_object_set_new(dl, "in_flight", json_integer(0));
     double wait = w->not_before_us > now_us ? (double)(w->not_before_us - now_us) / 1e6 : 0;
     json_object_set_new(dl, "backoff_s", json_real(wait));
-    json_object_set_new(dl, "why", json_string(wait > 0 ? w->why : ""));
+    json_object_set_new(dl, "why", json_string(why));
     json_object_set_new(dl, "last_error", json_string(w->last_error));
     json_object_set_new(dl, "last_error_age_s", json_real(w->last_error_ms ?
                         (double)(now_ms - w->last_error_ms) / 1000 : -1));

@@ -51,6 +51,7 @@ class Relayd:
         self.conf = os.path.join(self.dir, "relayd.conf")
         self.log = os.path.join(self.dir, "relayd.log")
         self.proc = None
+        self.env = None          # the daemon's environment (None: this process's)
         self.sections = {
             "relayd": {"control_socket": self.ctl, "log_level": "info"},
             "spool": {"dir": self.spool, "max_spool_bytes": "256M"},
@@ -85,7 +86,7 @@ class Relayd:
         t0 = time.monotonic()
         self.logf = open(self.log, "ab")
         self.proc = subprocess.Popen([RELAYD, "-c", self.conf], stdout=self.logf,
-                                     stderr=self.logf, stdin=subprocess.DEVNULL)
+                                     stderr=self.logf, stdin=subprocess.DEVNULL, env=self.env)
         wait_for(lambda: self.ping() or self._died(), timeout, "relayd to answer on its control socket")
         if self.proc.poll() is not None:
             raise AssertionError(f"relayd exited with {self.proc.returncode}:\n{self.read_log()}")

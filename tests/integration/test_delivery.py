@@ -85,7 +85,7 @@ class FailureTest(DeliveryBase):
                      outage + 10, "relayd to keep retrying", interval=0.5)
         st = dest_status(d)["delivery"]
         self.assertGreater(st["failed_requests"], 0)
-        self.assertIn(st["state"], ("backoff", "sending", "idle"))
+        self.assertIn(st["state"], ("backoff", "probing", "sending", "idle"))
         self.emu.start()                                   # back on the same port
         self.delivered(3100, timeout=120)
         got = sorted(r["json"]["i"] for r in self.emu.rows(TABLE))
