@@ -17,11 +17,22 @@
  * metadata.google.internal, plain HTTP, with "Metadata-Flavor: Google".
  *
  * Tokens are cached and refreshed when less than 5 minutes of life remain
- * (or after auth_invalidate, which a 401 calls for). Refreshes are blocking
- * HTTP calls bounded by timeout_ms. Secrets (private keys, refresh tokens,
- * access tokens) are never logged or put in error messages.
+ * (or after auth_invalidate, which a 401 calls for). Two ways to get one:
+ *  - auth_token_nowait, for delivery threads: never blocks. The first call
+ *    starts a refresher thread owned by this auth, which fetches tokens ahead
+ *    of expiry (5 min before, or at half life for short-lived tokens; and at
+ *    once after auth_invalidate), retrying failures with
+ *    full jitter from 1 s to 60 s. A slow or hanging token endpoint so delays
+ *    only the destinations that use these credentials.
+ *  - auth_token, for one-shot callers (relayctl, a Storage Write writer's
+ *    own thread): refreshes in the caller, a blocking HTTP call bounded by
+ *    timeout_ms.
+ * Secrets (private keys, refresh tokens, access tokens) are never logged or
+ * put in error messages.
  *
- * Thread safety: one struct auth is used by one thread at a time.
+ * Thread safety: the token cache is locked, so auth_token_nowait,
+ * auth_invalidate and auth_refreshes may be called from any thread; an auth
+ * that uses auth_token must not also use auth_token_nowait.
  */
 #ifndef RELAY_AUTH_H
 #define RELAY_AUTH_H
@@ -63,7 +74,16 @@ const char *auth_quota_project(const struct auth *a);
  * "check the system clock" for an invalid_grant about iat/exp. */
 int auth_token(struct auth *a, char *out, size_t outlen, char *err, size_t errlen);
 
-/* Forgets the cached token: the next auth_token refreshes. */
+#define AUTH_PENDING 1
+
+/* Copies a token that has at least 30 s (or a tenth of its life) to live into out and returns 0, at
+ * once. Otherwise asks the refresher for one and returns AUTH_PENDING ("no
+ * token yet", err says so) or, when the last fetch failed, -1 with its error
+ * in err. Never waits on the network. */
+int auth_token_nowait(struct auth *a, char *out, size_t outlen, char *err, size_t errlen);
+
+/* Forgets the cached token: the next auth_token refreshes, or the refresher
+ * fetches a new one at once. */
 void auth_invalidate(struct auth *a);
 
 /* Number of successful token fetches so far (for metrics and tests). */

@@ -96,12 +96,26 @@ struct auth {
     bool md_adc;           /* last step of ADC: unreachable means "no credentials found" */
     bool md_answered;      /* the server has answered once */
 
-    /* the cache */
+    /* the cache; token, expires_us and refreshes are under mu */
     char *token;
     uint64_t expires_us;   /* monotonic */
+    uint64_t lifetime_us;  /* of the current token, as answered */
     uint64_t refreshes;
 
-    CURL *curl;            /* kept for connection reuse */
+    CURL *curl;            /* kept for connection reuse; used by one thread at a time */
+
+    /* The refresher (started by the first auth_token_nowait): a thread of its
+     * own that fetches tokens ahead of expiry, so no delivery thread ever
+     * waits on the token endpoint. */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;     /* CLOCK_MONOTONIC */
+    pthread_t thread;
+    bool started;
+    bool stop;             /* auth_free: end the thread (and abort its transfer) */
+    bool want;             /* refresh now (no token, or after auth_invalidate) */
+    unsigned fails;        /* failed refreshes in a row */
+    uint64_t next_try_us;  /* after a failure: not before this */
+    char last_err[512];    /* why the last refresh failed ("" after a success) */
 };
 
 /* ---- small helpers ---- */
@@ -592,6 +606,13 @@ static size_t on_header(char *p, size_t size, size_t n, void *arg)
 
 /* One HTTP exchange: GET, or POST of a form body when form is not NULL.
  * Returns 0 with *status once an answer came, or -1 with err (transport failure). */
+/* Aborts a token fetch in flight when auth_free asks the refresher to stop. */
+static int on_progress(void *arg, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un)
+{
+    struct auth *a = arg;
+    return __atomic_load_n(&a->stop, __ATOMIC_RELAXED) ? 1 : 0;
+}
+
 static int http_exchange(struct auth *a, const char *url, const char *form, bool metadata,
                          long *status, struct answer *ans, char *err, size_t errlen)
 {
@@ -634,6 +655,9 @@ static int http_exchange(struct auth *a, const char *url, const char *form, bool
     if (form) {
         curl_easy_setopt(c, CURLOPT_POSTFIELDS, form);
         curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(form));
+    curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, on_progress);
+    curl_easy_setopt(c, CURLOPT_XFERINFODATA, a);
+    curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
     }
 
     CURLcode rc = curl_easy_perform(c);
@@ -773,10 +797,13 @@ static int take_token(struct auth *a, const char *who, const struct answer *ans,
         util_set_err(err, errlen, "out of memory");
         goto out;
     }
+    pthread_mutex_lock(&a->mu);
     free_secret(a->token);
     a->token = copy;
     a->expires_us = t0_us + (uint64_t)secs * 1000000;
+    a->lifetime_us = (uint64_t)secs * 1000000;
     a->refreshes++;
+    pthread_mutex_unlock(&a->mu);
     rc = 0;
 out:
     json_decref(root);
@@ -1072,6 +1099,12 @@ int auth_create(const struct auth_opts *o, struct auth **out, char *err, size_t 
         auth_free(a);
         return -1;
     }
+    pthread_mutex_init(&a->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&a->cv, &ca);
+    pthread_condattr_destroy(&ca);
     a->scope_given = o->scope != NULL;
     a->timeout_ms = o->timeout_ms > 0 ? o->timeout_ms : DEFAULT_TIMEOUT_MS;
 
@@ -1108,23 +1141,12 @@ const char *auth_quota_project(const struct auth *a)
     return a->kind == AUTH_USER ? a->quota_project : NULL;
 }
 
-int auth_token(struct auth *a, char *out, size_t outlen, char *err, size_t errlen)
+/* Copies the cached token if it has more than min_life_us to live; under mu. */
+static int copy_token(struct auth *a, uint64_t now, uint64_t min_life_us, char *out, size_t outlen,
+                      char *err, size_t errlen)
 {
-    if (err && errlen)
-        err[0] = 0;
-    uint64_t now = util_mono_us();
-    if (!a->token || now + REFRESH_MARGIN_US >= a->expires_us) {
-        char ferr[1024];
-        ferr[0] = 0;
-        if (refresh(a, ferr, sizeof ferr) != 0) {
-            if (!a->token || a->expires_us < now + STALE_MIN_US) {
-                util_set_err(err, errlen, "%s", ferr);
-                return -1;
-            }
-            log_warn("auth: cannot refresh the access token (%s); the current one is valid "
-                     "for %llu s more", ferr, (unsigned long long)((a->expires_us - now) / 1000000));
-        }
-    }
+    if (!a->token || now + min_life_us >= a->expires_us)
+        return 1;
     size_t n = strlen(a->token);
     if (!out || n + 1 > outlen) {
         util_set_err(err, errlen, "the access token (%zu bytes) does not fit a %zu-byte buffer", n, outlen);
@@ -1134,22 +1156,162 @@ int auth_token(struct auth *a, char *out, size_t outlen, char *err, size_t errle
     return 0;
 }
 
+int auth_token(struct auth *a, char *out, size_t outlen, char *err, size_t errlen)
+{
+    if (err && errlen)
+        err[0] = 0;
+    uint64_t now = util_mono_us();
+    pthread_mutex_lock(&a->mu);
+    int rc = copy_token(a, now, REFRESH_MARGIN_US, out, outlen, err, errlen);
+    pthread_mutex_unlock(&a->mu);
+    if (rc <= 0)
+        return rc;
+    char ferr[1024];
+    ferr[0] = 0;
+    if (refresh(a, ferr, sizeof ferr) != 0) {
+        pthread_mutex_lock(&a->mu);
+        rc = copy_token(a, now, STALE_MIN_US, out, outlen, err, errlen);
+        uint64_t left = a->token && a->expires_us > now ? (a->expires_us - now) / 1000000 : 0;
+        pthread_mutex_unlock(&a->mu);
+        if (rc > 0) {
+            util_set_err(err, errlen, "%s", ferr);
+            return -1;
+        }
+        if (rc == 0)
+            log_warn("auth: cannot refresh the access token (%s); the current one is valid "
+                     "for %llu s more", ferr, (unsigned long long)left);
+        return rc;
+    }
+    pthread_mutex_lock(&a->mu);
+    rc = copy_token(a, now, 0, out, outlen, err, errlen);
+    pthread_mutex_unlock(&a->mu);
+    if (rc > 0)
+        util_set_err(err, errlen, "the token endpoint answered a token that has already expired");
+    return rc ? -1 : 0;
+}
+
+/* For the refresher: renew when this much life remains (5 min, or half the
+ * life of a short-lived token), and hand out a token only while it has more
+ * than the stale margin (30 s, or a tenth of a short life). Under mu. */
+static uint64_t renew_margin(const struct auth *a)
+{
+    return a->lifetime_us / 2 < REFRESH_MARGIN_US ? a->lifetime_us / 2 : REFRESH_MARGIN_US;
+}
+
+static uint64_t stale_margin(const struct auth *a)
+{
+    return a->lifetime_us / 10 < STALE_MIN_US ? a->lifetime_us / 10 : STALE_MIN_US;
+}
+
+/* The refresher: wakes when the token has less than REFRESH_MARGIN_US to
+ * live, when there is none, or when auth_invalidate asks; fetches one (the
+ * only thread that does, for this auth); after a failure waits with full
+ * jitter (1 s doubling to 60 s) before the next try. */
+static void *refresher(void *arg)
+{
+    struct auth *a = arg;
+    pthread_mutex_lock(&a->mu);
+    while (!a->stop) {
+        uint64_t now = util_mono_us();
+        bool due = a->want || !a->token || now + renew_margin(a) >= a->expires_us;
+        if (due && now >= a->next_try_us) {
+            a->want = false;
+            pthread_mutex_unlock(&a->mu);
+            char ferr[512];
+            ferr[0] = 0;
+            int rc = refresh(a, ferr, sizeof ferr);
+            pthread_mutex_lock(&a->mu);
+            if (rc == 0) {
+                if (a->fails)
+                    log_info("auth: access token refreshed after %u failed attempt(s)", a->fails);
+                a->fails = 0;
+                a->next_try_us = 0;
+                a->last_err[0] = 0;
+            } else {
+                if (a->stop)
+                    break;
+                uint64_t delay = util_backoff_ms(1000, 60000, a->fails++, UTIL_JITTER_FULL);
+                if (delay < 100)
+                    delay = 100;
+                a->next_try_us = util_mono_us() + delay * 1000;
+                snprintf(a->last_err, sizeof a->last_err, "%s", ferr);
+                if (a->token && a->expires_us > util_mono_us() + stale_margin(a) && a->fails == 1)
+                    log_warn("auth: cannot refresh the access token ahead of expiry (%s); the "
+                             "current one is valid for %llu s more", ferr,
+                             (unsigned long long)((a->expires_us - util_mono_us()) / 1000000));
+            }
+            continue;
+        }
+        uint64_t wake = due ? a->next_try_us : a->expires_us - renew_margin(a);
+        struct timespec ts = { .tv_sec = (time_t)(wake / 1000000),
+                               .tv_nsec = (long)(wake % 1000000) * 1000 };
+        pthread_cond_timedwait(&a->cv, &a->mu, &ts);
+    }
+    pthread_mutex_unlock(&a->mu);
+    return NULL;
+}
+
+int auth_token_nowait(struct auth *a, char *out, size_t outlen, char *err, size_t errlen)
+{
+    if (err && errlen)
+        err[0] = 0;
+    pthread_mutex_lock(&a->mu);
+    if (!a->started) {
+        if (pthread_create(&a->thread, NULL, refresher, a) != 0) {
+            pthread_mutex_unlock(&a->mu);
+            util_set_err(err, errlen, "cannot start the token refresher thread: %s", strerror(errno));
+            return -1;
+        }
+        a->started = true;
+    }
+    int rc = copy_token(a, util_mono_us(), stale_margin(a), out, outlen, err, errlen);
+    if (rc > 0) {
+        a->want = true;
+        pthread_cond_signal(&a->cv);
+        if (a->last_err[0]) {
+            util_set_err(err, errlen, "%s", a->last_err);
+            rc = -1;
+        } else {
+            util_set_err(err, errlen, "waiting for an access token");
+            rc = AUTH_PENDING;
+        }
+    }
+    pthread_mutex_unlock(&a->mu);
+    return rc;
+}
+
 void auth_invalidate(struct auth *a)
 {
+    pthread_mutex_lock(&a->mu);
     free_secret(a->token);
     a->token = NULL;
     a->expires_us = 0;
+    a->want = true;
+    a->next_try_us = 0;     /* a 401 is news: try at once */
+    pthread_cond_signal(&a->cv);
+    pthread_mutex_unlock(&a->mu);
 }
 
 uint64_t auth_refreshes(const struct auth *a)
 {
-    return a->refreshes;
+    return __atomic_load_n(&a->refreshes, __ATOMIC_RELAXED);
 }
 
 void auth_free(struct auth *a)
 {
     if (!a)
         return;
+    if (a->started) {
+        pthread_mutex_lock(&a->mu);
+        __atomic_store_n(&a->stop, true, __ATOMIC_RELAXED);
+        pthread_cond_signal(&a->cv);
+        pthread_mutex_unlock(&a->mu);
+        pthread_join(a->thread, NULL);
+    }
+    if (a->timeout_ms) {     /* set once the mutex and condvar exist */
+        pthread_mutex_destroy(&a->mu);
+        pthread_cond_destroy(&a->cv);
+    }
     if (a->curl)
         curl_easy_cleanup(a->curl);
     EVP_PKEY_free(a->pkey);

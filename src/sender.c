@@ -580,7 +580,18 @@ static void start_request(struct sender *s, struct dest *d, struct chunk *ch)
 {
     const struct conf_dest *cd = d->cd;
     char token[4096], err[512];
-    if (auth_token(d->auth, token, sizeof token, err, sizeof err) != 0) {
+    int trc = auth_token_nowait(d->auth, token, sizeof token, err, sizeof err);
+    if (trc == AUTH_PENDING) {
+        /* The refresher is fetching one; look again shortly, without
+         * counting a failure and without waiting here (other destinations
+         * keep sending). */
+        retry_push_front(d, ch);
+        uint64_t soon = util_mono_us() + 20 * 1000;
+        if (soon > d->not_before_us)
+            d->not_before_us = soon;
+        return;
+    }
+    if (trc != 0) {
         retry_push_front(d, ch);
         note_error(s, d, "credentials: %s", err);
         backoff(s, d, BQ_RETRY, 0, err);
@@ -801,7 +812,7 @@ static int ensure_table(struct sender *s, struct dest *d, const char *table, cha
     json_decref(body);
     json_decref(schema);
     char token[4096], err[512];
-    if (!text || auth_token(d->auth, token, sizeof token, err, sizeof err) != 0) {
+    if (!text || auth_token_nowait(d->auth, token, sizeof token, err, sizeof err) != 0) {
         snprintf(why, wl, "create_table: %s", text ? err : "out of memory");
         free(text);
         return -1;

@@ -30,7 +30,10 @@ grpc/idle_close = write), "method" (write path only: which BigQueryWrite
 method(s): AppendRows (default), CreateWriteStream, GetWriteStream,
 FinalizeWriteStream, BatchCommitWriteStreams, FlushRows, a list, or "*";
 down defaults to "*"),
-"table" ("project.dataset.table" or bare table id), "count" (requests it
+"table" ("project.dataset.table" or bare table id; for path token, the token
+URL path, /token or /oauth2/v4/token, so that only the key files whose
+token_uri names it are affected: {"latency_ms": 8000, "path": "token",
+"table": "/oauth2/v4/token", "for_s": 5} makes that token endpoint hang), "count" (requests it
 applies to; null = unlimited), "for_s" (active for this many seconds),
 "after" (let this many matching requests pass first).
 

@@ -571,7 +571,9 @@ class RestHandler(BaseHandler):
 
     def token_endpoint(self, method, body):
         emu = self.server.emu
-        act = self.apply_faults(None)
+        # A fault's "table" names the token URL path here (/token or
+        # /oauth2/v4/token), so one key file's token_uri can misbehave alone.
+        act = self.apply_faults(self.req_path)
         if act == "done":
             return
         try:
