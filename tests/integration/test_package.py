@@ -152,7 +152,7 @@ class StaticFilesTest(unittest.TestCase):
         self.assertEqual(one["Type"], "notify")
         self.assertEqual(one["WatchdogSec"], "30s")
         self.assertEqual(one["ExecStart"], "/usr/sbin/relayd --config /etc/relayd/relayd.conf")
-        self.assertIn('kill -HUP "$1"\' relayd-reload $MAINPID', kv["ExecReload"])
+        self.assertIn('/bin/sh -c \'kill -HUP "$1"\' relayd-reload $MAINPID', kv["ExecReload"])
         self.assertEqual((one["User"], one["Group"]), ("relayd", "relayd"))
         self.assertEqual(one["RuntimeDirectory"], "relayd")
         self.assertEqual(one["StateDirectory"], "relayd")
