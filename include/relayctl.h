@@ -7,6 +7,7 @@
 #ifndef RELAY_RELAYCTL_H
 #define RELAY_RELAYCTL_H
 
+#include <stdio.h>
 #include <stdbool.h>
 
 #include "conf.h"
@@ -28,6 +29,8 @@ struct ctx {
 
 /* relayctl dlq list|stats|show|export|replay|purge ... */
 int ctl_dlq(struct ctx *x, int argc, char **argv);
+/* The usage of `relayctl dlq` (its subcommands' own are in relayctl.c). */
+void ctl_dlq_usage(FILE *f);
 /* relayctl spool check|compact ... (dump stays in relayctl.c) */
 int ctl_spool_check(struct ctx *x, int argc, char **argv);
 int ctl_spool_compact(struct ctx *x, int argc, char **argv);

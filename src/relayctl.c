@@ -803,6 +803,127 @@ static int cmd_spool(struct ctx *x, int argc, char **argv)
     return d.corrupt ? 1 : 0;
 }
 
+/* ---- per-command help: answered before anything is opened ---- */
+
+#define DLQ_FILTERS \
+"Filters: --table T  --reason R  --since TIME  --until TIME  --grep REGEX  --limit N\n" \
+"  TIME: 2026-11-22, 2026-11-22T10:00:00Z, or a duration ago (2h, 7d).\n" \
+"Reads the spool directly, relayd running or stopped; run as the spool's owner.\n"
+
+static const struct help {
+    const char *cmd, *sub, *text;
+} HELP[] = {
+    { "send", NULL,
+"Usage: relayctl send [--table T] [FILE...]\n"
+"Streams NDJSON rows from the files (or stdin; '-' is stdin) to relayd with many\n"
+"rows in flight, waits for every acknowledgement and prints a summary.\n"
+"--table T sends the rows to destination T (else: '@T' lines in the input,\n"
+"or the server's default_table). Refused rows are reported as FILE:LINE.\n"
+"Exit: 0 all acknowledged, 1 some refused, 3 connection lost, 4 cannot connect.\n" },
+    { "status", NULL,
+"Usage: relayctl status [--json] [--watch [--interval 1s]] | --ready\n"
+"Shows relayd's state, ingest counters and rates, the spool's size against\n"
+"its bound, and the depth, oldest record and delivery of each destination.\n"
+"When relayd is not running, shows what the spool holds and exits 3.\n"
+"--watch refreshes in place until interrupted (with --json: one document\n"
+"per line). --ready prints the ingest state and exits 0 when relayd accepts\n"
+"records, 1 when it holds or refuses them (spool full), 3 when it is down\n"
+"(for readiness probes).\n" },
+    { "spool", NULL,
+"Usage: relayctl spool dump|check|compact ...\n"
+"  dump [--table T] [--limit N]   print queued records as NDJSON (verifying checksums)\n"
+"  check [--repair]               verify every record and dead letter; quarantine damage\n"
+"  compact                        shrink the spool file (relayd stopped)\n"
+"relayctl spool SUBCOMMAND --help for each.\n" },
+    { "spool", "dump",
+"Usage: relayctl spool dump [--table T] [--limit N]\n"
+"Prints the queued records as NDJSON objects {table, seq, time_ms, row},\n"
+"verifying each checksum (a damaged record prints as {table, seq, corrupt}).\n"
+"Reads the spool directly (relayd may be running); run it as the spool's owner.\n"
+"Exit: 0, or 1 when a record is corrupt.\n" },
+    { "spool", "check",
+"Usage: relayctl spool check [--repair] [--json]\n"
+"Verifies the checksum of every queued record and dead letter. With --repair,\n"
+"moves damaged records to the dead-letter store (reason corrupt) so relayd can\n"
+"deliver the rest; refused while relayd runs. Exit: 0 clean, 1 damage found.\n" },
+    { "spool", "compact",
+"Usage: relayctl spool compact\n"
+"Rewrites the spool file without its free pages (mdb_env_copy with compaction)\n"
+"and swaps it in. relayd must be stopped; nothing queued is lost.\n" },
+    { "dlq", NULL, NULL },    /* relayctl_dlq.c's own usage */
+    { "dlq", "list",
+"Usage: relayctl dlq list [FILTERS] [--json]\n"
+"One line per dead letter: id, time, table, reason, message (--json: NDJSON).\n"
+DLQ_FILTERS },
+    { "dlq", "stats",
+"Usage: relayctl dlq stats [FILTERS] [--json]\n"
+"Counts and bytes of dead letters by table and by reason; oldest and newest.\n"
+DLQ_FILTERS },
+    { "dlq", "show",
+"Usage: relayctl dlq show ID [--json]\n"
+"One dead letter: the row pretty-printed, its table, reason, message, time and\n"
+"every detail BigQuery gave.\n" },
+    { "dlq", "export",
+"Usage: relayctl dlq export [FILTERS] [--with-meta] [--gzip] [-o FILE]\n"
+"NDJSON of the rows (or, with --with-meta, of whole entries with their ids and\n"
+"details, which `dlq replay --file` takes back after editing); streams, so any\n"
+"number of entries fits; -o FILE writes to a file (0600).\n"
+DLQ_FILTERS },
+    { "dlq", "replay",
+"Usage: relayctl dlq replay [FILTERS] [--to TABLE] [--dry-run] [--rate N/s]\n"
+"       relayctl dlq replay --file FILE [--to TABLE]\n"
+"Moves dead letters back into the live queue, each atomically (an entry is in\n"
+"exactly one place at any time); --to sends them to another destination;\n"
+"--file replays the rows of an edited `export --with-meta` in place of their\n"
+"entries (nothing is replayed twice).\n"
+DLQ_FILTERS },
+    { "dlq", "purge",
+"Usage: relayctl dlq purge [FILTERS] [--older-than DUR] [--yes] [--dry-run]\n"
+"Deletes dead letters for good. Asks on a terminal; elsewhere needs --yes.\n"
+DLQ_FILTERS },
+    { "help", NULL, NULL },
+    { "version", NULL, "Usage: relayctl version\nPrints relayctl's version.\n" },
+};
+
+static bool is_help(const char *a)
+{
+    return strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0;
+}
+
+/* `relayctl CMD [SUB] ... --help`: prints the most specific usage to stdout
+ * and returns 0, or returns -1 when no --help is there. Touches nothing. */
+static int answer_help(int argc, char **argv)
+{
+    bool want = false;
+    for (int i = 1; i < argc; i++)
+        want = want || is_help(argv[i]);
+    if (!want)
+        return -1;
+    const char *cmd = argv[0], *sub = argc > 1 && argv[1][0] != '-' ? argv[1] : NULL;
+    const struct help *best = NULL;
+    for (size_t i = 0; i < sizeof HELP / sizeof HELP[0]; i++) {
+        if (strcmp(HELP[i].cmd, cmd) != 0)
+            continue;
+        if (!HELP[i].sub && !best)
+            best = &HELP[i];
+        if (HELP[i].sub && sub && strcmp(HELP[i].sub, sub) == 0)
+            best = &HELP[i];
+    }
+    if (!best) {
+        fprintf(stderr, "relayctl: unknown command '%s' (try relayctl --help)\n", cmd);
+        return EXIT_USAGE;
+    }
+    if (!best->text) {
+        if (strcmp(cmd, "dlq") == 0)
+            ctl_dlq_usage(stdout);
+        else
+            usage(stdout);
+    } else {
+        fputs(best->text, stdout);
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -846,6 +967,9 @@ int main(int argc, char **argv)
             cargc--;
             i--;
         }
+    int hrc = answer_help(cargc, cargv);
+    if (hrc >= 0)
+        return hrc;
     if (strcmp(cmd, "help") == 0) {
         usage(stdout);
         return 0;

@@ -1004,7 +1004,7 @@ static int replay_file(struct ctx *x, struct spool *sp, const char *path, uint32
 
 /* ---- dispatch ---- */
 
-static void dlq_usage(FILE *f)
+void ctl_dlq_usage(FILE *f)
 {
     fprintf(f,
 "Usage: relayctl dlq COMMAND [FILTERS] [OPTIONS]\n"
@@ -1028,7 +1028,7 @@ static void dlq_usage(FILE *f)
 int ctl_dlq(struct ctx *x, int argc, char **argv)
 {
     if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
-        dlq_usage(argc < 2 ? stderr : stdout);
+        ctl_dlq_usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? EXIT_USAGE : 0;
     }
     const char *cmd = argv[1];
@@ -1063,7 +1063,7 @@ int ctl_dlq(struct ctx *x, int argc, char **argv)
         rc = cmd_purge(x, sp, &f, nrest, rest);
     else {
         fprintf(stderr, "relayctl dlq: unknown command '%s'\n", cmd);
-        dlq_usage(stderr);
+        ctl_dlq_usage(stderr);
         rc = EXIT_USAGE;
     }
     if (rc == EXIT_USAGE && nrest && (!strcmp(cmd, "list") || !strcmp(cmd, "stats")))
