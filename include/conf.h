@@ -36,6 +36,7 @@ struct conf_dest {
     char *table;           /* BigQuery table id; NULL: the destination's name */
     enum conf_api api;
     char *credentials;     /* "adc", "metadata" or a JSON key file */
+    unsigned credentials_line, ca_file_line;   /* where they were set (0: default) */
     char *endpoint;        /* https://bigquery.googleapis.com */
     char *ca_file;         /* extra CA bundle; TLS is always verified */
     char *template_suffix; /* insertAll templateSuffix, or NULL */
@@ -72,6 +73,7 @@ struct conf {
 
     /* [spool] */
     char *spool_dir;
+    unsigned spool_dir_line, socket_line, control_socket_line;   /* 0: default */
     uint64_t max_spool_bytes;
     enum conf_durability durability;
     uint64_t sync_interval_ms;

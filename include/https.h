@@ -17,6 +17,10 @@
  * appends the response body to resp; *status gets the HTTP status. Returns 0
  * when an answer came back (whatever its status), -1 on a transport error
  * (err says which, e.g. a certificate problem). */
+/* Checks that path is a readable PEM file holding at least one certificate
+ * (what libcurl's CAINFO needs). 0, or -1 with err saying what is wrong. */
+int https_check_ca_file(const char *path, char *err, size_t errlen);
+
 int https_call(const char *method, const char *url, const char *token, const char *ca_file,
                const char *json_body, long timeout_ms, struct buf *resp, long *status,
                char *err, size_t errlen);

@@ -571,13 +571,26 @@ static int parse_line(struct parser *p, struct conf *c, char *raw)
         return perr(p, NULL, "key '%s' before any [section]", key);
     if (p->section_arg[0]) {   /* [destination NAME] */
         for (size_t i = 0; i < sizeof dest_keys / sizeof dest_keys[0]; i++)
-            if (strcmp(dest_keys[i].name, key) == 0)
-                return set_key(p, c, &c->dests[c->n_dests - 1], &dest_keys[i], val);
+            if (strcmp(dest_keys[i].name, key) == 0) {
+                struct conf_dest *d = &c->dests[c->n_dests - 1];
+                if (strcmp(key, "credentials") == 0)
+                    d->credentials_line = p->line;
+                else if (strcmp(key, "ca_file") == 0)
+                    d->ca_file_line = p->line;
+                return set_key(p, c, d, &dest_keys[i], val);
+            }
         return perr(p, key, "unknown key");
     }
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
-        if (strcmp(keys[i].section, p->section) == 0 && strcmp(keys[i].name, key) == 0)
+        if (strcmp(keys[i].section, p->section) == 0 && strcmp(keys[i].name, key) == 0) {
+            if (strcmp(p->section, "spool") == 0 && strcmp(key, "dir") == 0)
+                c->spool_dir_line = p->line;
+            else if (strcmp(p->section, "ingest") == 0 && strcmp(key, "socket") == 0)
+                c->socket_line = p->line;
+            else if (strcmp(key, "control_socket") == 0)
+                c->control_socket_line = p->line;
             return set_key(p, c, c, &keys[i], val);
+        }
     }
     return perr(p, key, "unknown key");
 }

@@ -5,6 +5,10 @@
 #include "version.h"
 
 #include <curl/curl.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -54,6 +58,29 @@ int https_call(const char *method, const char *url, const char *token, const cha
     if (res != CURLE_OK) {
         snprintf(err, errlen, "%s %s: %s%s%s", method, url, curl_easy_strerror(res),
                  errbuf[0] ? ": " : "", errbuf);
+        return -1;
+    }
+    return 0;
+}
+
+int https_check_ca_file(const char *path, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        return -1;
+    }
+    int n = 0;
+    X509 *x;
+    while ((x = PEM_read_X509(f, NULL, NULL, NULL)) != NULL) {
+        X509_free(x);
+        n++;
+    }
+    ERR_clear_error();    /* the read that ends the loop leaves "no start line" */
+    fclose(f);
+    if (n == 0) {
+        snprintf(err, errlen, "%s holds no PEM certificate (expected -----BEGIN CERTIFICATE----- "
+                 "blocks: the CA that signs the endpoint's certificate)", path);
         return -1;
     }
     return 0;

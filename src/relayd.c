@@ -2,7 +2,9 @@
  * relayd.c -- the daemon's entry point: options, config, spool, then the
  * ingest loop. Everything else lives in the modules.
  */
+#include "auth.h"
 #include "committer.h"
+#include "https.h"
 #include "conf.h"
 #include "ingest.h"
 #include "log.h"
@@ -99,6 +101,97 @@ static int prepare_spool_dir(const char *dir, char *err, size_t errlen)
     return 0;
 }
 
+/* "FILE:LINE: " for a key set on that line, "FILE: " for a default. */
+static void where(char *out, size_t n, const char *path, unsigned line)
+{
+    if (line)
+        snprintf(out, n, "%s:%u: ", path, line);
+    else
+        snprintf(out, n, "%s: ", path);
+}
+
+/* The nearest existing ancestor of path (path itself included) must be a
+ * directory we may create entries in. */
+static int creatable(const char *path, char *why, size_t n)
+{
+    char p[4096];
+    snprintf(p, sizeof p, "%s", path);
+    struct stat st;
+    while (stat(p, &st) != 0) {
+        if (errno != ENOENT) {
+            snprintf(why, n, "%s: %s", p, strerror(errno));
+            return -1;
+        }
+        char *slash = strrchr(p, '/');
+        if (!slash || slash == p) {
+            snprintf(p, sizeof p, "%s", slash == p ? "/" : ".");
+            break;
+        }
+        *slash = 0;
+    }
+    if (stat(p, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        snprintf(why, n, "%s is not a directory", p);
+        return -1;
+    }
+    if (access(p, W_OK | X_OK) != 0) {
+        snprintf(why, n, "cannot create entries in %s: %s", p, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+/* What a start would fail on, beyond the syntax conf_load checks: files that
+ * must exist and parse (ca_file as PEM certificates, credentials as a key),
+ * the spool directory and the sockets' directories. --check-config and a
+ * start run the same checks and print the same message. */
+static int preflight(const struct conf *c, const char *path, char *err, size_t errlen)
+{
+    char at[4200], why[1024];
+    const char *dir_of[2] = { c->socket_path, c->control_socket };
+    unsigned line_of[2] = { c->socket_line, c->control_socket_line };
+    const char *name_of[2] = { "[ingest] socket", "[relayd] control_socket" };
+    for (size_t i = 0; i < c->n_dests; i++) {
+        const struct conf_dest *d = &c->dests[i];
+        if (!conf_dest_delivers(d))
+            continue;
+        if (d->ca_file && https_check_ca_file(d->ca_file, why, sizeof why) != 0) {
+            where(at, sizeof at, path, d->ca_file_line);
+            snprintf(err, errlen, "%s[destination %s] ca_file: %s", at, d->name, why);
+            return -1;
+        }
+        struct auth_opts ao = { .credentials = d->credentials, .ca_file = d->ca_file };
+        struct auth *a = NULL;
+        if (auth_create(&ao, &a, why, sizeof why) != 0) {
+            where(at, sizeof at, path, d->credentials_line);
+            snprintf(err, errlen, "%s[destination %s] credentials: %s", at, d->name, why);
+            return -1;
+        }
+        auth_free(a);
+    }
+    if (creatable(c->spool_dir, why, sizeof why) != 0) {
+        where(at, sizeof at, path, c->spool_dir_line);
+        snprintf(err, errlen, "%s[spool] dir: %s", at, why);
+        return -1;
+    }
+    for (int i = 0; i < 2; i++) {
+        if (!dir_of[i])
+            continue;
+        char dir[4096];
+        snprintf(dir, sizeof dir, "%s", dir_of[i]);
+        char *slash = strrchr(dir, '/');
+        if (slash)
+            *(slash == dir ? slash + 1 : slash) = 0;
+        else
+            snprintf(dir, sizeof dir, ".");
+        if (creatable(dir, why, sizeof why) != 0) {
+            where(at, sizeof at, path, line_of[i]);
+            snprintf(err, errlen, "%s%s: %s", at, name_of[i], why);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -144,6 +237,12 @@ int main(int argc, char **argv)
     conf_defaults(conf);
     if (conf_load(path, conf, err, sizeof err) != 0) {
         fprintf(stderr, "relayd: invalid config: %s\n", err);
+        free(conf);
+        return EXIT_CONFIG;
+    }
+    if (preflight(conf, path, err, sizeof err) != 0) {
+        fprintf(stderr, "relayd: invalid config: %s\n", err);
+        conf_free(conf);
         free(conf);
         return EXIT_CONFIG;
     }
