@@ -36,7 +36,7 @@ struct conf_dest {
     char *table;           /* BigQuery table id; NULL: the destination's name */
     enum conf_api api;
     char *credentials;     /* "adc", "metadata" or a JSON key file */
-    unsigned credentials_line, ca_file_line;   /* where they were set (0: default) */
+    unsigned credentials_line, ca_file_line, schema_file_line;   /* where set (0: default) */
     char *endpoint;        /* https://bigquery.googleapis.com */
     char *ca_file;         /* extra CA bundle; TLS is always verified */
     char *template_suffix; /* insertAll templateSuffix, or NULL */

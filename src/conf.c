@@ -577,6 +577,8 @@ static int parse_line(struct parser *p, struct conf *c, char *raw)
                     d->credentials_line = p->line;
                 else if (strcmp(key, "ca_file") == 0)
                     d->ca_file_line = p->line;
+                else if (strcmp(key, "schema_file") == 0)
+                    d->schema_file_line = p->line;
                 return set_key(p, c, d, &dest_keys[i], val);
             }
         return perr(p, key, "unknown key");

@@ -9,6 +9,7 @@
 #include "ingest.h"
 #include "log.h"
 #include "metrics.h"
+#include "rowenc.h"
 #include "sender.h"
 #include "spool.h"
 #include "util.h"
@@ -144,6 +145,39 @@ static int creatable(const char *path, char *why, size_t n)
  * must exist and parse (ca_file as PEM certificates, credentials as a key),
  * the spool directory and the sockets' directories. --check-config and a
  * start run the same checks and print the same message. */
+/* The schema file must be readable and hold a schema the encoder accepts. */
+static int check_schema_file(const char *file, char *why, size_t wl)
+{
+    FILE *f = fopen(file, "rb");
+    if (!f) {
+        snprintf(why, wl, "%s: cannot open: %s", file, strerror(errno));
+        return -1;
+    }
+    struct buf text = { 0 };
+    char chunk[8192];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
+        buf_append(&text, chunk, n);
+    int bad = ferror(f);
+    fclose(f);
+    if (bad) {
+        snprintf(why, wl, "%s: cannot read", file);
+        buf_free(&text);
+        return -1;
+    }
+    struct rowenc_schema *s = NULL;
+    struct rowenc_error re;
+    int rc = 0;
+    if (rowenc_schema_parse(text.data ? text.data : "", text.len, &s, &re) != ROWENC_OK) {
+        snprintf(why, wl, "%s: %s", file, re.msg);
+        rc = -1;
+    } else {
+        rowenc_schema_free(s);
+    }
+    buf_free(&text);
+    return rc;
+}
+
 static int preflight(const struct conf *c, const char *path, char *err, size_t errlen)
 {
     char at[4200], why[1024];
@@ -167,6 +201,11 @@ static int preflight(const struct conf *c, const char *path, char *err, size_t e
             return -1;
         }
         auth_free(a);
+        if (d->schema_file && check_schema_file(d->schema_file, why, sizeof why) != 0) {
+            where(at, sizeof at, path, d->schema_file_line);
+            snprintf(err, errlen, "%s[destination %s] schema_file: %s", at, d->name, why);
+            return -1;
+        }
     }
     if (creatable(c->spool_dir, why, sizeof why) != 0) {
         where(at, sizeof at, path, c->spool_dir_line);

@@ -33,7 +33,7 @@ class CheckConfigTest(unittest.TestCase):
     def tearDownClass(cls):
         shutil.rmtree(cls.tmp, ignore_errors=True)
 
-    def config(self, credentials=None, ca_file=None, spool=None):
+    def config(self, credentials=None, ca_file=None, spool=None, schema_file=None):
         d = tempfile.mkdtemp(prefix="conf-", dir=self.tmp)
         lines = ["[relayd]", f"control_socket = {d}/relayd.ctl",
                  "[spool]", f"dir = {spool or d + '/spool'}",
@@ -42,6 +42,8 @@ class CheckConfigTest(unittest.TestCase):
                  f"credentials = {credentials or self.key}",
                  f"ca_file = {ca_file or self.ca}",
                  "endpoint = https://127.0.0.1:9"]
+        if schema_file:
+            lines.append(f"schema_file = {schema_file}")
         path = os.path.join(d, "relayd.conf")
         with open(path, "w") as f:
             f.write("\n".join(lines) + "\n")
@@ -91,6 +93,22 @@ class CheckConfigTest(unittest.TestCase):
         path = self.config(credentials=self.bad_key)
         self.refused(path, f"{path}:{self.lines['credentials']}: [destination events] credentials: ",
                      "private_key")
+
+    def test_schema_file_missing_or_not_a_schema(self):
+        path = self.config(schema_file="/nonexistent/events.schema.json")
+        self.refused(path, f"{path}:{self.lines['schema_file']}: [destination events] schema_file: ",
+                     "/nonexistent/events.schema.json: cannot open: No such file or directory")
+        bad = os.path.join(self.tmp, "bad.schema.json")
+        with open(bad, "w") as f:
+            f.write('{"fields": [{"name": "x", "type": "NOSUCHTYPE"}]}\n')
+        path = self.config(schema_file=bad)
+        self.refused(path, f"{path}:{self.lines['schema_file']}: [destination events] schema_file: {bad}: ",
+                     "NOSUCHTYPE")
+        good = os.path.join(self.tmp, "good.schema.json")
+        with open(good, "w") as f:
+            f.write('[{"name": "x", "type": "INTEGER"}]\n')
+        rc, out = self.run_relayd("--check-config", "-c", self.config(schema_file=good))
+        self.assertEqual(rc, 0, out)
 
     def test_spool_dir_that_cannot_be_created(self):
         blocker = os.path.join(self.tmp, "a-file")

@@ -28,7 +28,7 @@ import tempfile
 import time
 import unittest
 
-from relaytest import EVENTS_SCHEMA, ROOT, Emulator, deliver_to, wait_for
+from relaytest import BQEMU, EVENTS_SCHEMA, PY, ROOT, Emulator, deliver_to, wait_for
 
 PKG_BUILD = os.environ.get("RELAY_DEB_BUILD") or os.path.join(ROOT, "build")
 MKDEB = os.path.join(ROOT, "tools", "mkdeb.sh")
@@ -197,6 +197,27 @@ class StaticFilesTest(unittest.TestCase):
         with_examples = os.path.join(d, "examples.conf")
         with open(with_examples, "w") as f:
             f.write(examples)
+        # The examples name files under /etc/relayd that a start would open:
+        # --check-config must refuse them while they are missing, naming the line.
+        p = run([relayd, "--check-config", "-c", with_examples], check=False)
+        if not os.path.exists("/etc/relayd/key.json"):
+            self.assertEqual(p.returncode, 3, p.stderr.decode())
+            line = examples.splitlines().index("credentials = /etc/relayd/key.json") + 1
+            self.assertIn("examples.conf:%d: [destination events] credentials: "
+                          "/etc/relayd/key.json: cannot open" % line, p.stderr.decode())
+        # With those files in place (a generated key, the events schema) they validate.
+        etc = os.path.join(d, "etc")
+        os.mkdir(etc)
+        key = os.path.join(etc, "key.json")
+        subprocess.run([PY, BQEMU, "gen-key", "--dir", os.path.join(d, "emu"), "--out", key,
+                        "--token-uri", "https://127.0.0.1:9/token"], check=True,
+                       stdout=subprocess.DEVNULL)
+        os.chmod(key, 0o600)
+        with open(os.path.join(etc, "events.schema.json"), "w") as f:
+            json.dump(EVENTS_SCHEMA, f)
+        self.assertIn("/etc/relayd/events.schema.json", examples)
+        with open(with_examples, "w") as f:
+            f.write(examples.replace("/etc/relayd/", etc + "/"))
         p = run([relayd, "--check-config", "-c", with_examples], check=False)
         self.assertEqual(p.returncode, 0, p.stderr.decode())
 
