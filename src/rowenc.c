@@ -112,6 +112,8 @@ struct rfield {
     uint8_t type, mode;
     uint8_t elem;          /* RANGE: element type (RT_DATE, RT_DATETIME, RT_TIMESTAMP) */
     bool has_default;      /* has a defaultValueExpression */
+    bool half_even;        /* NUMERIC/BIGNUMERIC: roundingMode ROUND_HALF_EVEN */
+    uint8_t scale;         /* NUMERIC/BIGNUMERIC: the column's scale (9/38 unless set) */
     bool placeholder;      /* proto_name is "Col_<n>"; name goes in the option */
     uint8_t taglen;
     uint8_t tag[5];        /* key bytes: varint(number << 3 | wire type) */
@@ -588,6 +590,42 @@ static bool dec_scale(const struct decimal *d, int scale, struct u256 *u, bool *
     return true;
 }
 
+/* Whether |d| rounded to `scale` fractional digits goes up one unit of the
+ * last kept digit, as BigQuery rounds NUMERIC and BIGNUMERIC values when it
+ * stores them (roundingMode ROUND_HALF_AWAY_FROM_ZERO, the default, or
+ * ROUND_HALF_EVEN). Meaningful when dec_scale() reported lost digits. *grows
+ * says whether the rounded integer gains a digit (all kept digits were 9). */
+static bool dec_round_up(const struct decimal *d, int scale, bool half_even, bool *grows)
+{
+    size_t total = d->in + d->fn, lead = 0;
+
+    *grows = false;
+    while (lead < total && dec_digit(d, lead) == '0')
+        lead++;
+    long long nsig = (long long)(total - lead);
+    long long kept = nsig + d->exp - (long long)d->fn + scale;
+    if (nsig == 0 || kept < 0 || kept >= nsig)
+        return false;   /* zero, below half a unit, or nothing dropped */
+    char first = dec_digit(d, lead + (size_t)kept);
+    bool rest = false;
+    for (long long j = kept + 1; j < nsig && !rest; j++)
+        rest = dec_digit(d, lead + (size_t)j) != '0';
+    bool odd = kept > 0 && (dec_digit(d, lead + (size_t)kept - 1) - '0') % 2;
+    bool up = first > '5' || (first == '5' && (!half_even || rest || odd));
+    if (up) {
+        *grows = true;
+        for (long long j = 0; j < kept && *grows; j++)
+            *grows = dec_digit(d, lead + (size_t)j) == '9';
+    }
+    return up;
+}
+
+static void u256_add1(struct u256 *u)
+{
+    for (int i = 0; i < 8 && ++u->w[i] == 0; i++)
+        ;
+}
+
 static bool u256_fits_u64(const struct u256 *u, uint64_t *v)
 {
     for (int i = 2; i < 8; i++)
@@ -675,11 +713,22 @@ struct civil {
     int32_t us;
 };
 
-/* "YYYY-MM-DD" at s (at least 10 bytes). NULL or the reason. */
-static const char *p_date(const char *s, size_t n, struct civil *c)
+/* 1 or 2 digits at s (n bytes available): their value, and *len. BigQuery
+ * takes single-digit months, days, hours, minutes and seconds on insertAll. */
+static bool digits12(const char *s, size_t n, int *v, size_t *len)
 {
-    if (n < 10 || s[4] != '-' || s[7] != '-' || !digits(s, 4, &c->y) ||
-        !digits(s + 5, 2, &c->mo) || !digits(s + 8, 2, &c->d))
+    if (n < 1 || !is_digit(s[0]))
+        return false;
+    *len = n >= 2 && is_digit(s[1]) ? 2 : 1;
+    return digits(s, *len, v);
+}
+
+/* "YYYY-M[M]-D[D]" at s; *used gets its length. NULL or the reason. */
+static const char *p_date(const char *s, size_t n, struct civil *c, size_t *used)
+{
+    size_t lm, ld;
+    if (n < 8 || s[4] != '-' || !digits(s, 4, &c->y) || !digits12(s + 5, n - 5, &c->mo, &lm) ||
+        5 + lm >= n || s[5 + lm] != '-' || !digits12(s + 6 + lm, n - 6 - lm, &c->d, &ld))
         return "expected YYYY-MM-DD";
     if (c->y < 1)
         return "year must be 0001..9999";
@@ -687,15 +736,29 @@ static const char *p_date(const char *s, size_t n, struct civil *c)
         return "month out of range";
     if (c->d < 1 || c->d > days_in_month(c->y, c->mo))
         return "day out of range for the month";
+    *used = 6 + lm + ld;
     return NULL;
 }
 
-/* "HH:MM:SS[.f{1,12}]" at s; *used gets its length. */
-static const char *p_clock(const char *s, size_t n, struct civil *c, size_t *used)
+/* "H[H]:M[M][:S[S][.f{1,6}]]" at s (seconds required when need_s); *used gets
+ * its length. More than 6 fractional digits is refused: BigQuery keeps
+ * microseconds, and relayd never rounds or truncates a value. */
+static const char *p_clock(const char *s, size_t n, struct civil *c, size_t *used, bool need_s)
 {
-    if (n < 8 || s[2] != ':' || s[5] != ':' || !digits(s, 2, &c->h) ||
-        !digits(s + 3, 2, &c->mi) || !digits(s + 6, 2, &c->s))
+    size_t lh, lmi, ls, i;
+    if (!digits12(s, n, &c->h, &lh) || lh >= n || s[lh] != ':' ||
+        !digits12(s + lh + 1, n - lh - 1, &c->mi, &lmi))
+        return need_s ? "expected HH:MM:SS" : "expected HH:MM[:SS]";
+    i = lh + 1 + lmi;
+    c->s = 0;
+    c->us = 0;
+    if (i < n && s[i] == ':') {
+        if (!digits12(s + i + 1, n - i - 1, &c->s, &ls))
+            return "expected HH:MM:SS";
+        i += 1 + ls;
+    } else if (need_s) {
         return "expected HH:MM:SS";
+    }
     if (c->h > 23)
         return "hour out of range";
     if (c->mi > 59)
@@ -704,8 +767,6 @@ static const char *p_clock(const char *s, size_t n, struct civil *c, size_t *use
         return "leap seconds are not supported";
     if (c->s > 59)
         return "second out of range";
-    size_t i = 8;
-    c->us = 0;
     if (i < n && s[i] == '.') {
         size_t st = ++i;
         while (i < n && is_digit(s[i]))
@@ -713,8 +774,8 @@ static const char *p_clock(const char *s, size_t n, struct civil *c, size_t *use
         size_t nd = i - st;
         if (nd == 0)
             return "expected digits after '.'";
-        if (nd > 12)
-            return "more than 12 fractional digits";
+        if (nd > 6)
+            return "more than 6 fractional digits (BigQuery keeps microseconds; relayd does not round)";
         int32_t us = 0;
         for (size_t k = 0; k < 6; k++)
             us = us * 10 + (k < nd ? s[st + k] - '0' : 0);
@@ -739,10 +800,11 @@ static int64_t pack_datetime(const struct civil *c)
 static const char *parse_date_str(const char *s, size_t n, int64_t *out)
 {
     struct civil c;
-    const char *why = p_date(s, n, &c);
+    size_t used;
+    const char *why = p_date(s, n, &c, &used);
     if (why)
         return why;
-    if (n != 10)
+    if (used != n)
         return "unexpected text after the date";
     *out = days_from_civil(c.y, c.mo, c.d);
     return NULL;
@@ -752,7 +814,7 @@ static const char *parse_time_str(const char *s, size_t n, int64_t *out)
 {
     struct civil c;
     size_t used;
-    const char *why = p_clock(s, n, &c, &used);
+    const char *why = p_clock(s, n, &c, &used, true);
     if (why)
         return why;
     if (used != n)
@@ -764,18 +826,19 @@ static const char *parse_time_str(const char *s, size_t n, int64_t *out)
 /* Date, then optionally a separator and a clock. *used = bytes consumed. */
 static const char *p_date_clock(const char *s, size_t n, struct civil *c, size_t *used)
 {
-    const char *why = p_date(s, n, c);
+    size_t dl;
+    const char *why = p_date(s, n, c, &dl);
     if (why)
         return why;
     c->h = c->mi = c->s = 0;
     c->us = 0;
-    *used = 10;
-    if (n > 10 && (s[10] == 'T' || s[10] == 't' || s[10] == ' ') && n > 11 && is_digit(s[11])) {
+    *used = dl;
+    if (n > dl + 1 && (s[dl] == 'T' || s[dl] == 't' || s[dl] == ' ') && is_digit(s[dl + 1])) {
         size_t u;
-        why = p_clock(s + 11, n - 11, c, &u);
+        why = p_clock(s + dl + 1, n - dl - 1, c, &u, false);
         if (why)
             return why;
-        *used = 11 + u;
+        *used = dl + 1 + u;
     }
     return NULL;
 }
@@ -788,8 +851,10 @@ static const char *parse_datetime_str(const char *s, size_t n, int64_t *out)
     if (why)
         return why;
     if (used != n)
-        return used == 10 ? "expected a 'T' or ' ' and HH:MM:SS after the date"
-                          : "unexpected text after the time (DATETIME has no time zone)";
+        return c.h == 0 && c.mi == 0 && c.s == 0 && c.us == 0 && (s[used] != ' ' && s[used] != 'T' &&
+                                                                  s[used] != 't')
+                   ? "unexpected text after the date"
+                   : "unexpected text after the time (DATETIME has no time zone)";
     *out = pack_datetime(&c);
     return NULL;
 }
@@ -803,31 +868,28 @@ static const char *parse_timestamp_str(const char *s, size_t n, int64_t *out)
 
     if (why)
         return why;
+    while (i < n && (s[i] == ' ' || s[i] == '\t'))
+        i++;
     if (i < n) {
-        if (i == 10)
-            return "expected a 'T' or ' ' and HH:MM:SS after the date";
-        if (s[i] == ' ' && i + 1 < n)
-            i++;
         const char *z = s + i;
         size_t zn = n - i;
         if (zn == 1 && (z[0] == 'Z' || z[0] == 'z')) {
             off = 0;
-        } else if (ieq(z, zn, "UTC")) {
+        } else if (zn == 3 && memcmp(z, "UTC", 3) == 0) {
             off = 0;
         } else if (z[0] == '+' || z[0] == '-') {
             int hh, mm = 0;
-            bool ok;
-            if (zn == 3)
-                ok = digits(z + 1, 2, &hh);
-            else if (zn == 5)
-                ok = digits(z + 1, 2, &hh) && digits(z + 3, 2, &mm);
-            else if (zn == 6 && z[3] == ':')
-                ok = digits(z + 1, 2, &hh) && digits(z + 4, 2, &mm);
-            else
-                ok = false;
+            size_t lh;
+            bool ok = digits12(z + 1, zn - 1, &hh, &lh);
+            size_t j = 1 + (ok ? lh : 0);
+            if (ok && j < zn) {
+                if (z[j] == ':')
+                    j++;
+                ok = zn - j == 2 && digits(z + j, 2, &mm);
+            }
             if (!ok)
                 return "bad time zone offset (use +HH:MM)";
-            if (hh > 23 || mm > 59)
+            if (hh > 14 || mm > 59)
                 return "time zone offset out of range";
             off = (hh * 3600L + mm * 60L) * (z[0] == '-' ? -1 : 1);
         } else {
@@ -1488,6 +1550,16 @@ static const char *to_int64(const char *s, size_t n, bool strict, int64_t *out)
 {
     size_t i = 0;
     bool neg = false;
+    if (!strict) {   /* a string: digits with an optional sign, as insertAll takes ("1.0" is not) */
+        size_t k = n > 0 && (s[0] == '-' || s[0] == '+') ? 1 : 0;
+        bool plain = k < n;
+        for (; k < n && plain; k++)
+            plain = is_digit(s[k]);
+        if (!plain) {
+            struct decimal dd;
+            return parse_decimal(s, n, false, &dd) ? "is not an integer" : "is not a number";
+        }
+    }
     if (n > 0 && s[0] == '-') {
         neg = true;
         i = 1;
@@ -1624,18 +1696,35 @@ put:;
 static int enc_bool(struct enc *e, const struct rfield *f)
 {
     int c = peek(e), rc;
-    if (c == 't')
+    bool v;
+    if (c == 't') {
         rc = literal(e, "true", 4);
-    else if (c == 'f')
+        v = true;
+    } else if (c == 'f') {
         rc = literal(e, "false", 5);
-    else
+        v = false;
+    } else if (c == '"') {      /* "true" / "false" in any case, as insertAll takes them */
+        const char *s, *at;
+        size_t n;
+        char q[200];
+        if ((rc = string_value(e, &s, &n, &at)))
+            return rc;
+        if (ieq(s, n, "true"))
+            v = true;
+        else if (ieq(s, n, "false"))
+            v = false;
+        else
+            return fail(e, ROWENC_VALUE, at, "BOOL value '%s' is not true or false",
+                        snip(s, n, q, sizeof q));
+    } else {
         return type_error(e, f, "true or false");
+    }
     if (rc)
         return rc;
     if (need(e, f->taglen + 1))
         return ROWENC_NOMEM;
     put_tag(e, f);
-    e->out->data[e->out->len++] = c == 't';
+    e->out->data[e->out->len++] = v;
     return 0;
 }
 
@@ -1655,7 +1744,19 @@ static int enc_numeric(struct enc *e, const struct rfield *f)
     if (!parse_decimal(s, n, num, &d))
         return fail(e, ROWENC_VALUE, at, "%s value '%s' is not a decimal number", tn,
                     snip(s, n, q, sizeof q));
-    bool ok = dec_scale(&d, big ? 38 : 9, &u, &lost, &nd);
+    /* Round to the column's scale as BigQuery does when it stores the value,
+     * then scale to the wire's 9 (38) fractional digits: exact. */
+    int wire = big ? 38 : 9;
+    bool ok = dec_scale(&d, f->scale, &u, &lost, &nd), grows;
+    if (ok && lost && dec_round_up(&d, f->scale, f->half_even, &grows)) {
+        u256_add1(&u);
+        nd += grows || nd == 0;
+    }
+    for (int i = f->scale; ok && i < wire; i++) {
+        u256_mul10_add(&u, 0);
+        nd += nd > 0;
+    }
+    ok = ok && nd <= 77;
     if (big) {
         /* the range of a 256-bit two's complement integer */
         bool over = !ok || u.w[7] > 0x80000000u ||
@@ -1668,9 +1769,6 @@ static int enc_numeric(struct enc *e, const struct rfield *f)
         return fail(e, ROWENC_VALUE, at, "NUMERIC value '%s' exceeds precision 38",
                     snip(s, n, q, sizeof q));
     }
-    if (lost)
-        return fail(e, ROWENC_VALUE, at, "%s value '%s' exceeds scale %d", tn,
-                    snip(s, n, q, sizeof q), big ? 38 : 9);
     uint8_t bytes[32];
     size_t bn = u256_twos_le(&u, d.neg, bytes);
     if (need(e, f->taglen + 1 + bn))
@@ -1916,6 +2014,12 @@ static int enc_value(struct enc *e, const struct rfield *f)
     int c = peek(e);
     switch (f->type) {
     case RT_STRING:
+        /* a number or a boolean becomes its JSON text, as insertAll does */
+        if (c == '-' || is_digit(c) || c == 't' || c == 'f')
+            return enc_json_text(e, f);
+        if (c != '"')
+            return type_error(e, f, "a string");
+        return enc_string(e, f);
     case RT_GEOGRAPHY:
     case RT_INTERVAL:
         if (c != '"')
@@ -2350,6 +2454,34 @@ static int parse_field(struct sctx *c, json_t *o, struct rfield *f, size_t index
         if (p != 6)
             return serr(c, ROWENC_SCHEMA,
                         "timestampPrecision other than 6 (picosecond TIMESTAMP) is not supported");
+    }
+    if (f->type == RT_NUMERIC || f->type == RT_BIGNUMERIC) {
+        /* Parameterized NUMERIC(P, S) / BIGNUMERIC(P, S): BigQuery rounds to S.
+         * The precision is the backend's to check (a row error, as on insertAll). */
+        long long maxs = f->type == RT_NUMERIC ? 9 : 38, sc = maxs;
+        json_t *pj = json_object_get(o, "precision"), *sj = json_object_get(o, "scale");
+        if (pj && !json_is_null(pj)) {
+            sc = 0;
+            if (json_is_integer(sj))
+                sc = json_integer_value(sj);
+            else if (json_is_string(sj))
+                sc = strtoll(json_string_value(sj), NULL, 10);
+            else if (sj && !json_is_null(sj))
+                sc = -1;
+        }
+        if (sc < 0 || sc > maxs)
+            return serr(c, ROWENC_SCHEMA, "scale must be 0..%lld for %s", maxs,
+                        type_info[f->type].name);
+        f->scale = (uint8_t)sc;
+        const char *rm = str_member(o, "roundingMode", &bad);
+        if (bad)
+            return serr(c, ROWENC_SCHEMA, "\"roundingMode\" must be a string");
+        if (rm && ieq(rm, strlen(rm), "ROUND_HALF_EVEN"))
+            f->half_even = true;
+        else if (rm && !ieq(rm, strlen(rm), "ROUND_HALF_AWAY_FROM_ZERO") &&
+                 !ieq(rm, strlen(rm), "ROUNDING_MODE_UNSPECIFIED"))
+            return serr(c, ROWENC_SCHEMA, "unknown roundingMode '%.64s' (ROUND_HALF_AWAY_FROM_ZERO "
+                        "or ROUND_HALF_EVEN)", rm);
     }
     if (f->type == RT_RANGE) {
         json_t *ret = json_object_get(o, "rangeElementType");

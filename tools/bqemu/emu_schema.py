@@ -125,6 +125,12 @@ def normalize_schema(obj, _prefix=""):
             max_int, max_scale = (29, 9) if t == "NUMERIC" else (38, 38)
             if not (0 <= s <= max_scale and 1 <= p - s <= max_int):
                 raise SchemaError("%s: precision %d / scale %d out of range for %s" % (path, p, s, t))
+        rm = f.get("roundingMode")
+        if rm is not None:
+            if t not in ("NUMERIC", "BIGNUMERIC"):
+                raise SchemaError("%s: roundingMode only applies to NUMERIC and BIGNUMERIC" % path)
+            if rm not in ("ROUNDING_MODE_UNSPECIFIED", "ROUND_HALF_AWAY_FROM_ZERO", "ROUND_HALF_EVEN"):
+                raise SchemaError("%s: unknown roundingMode %r" % (path, rm))
         ml = _int_param(f, "maxLength", path)
         if ml is not None and (t not in ("STRING", "BYTES") or ml <= 0):
             raise SchemaError("%s: maxLength must be positive and only applies to STRING/BYTES" % path)
@@ -388,7 +394,8 @@ def _numeric_checker(kind):
             scale, int_digits = 9, 29
         else:
             scale, int_digits = 38, None
-        q = d.quantize(decimal.Decimal(1).scaleb(-scale), context=_DEC_CTX)   # BigQuery rounds to the scale
+        # BigQuery rounds to the scale, by the column's roundingMode
+        q = d.quantize(decimal.Decimal(1).scaleb(-scale), rounding=col.rounding, context=_DEC_CTX)
         if int_digits is not None:
             if q.copy_abs() >= decimal.Decimal(10).scaleb(int_digits - 1, _DEC_CTX):
                 return "%s is out of range for %s (%d integer digits max)" % (_show(v), kind, int_digits)
@@ -503,7 +510,7 @@ CHECKERS = {
 
 class Column:
     __slots__ = ("name", "lname", "type", "mode", "check", "sub", "max_length",
-                 "precision", "scale", "range_type", "default_expr", "description")
+                 "precision", "scale", "rounding", "range_type", "default_expr", "description")
 
     def __init__(self, f):
         self.name, self.lname = f["name"], f["name"].lower()
@@ -514,6 +521,8 @@ class Column:
         self.max_length = int(ml) if ml is not None else None
         self.precision = int(f["precision"]) if f.get("precision") is not None else None
         self.scale = int(f.get("scale") or 0)
+        self.rounding = (decimal.ROUND_HALF_EVEN if f.get("roundingMode") == "ROUND_HALF_EVEN"
+                         else decimal.ROUND_HALF_UP)   # half away from zero, the default
         self.range_type = (f.get("rangeElementType") or {}).get("type")
         self.default_expr = f.get("defaultValueExpression")
         self.description = f.get("description")

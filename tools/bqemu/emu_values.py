@@ -180,7 +180,8 @@ def round_decimal(d, col, kind):
         scale, int_digits = BIGNUMERIC_SCALE, None
     if not d.is_finite():
         raise ValueError("%s cannot hold %s" % (kind, d))
-    q = d.quantize(decimal.Decimal(1).scaleb(-scale), context=_DEC_CTX)
+    rounding = col.rounding if col is not None else decimal.ROUND_HALF_UP
+    q = d.quantize(decimal.Decimal(1).scaleb(-scale), rounding=rounding, context=_DEC_CTX)
     if int_digits is not None:
         if q.copy_abs() >= decimal.Decimal(10).scaleb(int_digits - 1, _DEC_CTX):
             raise ValueError("%s is out of range for %s (%d integer digits max)" % (fmt_decimal(d), kind, int_digits))
