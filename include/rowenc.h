@@ -43,8 +43,11 @@
  *     two's complement, little-endian); RECORD -> message; RANGE<T> ->
  *     message { optional T start = 1; optional T end = 2; }.
  *
- * JSON values accepted per column type (anything else is an error):
- *   STRING, GEOGRAPHY, INTERVAL  a JSON string, copied as decoded.
+ * JSON values accepted per column type (anything else is an error). These
+ * are insertAll's rules, so that a row's fate does not depend on the API
+ * (docs/delivery.md, "Values: one set of rules for both APIs"):
+ *   STRING, GEOGRAPHY, INTERVAL  a JSON string, copied as decoded; STRING
+ *              also a number or true/false, as its JSON source text.
  *   JSON       a JSON string whose content is the JSON text, or any other
  *              JSON value (object, array, number, true, false), whose source
  *              text is copied verbatim as the JSON text. The content of a
@@ -52,32 +55,33 @@
  *   BYTES      a base64 string: standard or URL-safe alphabet (even mixed),
  *              '=' padding optional (if present it must be right); no
  *              whitespace. Non-zero bits in the last character are ignored.
- *   INT64      a JSON number or a decimal string (optional sign, leading
- *              zeros allowed) with an exactly integral value in the int64
- *              range: 1.0 and 1e3 are accepted, 1.5 and 9223372036854775808
- *              are errors.
+ *   INT64      a JSON number with an exactly integral value (1.0 and 1e3
+ *              are accepted, 1.5 is not), or a string of decimal digits with
+ *              an optional sign ("1.0" is not); within the int64 range.
  *   FLOAT64    a JSON number, a numeric string, or "NaN", "Infinity",
  *              "-Infinity" (also "+Infinity", "inf", "-inf", any case).
  *              Numbers too large for a double are errors, not infinity.
- *   BOOL       true or false.
+ *   BOOL       true or false, or the strings "true" / "false" in any case.
  *   NUMERIC    a JSON number or a decimal string ("+1.5", ".5", "5.", "1e3"
- *   BIGNUMERIC accepted), converted exactly (no floating point). More than
- *              9 (NUMERIC) / 38 (BIGNUMERIC) fractional digits is an error
- *              unless the extra digits are zeros; NUMERIC accepts at most 29
- *              integer digits (precision 38), BIGNUMERIC the 256-bit range
- *              (precision 76.76). Never rounded. Parameterized precision and
- *              scale (NUMERIC(P,S)) and maxLength are left to BigQuery.
- *   TIMESTAMP  "YYYY-MM-DD[(T| )HH:MM:SS[.f...]][zone]" where zone is Z,
- *              UTC, +HH, +HHMM or +HH:MM (either sign), optionally after one
- *              space; no zone means UTC. Or a JSON number of seconds since
- *              the epoch, with any fraction. Range 0001-01-01 .. 9999-12-31
- *              23:59:59.999999 UTC.
- *   DATE       "YYYY-MM-DD" (year 0001..9999).
- *   DATETIME   "YYYY-MM-DD[(T| )HH:MM:SS[.f...]]", no zone.
- *   TIME       "HH:MM:SS[.f...]".
- *              Fractions of seconds may have 1 to 12 digits; digits beyond
- *              microseconds are dropped (toward the earlier instant, also for
- *              epoch numbers). Seconds 60 (leap seconds) are errors.
+ *   BIGNUMERIC accepted), converted exactly (no floating point), then
+ *              rounded to the column's scale (9 / 38, or S of a
+ *              parameterized NUMERIC(P, S)) by its roundingMode (half away
+ *              from zero unless ROUND_HALF_EVEN), as BigQuery does when it
+ *              writes the value. After rounding NUMERIC holds at most 29
+ *              integer digits, BIGNUMERIC the 256-bit range; a
+ *              parameterized precision is left to BigQuery (a row error).
+ *   TIMESTAMP  "YYYY-M[M]-D[D][(T|t| )H[H]:M[M][:S[S][.ffffff]]][zone]"
+ *              where zone, after optional whitespace, is Z, z, UTC or
+ *              +H[H][[:]MM] (either sign, at most 14 hours); no zone means
+ *              UTC. Or a JSON number of seconds since the epoch with at most
+ *              6 significant fractional digits. Range 0001-01-01 ..
+ *              9999-12-31 23:59:59.999999 UTC.
+ *   DATE       "YYYY-M[M]-D[D]" (year 0001..9999).
+ *   DATETIME   a DATE, optionally followed by T, t or a space and
+ *              "H[H]:M[M][:S[S][.ffffff]]"; no zone.
+ *   TIME       "H[H]:M[M]:S[S][.ffffff]".
+ *              Fractions of seconds have 1 to 6 digits: more is an error,
+ *              never truncated. Seconds 60 (leap seconds) are errors.
  *   RECORD     a JSON object.
  *   RANGE      "[start, end)" with bounds in the element type's string form
  *              or UNBOUNDED / NULL (any case), or an object {"start": v,

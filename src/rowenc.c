@@ -1779,8 +1779,8 @@ static int enc_numeric(struct enc *e, const struct rfield *f)
     return 0;
 }
 
-/* Seconds since the epoch (a JSON number) to microseconds, dropping digits
- * below a microsecond toward the earlier instant. */
+/* Seconds since the epoch (a JSON number) to microseconds, exactly: digits
+ * below a microsecond are refused, never dropped (as in a TIMESTAMP string). */
 static const char *epoch_us(const char *s, size_t n, int64_t *out)
 {
     struct decimal d;
@@ -1792,9 +1792,11 @@ static const char *epoch_us(const char *s, size_t n, int64_t *out)
         return "is not a number";
     if (!dec_scale(&d, 6, &u, &lost, &nd) || nd > 18 || !u256_fits_u64(&u, &m))
         return "is out of range (0001-01-01 to 9999-12-31 UTC)";
+    if (lost)
+        return "has more than 6 fractional digits (BigQuery keeps microseconds; relayd does not round)";
     int64_t v = (int64_t)m;
     if (d.neg)
-        v = -v - (lost ? 1 : 0);
+        v = -v;
     if (v < MIN_TS_US || v > MAX_TS_US)
         return "is out of range (0001-01-01 to 9999-12-31 UTC)";
     *out = v;

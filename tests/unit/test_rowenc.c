@@ -671,8 +671,13 @@ static void test_timestamp(void **state)
     VAL(s, "1700000000.5", "08 a0 c2 97 c1 c1 c4 82 03");
     VAL(s, "1.7e9", "08 80 80 f9 c0 c1 c4 82 03");
     VAL(s, "-1.5", "08 a0 b9 a4 ff ff ff ff ff ff 01");
-    VAL(s, "-0.0000001", "08 ff ff ff ff ff ff ff ff ff 01");     /* toward the earlier instant */
-    VAL(s, "1.0000009", "08 c0 84 3d");
+    VAL(s, "-0.000001", "08 ff ff ff ff ff ff ff ff ff 01");
+    VAL(s, "1.0000010", "08 c1 84 3d");                            /* trailing zeros are exact */
+    VERR(s, "-0.0000001", ROWENC_VALUE,
+         "=field 'v': TIMESTAMP value -0.0000001 has more than 6 fractional digits "
+         "(BigQuery keeps microseconds; relayd does not round)");
+    VERR(s, "1.0000009", ROWENC_VALUE, "more than 6 fractional digits");
+    VERR(s, "1700000000.1234567", ROWENC_VALUE, "more than 6 fractional digits");
     VAL(s, "0", "08 00");
     VAL(s, "-62135596800", "08 80 80 d1 86 90 80 d0 91 ff 01");
     VAL(s, "253402300799.999999", "08 ff bf cd e3 cc 81 91 c2 03");

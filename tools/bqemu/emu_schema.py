@@ -314,6 +314,9 @@ def parse_timestamp(v):
     if _is_num(v):
         if not (isinstance(v, int) or math.isfinite(v)) or not TS_MIN <= v < TS_MAX_EXCL:
             raise ValueError("epoch seconds out of the TIMESTAMP range")
+        if isinstance(v, float) and decimal.Decimal(repr(v)).as_tuple().exponent < -6:
+            # the stricter reading: digits below a microsecond are refused, as in strings
+            raise ValueError("%r has more than 6 fractional digits" % v)
         return int(round(v * 1000000))
     if not isinstance(v, str):
         raise ValueError("expected a timestamp string or epoch seconds")
