@@ -752,7 +752,8 @@ static const char *p_clock(const char *s, size_t n, struct civil *c, size_t *use
     i = lh + 1 + lmi;
     c->s = 0;
     c->us = 0;
-    if (i < n && s[i] == ':') {
+    bool have_s = i < n && s[i] == ':';
+    if (have_s) {
         if (!digits12(s + i + 1, n - i - 1, &c->s, &ls))
             return "expected HH:MM:SS";
         i += 1 + ls;
@@ -768,6 +769,8 @@ static const char *p_clock(const char *s, size_t n, struct civil *c, size_t *use
     if (c->s > 59)
         return "second out of range";
     if (i < n && s[i] == '.') {
+        if (!have_s)
+            return "a fraction of a second needs the seconds (HH:MM:SS.ffffff)";
         size_t st = ++i;
         while (i < n && is_digit(s[i]))
             i++;

@@ -463,8 +463,9 @@ static void diff_date_ts(const uint8_t *data, size_t size, struct buf *out)
 }
 
 /* A plain decimal [-+]?digits[.digits] as NUMERIC: accepted iff at most 29
- * integer digits and 9 fractional digits (after dropping leading and trailing
- * zeros), and the bytes decode back to the same number. */
+ * integer digits (after dropping leading and trailing
+ * zeros) once rounded half away from zero to 9 fractional digits, and the
+ * bytes decode back to that number. */
 static void diff_numeric(const uint8_t *data, size_t size, struct buf *out)
 {
     if (size == 0 || size > 120)
@@ -487,7 +488,31 @@ static void diff_numeric(const uint8_t *data, size_t size, struct buf *out)
         is++;
     while (fe > fs && data[fe - 1] == '0')
         fe--;
-    bool fits = ie - is <= 29 && fe - fs <= 9;
+    /* expected: integer digits and 9 fraction digits, rounded half away from
+     * zero on the 10th (as BigQuery stores NUMERIC); accepted iff that has at
+     * most 38 significant digits (29 integer digits) */
+    char want[200];
+    int nw = 1;
+    want[0] = '0';   /* room for a carry */
+    if (ie - is > 150)
+        return;
+    for (size_t k = is; k < ie; k++)
+        want[nw++] = (char)data[k];
+    for (size_t k = fs; k < fs + 9; k++)
+        want[nw++] = k < fe ? (char)data[k] : '0';
+    if (fe > fs + 9 && data[fs + 9] >= '5')
+        for (int k = nw - 1; k >= 0; k--) {
+            if (want[k] != '9') {
+                want[k]++;
+                break;
+            }
+            want[k] = '0';
+        }
+    int lead = 0;
+    while (lead < nw - 1 && want[lead] == '0')
+        lead++;
+    bool zero = nw - lead == 1 && want[lead] == '0';
+    bool fits = nw - lead <= 38;
     struct rowenc_error err;
     int rc = enc_value("n", data, size, true, out, &err);
     if (!fits) {
@@ -516,17 +541,6 @@ static void diff_numeric(const uint8_t *data, size_t size, struct buf *out)
         digits[nd++] = (char)('0' + (int)(mag % 10));
         mag /= 10;
     } while (mag);
-    /* expected digits: integer part then fraction padded to 9 */
-    char want[64];
-    int nw = 0;
-    for (size_t k = is; k < ie; k++)
-        want[nw++] = (char)data[k];
-    for (size_t k = fs; k < fs + 9; k++)
-        want[nw++] = k < fe ? (char)data[k] : '0';
-    int lead = 0;
-    while (lead < nw - 1 && want[lead] == '0')
-        lead++;
-    bool zero = nw - lead == 1 && want[lead] == '0';
     if (nd != nw - lead || (vneg != (neg && !zero)))
         die("NUMERIC value differs", data, size);
     for (int k = 0; k < nd; k++)

@@ -639,6 +639,7 @@ static void test_datetime(void **state)
     VAL(s, "'2024-1-2 3:4:5'", "08 80 80 c0 82 b1 88 81 fd 01");
     VAL(s, "'2024-01-02 03:04'", "08 80 80 80 80 b1 88 81 fd 01");                           /* seconds optional */
     VERR(s, "'2024-01-02T03:04:05.1234567'", ROWENC_VALUE, "more than 6 fractional digits");
+    VERR(s, "'2024-1-2T00:50.134567'", ROWENC_VALUE, "a fraction of a second needs the seconds");
     VERR(s, "'2024-02-30 00:00:00'", ROWENC_VALUE, "day out of range");
     VERR(s, "'2024-01-02 25:00:00'", ROWENC_VALUE, "hour out of range");
     rowenc_schema_free(s);

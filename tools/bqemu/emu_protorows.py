@@ -73,7 +73,7 @@ ALLOWED["BIGNUMERIC"] = ALLOWED["NUMERIC"]
 RANGE_ELEMENT_ALLOWED = {"DATE": ALLOWED["DATE"], "DATETIME": ALLOWED["DATETIME"],
                          "TIMESTAMP": ALLOWED["TIMESTAMP"]}
 
-_DEC_RE = re.compile(r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?$")
+_DEC_RE = re.compile(r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?\Z")
 _DEC_CTX = decimal.Context(prec=200, rounding=decimal.ROUND_HALF_UP)
 
 

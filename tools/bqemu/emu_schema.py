@@ -214,7 +214,7 @@ def check_bytes(v, col):
     return None
 
 
-_INT_RE = re.compile(r"^[+-]?[0-9]+$")
+_INT_RE = re.compile(r"^[+-]?[0-9]+\Z")
 
 
 def check_integer(v, col):
@@ -237,7 +237,7 @@ def check_integer(v, col):
     return None
 
 
-_FLOAT_RE = re.compile(r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$")
+_FLOAT_RE = re.compile(r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\Z")
 _FLOAT_SPECIAL = {"nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"}
 
 
@@ -265,13 +265,14 @@ def check_boolean(v, col):
     return "expected true or false, got %s" % _show(v)
 
 
-_DATE_RE = re.compile(r"^(\d{4})-(\d{1,2})-(\d{1,2})$")
-_TIME_RE = re.compile(r"^(\d{1,2}):(\d{1,2}):(\d{1,2})(?:\.(\d{1,6}))?$")
+# ASCII digits only, and \Z (not $, which also matches before a final newline).
+_DATE_RE = re.compile(r"^(\d{4})-(\d{1,2})-(\d{1,2})\Z", re.ASCII)
+_TIME_RE = re.compile(r"^(\d{1,2}):(\d{1,2}):(\d{1,2})(?:\.(\d{1,6}))?\Z", re.ASCII)
 _DT_RE = re.compile(r"^(\d{4})-(\d{1,2})-(\d{1,2})"
-                    r"(?:[Tt ](\d{1,2}):(\d{1,2})(?::(\d{1,2})(?:\.(\d{1,6}))?)?)?$")
+                    r"(?:[Tt ](\d{1,2}):(\d{1,2})(?::(\d{1,2})(?:\.(\d{1,6}))?)?)?\Z", re.ASCII)
 _TS_RE = re.compile(r"^(\d{4})-(\d{1,2})-(\d{1,2})"
                     r"(?:[Tt ](\d{1,2}):(\d{1,2})(?::(\d{1,2})(?:\.(\d{1,6}))?)?)?"
-                    r"\s*(?:(Z|z|UTC)|([+-])(\d{1,2})(?::?(\d{2}))?)?$")
+                    r"[ \t]*(?:(Z|z|UTC)|([+-])(?:(\d\d)(?::?(\d\d))?|(\d)(?::(\d\d))?))?\Z", re.ASCII)
 _EPOCH = datetime.datetime(1970, 1, 1)
 
 
@@ -328,7 +329,8 @@ def parse_timestamp(v):
     h, mi, s, us = _clock(*g[3:7])
     dt = datetime.datetime(day.year, day.month, day.day, h, mi, s, us)
     if g[8]:
-        oh, om = int(g[9]), int(g[10] or 0)
+        # +HH, +HHMM, +HH:MM, +H, +H:MM ("+241" is no offset: hours take two digits first)
+        oh, om = int(g[9] or g[11]), int(g[10] or g[12] or 0)
         if oh > 14 or om > 59:
             raise ValueError("time zone offset out of range")
         off = datetime.timedelta(hours=oh, minutes=om)
@@ -367,7 +369,7 @@ def check_timestamp(v, col):
     return None
 
 
-_DEC_RE = re.compile(r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?$")
+_DEC_RE = re.compile(r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?\Z")
 _DEC_CTX = decimal.Context(prec=200, rounding=decimal.ROUND_HALF_UP)
 _BIGNUM_LIMIT = decimal.Decimal(1 << 255).scaleb(-38, _DEC_CTX)   # |v| bound for BIGNUMERIC
 
