@@ -50,6 +50,10 @@ int bqrest_insertall_path(struct buf *out, const char *project, const char *data
                           const char *table);
 int bqrest_table_path(struct buf *out, const char *project, const char *dataset,
                       const char *table);
+/* .../tables/T:testIamPermissions, and /bigquery/v2/projects/P/datasets/D (datasets.get). */
+int bqrest_testiam_path(struct buf *out, const char *project, const char *dataset,
+                        const char *table);
+int bqrest_dataset_path(struct buf *out, const char *project, const char *dataset);
 
 /* ---- responses ---- */
 

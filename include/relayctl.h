@@ -2,7 +2,8 @@
  * relayctl.h -- what relayctl's command modules share: the context built
  * from the global options, and the commands each module offers.
  * (relayctl.c has main and the send/status commands; relayctl_dlq.c the
- * dead-letter and spool maintenance commands.)
+ * dead-letter and spool maintenance commands; relayctl_doctor.c the setup
+ * checks.)
  */
 #ifndef RELAY_RELAYCTL_H
 #define RELAY_RELAYCTL_H
@@ -34,5 +35,8 @@ void ctl_dlq_usage(FILE *f);
 /* relayctl spool check|compact ... (dump stays in relayctl.c) */
 int ctl_spool_check(struct ctx *x, int argc, char **argv);
 int ctl_spool_compact(struct ctx *x, int argc, char **argv);
+/* relayctl doctor [DEST] [--row JSON] [--write-test-row] (relayctl_doctor.c) */
+int ctl_doctor(struct ctx *x, int argc, char **argv);
+void ctl_doctor_usage(FILE *f);
 
 #endif

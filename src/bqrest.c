@@ -289,6 +289,31 @@ int bqrest_table_path(struct buf *out, const char *project, const char *dataset,
     return table_path(out, project, dataset, table, "");
 }
 
+int bqrest_testiam_path(struct buf *out, const char *project, const char *dataset,
+                        const char *table)
+{
+    return table_path(out, project, dataset, table, ":testIamPermissions");
+}
+
+int bqrest_dataset_path(struct buf *out, const char *project, const char *dataset)
+{
+    if (!project || !*project || !dataset || !*dataset) {
+        errno = EINVAL;
+        return -1;
+    }
+    const size_t start = out->len;
+    if (buf_puts(out, "/bigquery/v2/projects/") || append_segment(out, project) ||
+        buf_puts(out, "/datasets/") || append_segment(out, dataset)) {
+        if (out->data) {
+            out->len = start;
+            out->data[start] = 0;
+        }
+        errno = ENOMEM;
+        return -1;
+    }
+    return 0;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Helpers for responses                                                    */
 /* ------------------------------------------------------------------------ */

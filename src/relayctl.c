@@ -39,6 +39,9 @@ static void usage(FILE *f)
 "  spool compact                shrink the spool file (relayd stopped)\n"
 "  dlq list|stats|show|export|replay|purge\n"
 "                               inspect and replay dead letters (relayctl dlq --help)\n"
+"  doctor [DEST] [--row JSON] [--write-test-row]\n"
+"                               check credentials, token, dataset, table, IAM, schema,\n"
+"                               spool disk and sockets: ok / warn / fail with a fix\n"
 "  help, version\n"
 "\n"
 "Global options:\n"
@@ -881,6 +884,7 @@ DLQ_FILTERS },
 "Usage: relayctl dlq purge [FILTERS] [--older-than DUR] [--yes] [--dry-run]\n"
 "Deletes dead letters for good. Asks on a terminal; elsewhere needs --yes.\n"
 DLQ_FILTERS },
+    { "doctor", NULL, NULL },   /* relayctl_doctor.c's own usage */
     { "help", NULL, NULL },
     { "version", NULL, "Usage: relayctl version\nPrints relayctl's version.\n" },
 };
@@ -916,6 +920,8 @@ static int answer_help(int argc, char **argv)
     if (!best->text) {
         if (strcmp(cmd, "dlq") == 0)
             ctl_dlq_usage(stdout);
+        else if (strcmp(cmd, "doctor") == 0)
+            ctl_doctor_usage(stdout);
         else
             usage(stdout);
     } else {
@@ -992,6 +998,8 @@ int main(int argc, char **argv)
         rc = cmd_spool(&x, cargc, cargv);
     else if (strcmp(cmd, "dlq") == 0)
         rc = ctl_dlq(&x, cargc, cargv);
+    else if (strcmp(cmd, "doctor") == 0)
+        rc = ctl_doctor(&x, cargc, cargv);
     else {
         fprintf(stderr, "relayctl: unknown command '%s' (try relayctl --help)\n", cmd);
         rc = EXIT_USAGE;

@@ -412,6 +412,9 @@ class WriteService:
         m = _TABLE_RE.match(table_path or "")
         if not m:
             raise Abort(3, "Invalid table name %r: expected projects/{p}/datasets/{d}/tables/{t}." % table_path)
+        if self.emu.denied("bigquery.tables.updateData", *m.groups()):
+            raise Abort(7, "Permission 'TABLES_UPDATE_DATA' denied on resource '%s' (or it may not exist)."
+                        % table_path)
         info = self.emu.store.get_table(*m.groups())
         if info is None:
             raise Abort(5, "Requested entity was not found. Entity: %s" % table_path,
@@ -730,6 +733,9 @@ class AppendCall:
     def current_table(self):
         """The target's table as of now (its schema may have changed); the stream must still exist."""
         store = self.emu.store
+        if self.emu.denied("bigquery.tables.updateData", *self.table_ref):
+            raise Abort(7, "Permission 'TABLES_UPDATE_DATA' denied on resource '%s' (or it may not exist)."
+                        % self.stream)
         info = store.get_table(*self.table_ref)
         if info is None:
             raise Abort(5, "Requested entity was not found. Entity: %s" % self.stream,

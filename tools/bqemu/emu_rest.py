@@ -10,6 +10,7 @@ BigQuery paths are accepted with or without the /bigquery/v2 prefix:
   DELETE /projects/{p}/datasets/{d}/tables/{t}             tables.delete
   POST   /projects/{p}/datasets/{d}/tables                 tables.insert
   GET    /projects/{p}/datasets/{d}/tables                 tables.list
+  POST   /projects/{p}/datasets/{d}/tables/{t}:testIamPermissions   tables.testIamPermissions
   GET    /projects/{p}/datasets/{d}                        datasets.get (datasets are implicit)
   POST   /projects/{p}/datasets                            datasets.insert
   POST   /token  (also /oauth2/v4/token)                   OAuth2 token endpoint
@@ -35,6 +36,7 @@ from emu_store import TableExists, rows_report
 
 _RE_INSERT = re.compile(r"^/projects/([^/]+)/datasets/([^/]+)/tables/([^/]+)/insertAll$")
 _RE_TABLE = re.compile(r"^/projects/([^/]+)/datasets/([^/]+)/tables/([^/]+)$")
+_RE_TESTIAM = re.compile(r"^/projects/([^/]+)/datasets/([^/]+)/tables/([^/]+):testIamPermissions$")
 _RE_TABLES = re.compile(r"^/projects/([^/]+)/datasets/([^/]+)/tables$")
 _RE_DATASET = re.compile(r"^/projects/([^/]+)/datasets/([^/]+)$")
 _RE_DATASETS = re.compile(r"^/projects/([^/]+)/datasets$")
@@ -64,7 +66,8 @@ class RestHandler(BaseHandler):
             return self.token_endpoint(method, body)
         if path.startswith("/bigquery/v2/"):
             path = path[len("/bigquery/v2"):]
-        for rx, name in ((_RE_INSERT, "insertAll"), (_RE_TABLE, "table"), (_RE_TABLES, "tables"),
+        for rx, name in ((_RE_INSERT, "insertAll"), (_RE_TESTIAM, "testIam"), (_RE_TABLE, "table"),
+                         (_RE_TABLES, "tables"),
                          (_RE_DATASET, "dataset"), (_RE_DATASETS, "datasets")):
             m = rx.match(path)
             if m:
@@ -259,6 +262,8 @@ class RestHandler(BaseHandler):
             return
         if not self.authenticate(INSERT_SCOPES) or not self.require_json_ct():
             return
+        if self.iam_refused("bigquery.tables.updateData", project, dataset, table_id.partition("$")[0]):
+            return
         raw = self.decode_body(body)
         if raw is None:
             return
@@ -443,6 +448,34 @@ class RestHandler(BaseHandler):
             return "done"
         return act
 
+    def iam_refused(self, permission, p, d, t=None):
+        """Answers 403 accessDenied (as BigQuery does) when IAM denies the permission."""
+        if not self.server.emu.denied(permission, p, d, t):
+            return False
+        what = "table %s:%s.%s" % (p, d, t) if t is not None else "dataset %s:%s" % (p, d)
+        self.respond_json(403, google_error(403, "accessDenied", "Access Denied: %s: Permission %s "
+                                            "denied on %s (or it may not exist)." % (what, permission, what)))
+        return True
+
+    def ep_testIam(self, method, body, p, d, t):
+        emu = self.server.emu
+        self.endpoint = "tables"
+        act = self.table_prelude("%s.%s.%s" % (p, d, t), TABLE_SCOPES)
+        if act == "done":
+            return
+        if method != "POST":
+            return self.respond_json(404, google_error(404, "notFound", "testIamPermissions takes POST."))
+        if emu.store.get_table(p, d, t) is None:
+            return self.not_found_table(p, d, t)
+        req = self.parse_json_body(body) if body else {}
+        if req is None:
+            return
+        perms = req.get("permissions") if isinstance(req, dict) else None
+        if not isinstance(perms, list) or not all(isinstance(x, str) for x in perms):
+            return self.respond_json(400, google_error(400, "invalid", "permissions must be a list of strings."))
+        granted = [x for x in perms if not emu.denied(x, p, d, t)]
+        self.finish_with(act, 200, {"permissions": granted} if granted else {})
+
     def not_found_table(self, p, d, t):
         self.respond_json(404, google_error(404, "notFound", "Not found: Table %s:%s.%s" % (p, d, t)))
 
@@ -451,6 +484,8 @@ class RestHandler(BaseHandler):
         self.endpoint = "tables"
         act = self.table_prelude("%s.%s.%s" % (p, d, t), TABLE_SCOPES)
         if act == "done":
+            return
+        if method == "GET" and self.iam_refused("bigquery.tables.get", p, d, t):
             return
         info = emu.store.get_table(p, d, t)
         if info is None:
@@ -534,6 +569,8 @@ class RestHandler(BaseHandler):
             return
         if method != "GET":
             return self.respond_json(404, google_error(404, "notFound", "Method %s not supported." % method))
+        if self.iam_refused("bigquery.datasets.get", p, d):
+            return
         self.finish_with(act, 200, self.dataset_resource(p, d))
 
     def ep_datasets(self, method, body, p):
@@ -661,6 +698,8 @@ class RestHandler(BaseHandler):
                 done["rows_cleared"] = True
             if what.get("tokens", False):
                 done["tokens_revoked"] = emu.tokens.revoke_all()
+            if what.get("iam", True):
+                emu.iam_denied.clear()
             return self.respond_json(200, done)
         if sub == "/faults":
             if method == "GET":
@@ -676,6 +715,21 @@ class RestHandler(BaseHandler):
                 except ValueError as e:
                     return self.respond_json(400, {"error": str(e)})
                 return self.respond_json(200, {"added": added, "faults": emu.faults.describe()})
+        if sub == "/iam":
+            if method == "GET":
+                return self.respond_json(200, {"denied": {k: sorted(v) for k, v in emu.iam_denied.items()}})
+            if method == "DELETE":
+                emu.iam_denied.clear()
+                return self.respond_json(200, {"denied": {}})
+            if method == "POST":
+                deny = obj.get("deny") if isinstance(obj, dict) else None
+                table = obj.get("table", "*") if isinstance(obj, dict) else "*"
+                if not isinstance(deny, list) or not all(isinstance(x, str) for x in deny) or \
+                        not isinstance(table, str):
+                    return self.respond_json(400, {"error": 'expected {"deny": [permission, ...], '
+                                                            '"table": "p.d.t" (default "*": all)}'})
+                emu.iam_denied.setdefault(table, set()).update(deny)
+                return self.respond_json(200, {"denied": {k: sorted(v) for k, v in emu.iam_denied.items()}})
         if key == ("GET", "/rows"):
             tname = self.query.get("table", [None])[0]
             try:

@@ -105,6 +105,16 @@ class Emulator:
         self.users = UserRegistry(config.data_dir)
         self.base_url = None
         self.services = []
+        # IAM: permissions denied to every caller, per table ("p.d.t") or "*" (all)
+        self.iam_denied = {}
+
+    def denied(self, permission, project=None, dataset=None, table=None):
+        """True if `permission` is denied on the table (or on everything)."""
+        if permission in self.iam_denied.get("*", ()):
+            return True
+        if table is not None:
+            return permission in self.iam_denied.get("%s.%s.%s" % (project, dataset, table), ())
+        return False
 
     def self_signed_audiences(self):
         return set(SELF_SIGNED_AUDIENCES) | {self.base_url + "/"}
