@@ -477,6 +477,32 @@ class TestOAuth(EmuTestCase):
         r = MAIN.request("GET", "/bigquery/v2/projects/test-proj/datasets/ds/tables/scope403", token=tok)
         self.assertEqual(r.status, 403)
 
+    def test_iam_denials_and_test_iam_permissions(self):
+        ref = self.table("iam_t")
+        tok = MAIN.token()
+        path = "/bigquery/v2/projects/test-proj/datasets/ds/tables/iam_t"
+        want = {"permissions": ["bigquery.tables.get", "bigquery.tables.updateData"]}
+        r = MAIN.request("POST", path + ":testIamPermissions", want, token=tok)
+        self.assertEqual((r.status, r.json), (200, want))
+        MAIN.control("POST", "/iam", {"deny": ["bigquery.tables.updateData"], "table": ref})
+        try:
+            r = MAIN.request("POST", path + ":testIamPermissions", want, token=tok)
+            self.assertEqual(r.json, {"permissions": ["bigquery.tables.get"]})
+            self.assertGoogleError(MAIN.insert(ref, [{"json": {"n": 1}}], tok), 403, "accessDenied")
+            self.assertEqual(MAIN.request("GET", path, token=tok).status, 200)
+            # other tables are not affected; "*" denies everywhere
+            self.assertEqual(MAIN.insert(self.table("iam_other"), [{"json": {"n": 1}}], tok).status, 200)
+            MAIN.control("POST", "/iam", {"deny": ["bigquery.tables.get", "bigquery.datasets.get"]})
+            self.assertGoogleError(MAIN.request("GET", path, token=tok), 403, "accessDenied")
+            self.assertGoogleError(MAIN.request("GET", "/bigquery/v2/projects/test-proj/datasets/ds",
+                                                token=tok), 403, "accessDenied")
+        finally:
+            MAIN.control("DELETE", "/iam")
+        self.assertEqual(MAIN.insert(ref, [{"json": {"n": 1}}], tok).status, 200)
+        r = MAIN.request("POST", "/bigquery/v2/projects/test-proj/datasets/ds/tables/nosuch:testIamPermissions",
+                         want, token=tok)
+        self.assertEqual(r.status, 404)
+
     def test_token_expiry_enforced(self):
         srv = SERVERS["short"]
         path = os.path.join(TMP, "short-key.json")

@@ -972,6 +972,20 @@ class TestStreams(WriteTestCase):
                                  grpc.StatusCode.NOT_FOUND)
         self.assertEqual(status_details(e)[1].code, S.StorageError.STREAM_NOT_FOUND)
 
+    def test_permission_denied(self):
+        ref = self.table("iam_write")
+        MAIN.control("POST", "/iam", {"deny": ["bigquery.tables.updateData"], "table": ref})
+        try:
+            a = self.client.appender()
+            self.assertCallFails(lambda: a.send(areq(default_stream(ref), simple_rows(0, 1),
+                                                     simple_descriptor())), grpc.StatusCode.PERMISSION_DENIED)
+            self.assertCallFails(lambda: self.client.create(ref), grpc.StatusCode.PERMISSION_DENIED)
+        finally:
+            MAIN.control("DELETE", "/iam")
+        a = self.client.appender()
+        a.send(areq(default_stream(ref), simple_rows(0, 1), simple_descriptor()))
+        self.assertEqual(len(self.stored(ref)), 1)
+
     def test_first_request_rules_and_size_limit(self):
         ref = self.table("first_rules")
         a = self.client.appender()
