@@ -13,7 +13,6 @@
  */
 #include "sender.h"
 #include "auth.h"
-#include "https.h"
 #include "writer.h"
 #include "delivstate.h"
 #include "dlq.h"
@@ -69,6 +68,8 @@ struct request {
     struct buf body, gz, resp;
     long retry_after_s;
     uint64_t start_us;
+    bool create;                  /* a tables.insert (create_table), not an insertAll */
+    char create_base[320];        /* the table it creates */
     char errbuf[CURL_ERROR_SIZE];
 };
 
@@ -91,6 +92,7 @@ struct dest {
     bool sharded;
     struct { char table[320]; uint64_t created_us; } created[8];   /* recent tables.insert */
     unsigned n_created;
+    bool creating;            /* a tables.insert is in flight */
     bool removed;             /* no longer in the config: its rows wait in the queue */
     bool more;                /* the last read filled a batch: more rows may be waiting */
     struct chunk *held;       /* rows to dead-letter while the store is full: kept */
@@ -363,6 +365,7 @@ static void apply_outcomes(struct sender *s)
 static int row_table(const struct dest *d, const struct spool_record *r, char *out, size_t n);
 static void apply_reload(struct sender *s, struct conf *nc);
 static int ensure_table(struct sender *s, struct dest *d, const char *table, char *why, size_t wl);
+static void create_done(struct sender *s, struct request *rq, CURLcode res);
 
 struct reader {
     struct sender *s;
@@ -752,11 +755,13 @@ static void park(struct sender *s, struct dest *d, const char *why)
             d->cd->park_wait_ms);
 }
 
-/* create_table: tables.insert for table (its $decorator dropped) with the
- * destination's schema and partitioning. Returns 0 when the table exists now
- * (created, or 409: someone else won the race), 1 when it was created
- * recently and is presumably still propagating (nothing sent), -1 on failure
- * with why filled. */
+/* create_table: starts a tables.insert for table (its $decorator dropped)
+ * with the destination's schema and partitioning, on the multi handle like
+ * every request, so a slow tables API holds back only this destination.
+ * Returns 0 when the table was created within the last minute (presumably
+ * still propagating: nothing sent), 1 when the request is on its way
+ * (create_done finishes), 2 when no token is ready yet (ask again soon), -1 on
+ * failure with why filled. */
 static int ensure_table(struct sender *s, struct dest *d, const char *table, char *why, size_t wl)
 {
     const struct conf_dest *cd = d->cd;
@@ -812,37 +817,132 @@ static int ensure_table(struct sender *s, struct dest *d, const char *table, cha
     json_decref(body);
     json_decref(schema);
     char token[4096], err[512];
-    if (!text || auth_token_nowait(d->auth, token, sizeof token, err, sizeof err) != 0) {
+    int trc = text ? auth_token_nowait(d->auth, token, sizeof token, err, sizeof err) : -1;
+    if (trc == AUTH_PENDING) {
+        free(text);
+        return 2;
+    }
+    if (trc != 0) {
         snprintf(why, wl, "create_table: %s", text ? err : "out of memory");
         free(text);
         return -1;
     }
-    struct buf url = { 0 }, resp = { 0 };
-    buf_printf(&url, "%s/bigquery/v2/projects/%s/datasets/%s/tables", cd->endpoint, cd->project,
-               cd->dataset);
-    long http = 0;
-    char terr[512];
-    int sent = https_call("POST", url.data, token, cd->ca_file, text, 30000, &resp, &http, terr,
-                          sizeof terr);
-    memset(token, 0, sizeof token);
-    free(text);
-    buf_free(&url);
-    int rc;
-    if (sent == 0 && (http == 200 || http == 409)) {
-        log_info("destination %s: table %s.%s.%s %s", cd->name, cd->project, cd->dataset, base,
-                 http == 200 ? "created" : "already exists (created by another writer)");
-        unsigned slot = d->n_created++ % 8;
-        snprintf(d->created[slot].table, sizeof d->created[slot].table, "%s", base);
-        d->created[slot].created_us = now;
-        rc = 0;
-    } else {
-        struct bq_error be;
-        bqrest_classify(http, resp.data, resp.len, &be);
-        snprintf(why, wl, "create_table %s: %s", base, sent != 0 ? terr : be.message);
-        rc = -1;
+    struct request *rq = s->free_reqs;
+    if (rq) {
+        s->free_reqs = rq->next;
+    } else if (!(rq = calloc(1, sizeof *rq)) || !(rq->easy = curl_easy_init())) {
+        free(rq);
+        free(text);
+        memset(token, 0, sizeof token);
+        snprintf(why, wl, "create_table: out of memory");
+        return -1;
     }
-    buf_free(&resp);
-    return rc;
+    rq->d = d;
+    rq->ch = NULL;
+    rq->create = true;
+    rq->retry_after_s = 0;
+    rq->errbuf[0] = 0;
+    snprintf(rq->create_base, sizeof rq->create_base, "%s", base);
+    buf_puts(&rq->body, text);
+    free(text);
+    char auth_hdr[4200];
+    snprintf(auth_hdr, sizeof auth_hdr, "Authorization: Bearer %s", token);
+    memset(token, 0, sizeof token);
+    struct curl_slist *h = curl_slist_append(NULL, auth_hdr);
+    memset(auth_hdr, 0, sizeof auth_hdr);
+    h = curl_slist_append(h, "Content-Type: application/json; charset=utf-8");
+    const char *qp = auth_quota_project(d->auth);
+    if (qp) {
+        char qh[300];
+        snprintf(qh, sizeof qh, "x-goog-user-project: %s", qp);
+        h = curl_slist_append(h, qh);
+    }
+    h = curl_slist_append(h, "Expect:");
+    rq->headers = h;
+    struct buf url = { 0 };
+    if (!h || !rq->body.data ||
+        buf_printf(&url, "%s/bigquery/v2/projects/%s/datasets/%s/tables", cd->endpoint,
+                   cd->project, cd->dataset) != 0) {
+        buf_free(&url);
+        rq->create = false;
+        request_release(s, rq);
+        snprintf(why, wl, "create_table: out of memory");
+        return -1;
+    }
+    CURL *e = rq->easy;
+    curl_easy_reset(e);
+    curl_easy_setopt(e, CURLOPT_URL, url.data);
+    buf_free(&url);
+    curl_easy_setopt(e, CURLOPT_POST, 1L);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, rq->body.data);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)rq->body.len);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, h);
+    curl_easy_setopt(e, CURLOPT_USERAGENT, "relayd/" RELAY_VERSION);
+    curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, rq);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, rq->errbuf);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)cd->request_timeout_ms);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);   /* always */
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
+    if (cd->ca_file)
+        curl_easy_setopt(e, CURLOPT_CAINFO, cd->ca_file);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, rq);
+    if (curl_multi_add_handle(s->multi, e) != CURLM_OK) {
+        rq->create = false;
+        request_release(s, rq);
+        snprintf(why, wl, "create_table: cannot start the request");
+        return -1;
+    }
+    rq->next_active = s->active;
+    s->active = rq;
+    rq->start_us = util_mono_us();
+    d->inflight++;
+    d->creating = true;
+    return 1;
+}
+
+/* A tables.insert finished: the table exists (200, or 409 when another writer
+ * created it first) and rows go again in a second, or the destination parks
+ * with the reason. */
+static void create_done(struct sender *s, struct request *rq, CURLcode res)
+{
+    struct dest *d = rq->d;
+    const struct conf_dest *cd = d->cd;
+    d->inflight--;
+    d->creating = false;
+    long http = 0;
+    curl_easy_getinfo(rq->easy, CURLINFO_RESPONSE_CODE, &http);
+    if (res == CURLE_OK && (http == 200 || http == 409)) {
+        log_info("destination %s: table %s.%s.%s %s", cd->name, cd->project, cd->dataset,
+                 rq->create_base, http == 200 ? "created" : "already exists (created by another writer)");
+        unsigned slot = d->n_created++ % 8;
+        snprintf(d->created[slot].table, sizeof d->created[slot].table, "%s", rq->create_base);
+        d->created[slot].created_us = util_mono_us();
+        /* a new table can take a moment to accept rows: come back soon */
+        d->not_before_us = 0;
+        backoff(s, d, BQ_RETRY, 1, "table just created: waiting for it to accept rows");
+    } else {
+        char pw[900];
+        if (res != CURLE_OK) {
+            snprintf(pw, sizeof pw, "table %s.%s.%s not found and create_table failed: %s: %s; "
+                     "retrying every %llu s", cd->project, cd->dataset, rq->create_base,
+                     curl_easy_strerror(res), rq->errbuf[0] ? rq->errbuf : "no details",
+                     (unsigned long long)cd->park_wait_ms / 1000);
+        } else {
+            struct bq_error be;
+            bqrest_classify(http, rq->resp.data, rq->resp.len, &be);
+            snprintf(pw, sizeof pw, "table %s.%s.%s not found and create_table failed: HTTP %ld: "
+                     "%s; retrying every %llu s", cd->project, cd->dataset, rq->create_base, http,
+                     be.message, (unsigned long long)cd->park_wait_ms / 1000);
+        }
+        note_error(s, d, "%s", pw);
+        park(s, d, pw);
+    }
+    rq->create = false;
+    request_release(s, rq);
 }
 
 /* Splits ch in halves onto the front of the retry list (order kept). */
@@ -863,6 +963,10 @@ static bool split(struct dest *d, struct chunk *ch)
 
 static void handle_done(struct sender *s, struct request *rq, CURLcode res)
 {
+    if (rq->create) {
+        create_done(s, rq, res);
+        return;
+    }
     struct dest *d = rq->d;
     struct chunk *ch = rq->ch;
     if (--d->inflight == 0 && d->state == D_SENDING)
@@ -987,11 +1091,25 @@ static void handle_done(struct sender *s, struct request *rq, CURLcode res)
     case BQ_NOT_FOUND: {
         retry_push_front(d, ch);
         char pw[800];
-        int made = d->cd->create_table ? ensure_table(s, d, ch->table, pw, sizeof pw) : -1;
+        int made = !d->cd->create_table ? -1 : d->creating ? 1
+                   : ensure_table(s, d, ch->table, pw, sizeof pw);
         if (made == 0) {
-            /* created (or created meanwhile by someone else): a new table can
-             * take a moment to accept rows; come back soon, not after park_wait */
+            /* created within the last minute: a new table can take a moment
+             * to accept rows; come back soon, not after park_wait */
             backoff(s, d, BQ_RETRY, 1, "table just created: waiting for it to accept rows");
+            break;
+        }
+        if (made == 1) {
+            /* tables.insert on its way: hold this destination until it ends
+             * (create_done), bounded by the request timeout */
+            snprintf(pw, sizeof pw, "table %s.%s.%s not found: creating it (create_table = yes)",
+                     d->cd->project, d->cd->dataset, ch->table);
+            park(s, d, pw);
+            d->not_before_us = util_mono_us() + (d->cd->request_timeout_ms + 1000) * 1000;
+            break;
+        }
+        if (made == 2) {   /* no token yet: ask again shortly */
+            d->not_before_us = util_mono_us() + 20 * 1000;
             break;
         }
         if (made < 0)

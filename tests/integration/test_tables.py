@@ -45,6 +45,32 @@ class TablesTest(RelayTest):
         self.assertEqual(st["spool"]["dead_letters"], 1, "the row without a time is dead-lettered")
         self.assertIn("created", d.read_log())
 
+    def test_a_hanging_tables_insert_holds_back_only_its_own_destination(self):
+        """create_table's tables.insert runs on the multi handle like an insertAll:
+        while it hangs (8 s), another destination's rows are delivered, and the
+        creation is provably still outstanding when they all are."""
+        self.emu.create_table("proj.logs.events", EVENTS_SCHEMA)
+        self.emu.fault(latency_ms=8000, path="tables", count=1)
+        d = self.daemon(dests=[("sharded", self.sharded()),
+                               ("events", deliver_to(self.emu, table="events"))], default_table=None)
+        d.start()
+
+        def dest(name):
+            return {x["name"]: x for x in d.status()["destinations"]}[name]["delivery"]
+        self.send(d, ["@sharded"] + self.rows_for(0, per_day=5))
+        wait_for(lambda: "creating it" in dest("sharded")["why"], 30, "the table creation to start")
+        self.send(d, ["@events"] + [json.dumps({"i": k}) for k in range(50)])
+        wait_for(lambda: self.emu.count("proj.logs.events") == 50, 30, "the other destination's rows")
+        st = dest("sharded")
+        self.assertIn("creating it", st["why"])        # tables.insert still hanging
+        self.assertEqual(st["in_flight"], 1)
+        self.assertEqual(st["delivered"], 0)
+        # then the creation completes and the sharded rows follow
+        for day in DAYS:
+            t = "proj.logs.ev_" + day.replace("-", "")
+            wait_for(lambda: self.emu.count(t) == 5, 60, f"5 rows in {t}")
+        self.assertIn("event=recovered", d.read_log())
+
     def test_partition_decorator(self):
         self.emu.create_table("proj.logs.part", SCHEMA)
         d = self.daemon(dests=[("events", deliver_to(self.emu, table="part$%Y%m%d",
