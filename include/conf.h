@@ -59,6 +59,13 @@ struct conf_dest {
     char *storage_endpoint;/* host:port of the Storage Write API */
 };
 
+/* [forward] route = PATTERN DESTINATION */
+struct conf_route {
+    char *pattern;         /* fluentd-style tag pattern (forward.h: fwd_tag_match) */
+    char *dest;
+    unsigned line;
+};
+
 /* True if d names a BigQuery table to deliver to (project and dataset set). */
 bool conf_dest_delivers(const struct conf_dest *d);
 
@@ -97,6 +104,16 @@ struct conf {
     uint64_t max_depth;            /* JSON nesting limit */
     char *default_table;           /* destination for records with no '@table' */
 
+    /* [forward]: the Fluent forward input (off unless socket or listen is set) */
+    char *forward_socket;          /* Unix socket path, or NULL */
+    mode_t forward_socket_mode;
+    char *forward_listen;          /* loopback HOST:PORT for TCP, or NULL */
+    char *forward_time_key;        /* column for the event time, or NULL: not kept */
+    int forward_time_format;       /* enum fwd_time_format */
+    uint64_t forward_max_message_bytes;
+    struct conf_route *routes;     /* tag -> destination, first match wins */
+    size_t n_routes;
+
     struct conf_dest *dests;
     size_t n_dests;
 };
@@ -131,6 +148,10 @@ bool conf_peer_allowed(const struct conf *c, uid_t uid, gid_t gid);
  * process's own supplementary groups, from SO_PEERGROUPS). */
 bool conf_peer_allowed_groups(const struct conf *c, uid_t uid, gid_t gid, const gid_t *groups,
                               size_t n);
+
+/* The destination for a forward tag: the first route whose pattern matches,
+ * else a destination named like the tag, else default_table; NULL if none. */
+const char *conf_route_tag(const struct conf *c, const char *tag, size_t len);
 
 void conf_free(struct conf *c);
 

@@ -14,6 +14,7 @@
  * unknown sections and keys are errors, never silently ignored.
  */
 #include "conf.h"
+#include "forward.h"
 #include "log.h"
 #include "metrics.h"
 #include "util.h"
@@ -31,7 +32,7 @@
 
 enum key_type { T_STR, T_PATH, T_SIZE, T_DURATION, T_UINT, T_MODE, T_LOGLEVEL,
                 T_DURABILITY, T_UIDS, T_GIDS, T_USER, T_GROUP, T_BOOL, T_API, T_URL,
-                T_DELIVERY };
+                T_DELIVERY, T_ROUTE, T_TIMEFMT };
 
 struct key_def {
     const char *section;
@@ -66,6 +67,13 @@ static const struct key_def keys[] = {
     { "ingest", "max_pending_bytes",   T_SIZE,       OFF(max_pending_bytes), 64 << 10, 1ULL << 32 },
     { "ingest", "max_depth",           T_UINT,       OFF(max_depth), 1, 1000 },
     { "ingest", "default_table",       T_STR,        OFF(default_table), 0, 0 },
+    { "forward", "socket",             T_PATH,       OFF(forward_socket), 0, 0 },
+    { "forward", "socket_mode",        T_MODE,       OFF(forward_socket_mode), 0, 0 },
+    { "forward", "listen",             T_STR,        OFF(forward_listen), 0, 0 },
+    { "forward", "time_key",           T_STR,        OFF(forward_time_key), 0, 0 },
+    { "forward", "time_format",        T_TIMEFMT,    OFF(forward_time_format), 0, 0 },
+    { "forward", "max_message_bytes",  T_SIZE,       OFF(forward_max_message_bytes), 64 << 10, 1ULL << 30 },
+    { "forward", "route",              T_ROUTE,      0, 0, 0 },
 };
 
 #define DOFF(f) offsetof(struct conf_dest, f)
@@ -143,6 +151,9 @@ void conf_defaults(struct conf *c)
     c->full_wait_ms = 5000;
     c->max_pending_bytes = 32ULL << 20;
     c->max_depth = 15 + 1;   /* BigQuery allows 15 levels of nested RECORD below the row */
+    c->forward_socket_mode = 0660;
+    c->forward_time_format = FWD_TIME_TIMESTAMP;
+    c->forward_max_message_bytes = 16ULL << 20;
 }
 
 static void dest_defaults(struct conf_dest *d)
@@ -183,6 +194,17 @@ static void dest_free(struct conf_dest *d)
     free(d->clustering);
 }
 
+const char *conf_route_tag(const struct conf *c, const char *tag, size_t len)
+{
+    for (size_t i = 0; i < c->n_routes; i++)
+        if (fwd_tag_match(c->routes[i].pattern, tag, len))
+            return c->routes[i].dest;
+    const struct conf_dest *d = conf_find_dest(c, tag, len);
+    if (d)
+        return d->name;
+    return c->default_table;
+}
+
 bool conf_dest_delivers(const struct conf_dest *d)
 {
     return d->project && d->dataset;
@@ -198,6 +220,14 @@ void conf_free(struct conf *c)
     free(c->allowed_uids);
     free(c->allowed_gids);
     free(c->default_table);
+    free(c->forward_socket);
+    free(c->forward_listen);
+    free(c->forward_time_key);
+    for (size_t i = 0; i < c->n_routes; i++) {
+        free(c->routes[i].pattern);
+        free(c->routes[i].dest);
+    }
+    free(c->routes);
     for (size_t i = 0; i < c->n_dests; i++)
         dest_free(&c->dests[i]);
     free(c->dests);
@@ -494,6 +524,37 @@ static int set_key(struct parser *p, struct conf *c, void *obj, const struct key
         else
             return perr(p, k->name, "expected at_least_once or exactly_once, got '%s'", v);
         return 0;
+    case T_TIMEFMT: {
+        int f = fwd_time_format_parse(v);
+        if (f < 0)
+            return perr(p, k->name, "expected timestamp, rfc3339_ns or unix_ns, got '%s'", v);
+        *(int *)(void *)base = f;
+        return 0;
+    }
+    case T_ROUTE: {
+        char *pat = v, *d = v;
+        while (*d && !isspace((unsigned char)*d))
+            d++;
+        if (*d)
+            *d++ = 0;
+        d = trim(d);
+        if (!*pat || !*d || strpbrk(d, " \t"))
+            return perr(p, k->name, "expected 'TAG_PATTERN DESTINATION' (e.g. 'app.** events'), "
+                        "got '%s'", v);
+        for (const char *q = pat; *q; q++)
+            if (!isalnum((unsigned char)*q) && !strchr("_-.*", *q))
+                return perr(p, k->name, "tag pattern '%s': use letters, digits, '_', '-', '.', "
+                            "'*' (within one part) and '**' (any parts)", pat);
+        struct conf_route *r = realloc(c->routes, (c->n_routes + 1) * sizeof *r);
+        if (!r)
+            return perr(p, k->name, "out of memory");
+        c->routes = r;
+        r[c->n_routes].pattern = xstrdup(pat);
+        r[c->n_routes].dest = xstrdup(d);
+        r[c->n_routes].line = p->line;
+        c->n_routes++;
+        return 0;
+    }
     case T_UIDS:
         return parse_ids(p, k->name, v, false, c);
     case T_GIDS:
@@ -544,8 +605,9 @@ static int begin_section(struct parser *p, struct conf *c, char *hdr)
     }
     if (*arg)
         return perr(p, NULL, "section [%s] takes no name", name);
-    if (strcmp(name, "relayd") && strcmp(name, "spool") && strcmp(name, "ingest"))
-        return perr(p, NULL, "unknown section [%s] (expected relayd, spool, ingest or "
+    if (strcmp(name, "relayd") && strcmp(name, "spool") && strcmp(name, "ingest") &&
+        strcmp(name, "forward"))
+        return perr(p, NULL, "unknown section [%s] (expected relayd, spool, ingest, forward or "
                     "destination NAME)", name);
     return 0;
 }
@@ -609,6 +671,36 @@ int conf_validate(const struct conf *c, char *err, size_t errlen)
         snprintf(err, errlen, "[ingest] default_table: '%s' is not a [destination]",
                  c->default_table);
         return -1;
+    }
+    for (size_t i = 0; i < c->n_routes; i++) {
+        const struct conf_route *r = &c->routes[i];
+        if (!conf_find_dest(c, r->dest, strlen(r->dest))) {
+            snprintf(err, errlen, "line %u: [forward] route: '%s' is not a [destination]",
+                     r->line, r->dest);
+            return -1;
+        }
+    }
+    if (c->forward_listen && !metrics_valid_listen(c->forward_listen)) {
+        snprintf(err, errlen, "[forward] listen: '%s': expected 127.0.0.1:PORT or localhost:PORT "
+                 "(the forward input has no authentication over TCP, so it listens on loopback "
+                 "only; prefer [forward] socket, which checks peer credentials)",
+                 c->forward_listen);
+        return -1;
+    }
+    if (c->forward_listen && strncmp(c->forward_listen, "unix:", 5) == 0) {
+        snprintf(err, errlen, "[forward] listen: use [forward] socket = PATH for a Unix socket");
+        return -1;
+    }
+    if (c->forward_time_key) {
+        const char *k = c->forward_time_key;
+        bool ok = strlen(k) <= 300 && (isalpha((unsigned char)k[0]) || k[0] == '_');
+        for (const char *q = k; ok && *q; q++)
+            ok = isalnum((unsigned char)*q) || *q == '_';
+        if (!ok) {
+            snprintf(err, errlen, "[forward] time_key: '%s' is not a BigQuery column name "
+                     "(letters, digits and '_', starting with a letter or '_')", k);
+            return -1;
+        }
     }
     if (c->n_dests == 0) {
         snprintf(err, errlen, "no [destination NAME] section: records need somewhere to go");

@@ -14,6 +14,7 @@
  */
 #include "ingest.h"
 #include "committer.h"
+#include "forward.h"
 #include "line.h"
 #include "log.h"
 #include "status.h"
@@ -33,6 +34,8 @@
 #include <sys/stat.h>
 #include <sys/timerfd.h>
 #include <sys/un.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
@@ -42,7 +45,8 @@
 #define RATE_SLOTS    11             /* 10 s window of 1 s samples */
 #define NO_OK         ((size_t)-1)
 
-enum tag { T_LISTEN = 1, T_CONTROL, T_SIGNAL, T_TIMER, T_COMMITTER, T_CONN };
+enum tag { T_LISTEN = 1, T_CONTROL, T_SIGNAL, T_TIMER, T_COMMITTER, T_CONN, T_FWD_UNIX,
+           T_FWD_TCP };
 #define TAG(t, slot) (((uint64_t)(t) << 32) | (uint32_t)(slot))
 
 enum state { ST_ACCEPTING, ST_BACKPRESSURE, ST_REFUSING };
@@ -52,6 +56,20 @@ static const char *const state_names[] = { "accepting", "backpressure", "refusin
 static const char *const reasons[] = { "json", "utf8", "not-object", "nul", "depth",
                                        "size", "table", "full", "truncated", "shutdown" };
 #define N_REASONS (sizeof reasons / sizeof reasons[0])
+
+/* Reasons a forward record is refused (forward.h, and ours: table, full,
+ * shutdown, truncated); counted in status. */
+static const char *const fwd_reasons[] = { "json", "utf8", "not-object", "nul", "depth", "size",
+                                           "table", "full", "truncated", "shutdown", "time",
+                                           "key", "type", "entry", "trailing" };
+#define N_FWD_REASONS (sizeof fwd_reasons / sizeof fwd_reasons[0])
+
+/* A forward chunk waiting for its records to be durable. */
+struct fwd_pending {
+    char *chunk;
+    size_t len;
+    uint64_t upto;          /* its last record's line */
+};
 
 struct conn {
     int fd;
@@ -74,6 +92,13 @@ struct conn {
     size_t tail_ok;         /* offset of an unsent trailing "ok" line, or NO_OK */
     bool dirty;             /* on the to-flush list */
     struct conn *next_dirty;
+    /* the Fluent forward protocol (NULL: the line protocol) */
+    struct fwd_stream *fwd;
+    struct fwd_pending *acks;      /* oldest first, from ack_head */
+    size_t n_acks, ack_head, acks_cap;
+    uint64_t fail_line;     /* first record that could not be stored for now (0: none):
+                               no chunk holding it or a later one is acknowledged */
+    bool is_fwd, tcp;
 };
 
 struct dest_map {
@@ -87,7 +112,7 @@ struct ingest {
     struct ingest_hooks hooks;
     struct spool *spool;
     struct committer *committer;
-    int epfd, lfd, cfd, sfd, tfd;
+    int epfd, lfd, cfd, sfd, tfd, ffd, ftcp;
     struct conn **conns;          /* by slot */
     uint32_t *gens;
     uint32_t *free_slots;
@@ -112,7 +137,60 @@ struct ingest {
     uint64_t rate_t[RATE_SLOTS], rate_rec[RATE_SLOTS], rate_bytes[RATE_SLOTS];
     unsigned rate_i, ticks;
     uint64_t watchdog_us, last_ping_us;   /* systemd watchdog (0: off) */
+    /* forward input counters */
+    uint64_t fwd_conns, fwd_messages, fwd_records, fwd_acks, fwd_errors,
+             fwd_refused[N_FWD_REASONS];
+    uint64_t fwd_log_window_us;
+    unsigned fwd_log_n;
+    uint64_t fwd_log_suppressed;
 };
+
+static void conn_free(struct conn *c)
+{
+    free(c->in);
+    free(c->out);
+    fwd_stream_free(c->fwd);
+    for (size_t i = c->ack_head; i < c->n_acks; i++)
+        free(c->acks[i].chunk);
+    free(c->acks);
+    free(c);
+}
+
+/* Forward problems go to the log, at most 10 lines per 10 s. */
+static void fwd_log(struct ingest *in, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void fwd_log(struct ingest *in, const char *fmt, ...)
+{
+    uint64_t now = util_mono_us();
+    if (now - in->fwd_log_window_us >= 10000000) {
+        if (in->fwd_log_suppressed)
+            log_warn("forward: %llu more refusals in the last 10 s were not logged (see "
+                     "relayctl status: ingest.forward.refused)",
+                     (unsigned long long)in->fwd_log_suppressed);
+        in->fwd_log_window_us = now;
+        in->fwd_log_n = 0;
+        in->fwd_log_suppressed = 0;
+    }
+    if (in->fwd_log_n >= 10) {
+        in->fwd_log_suppressed++;
+        return;
+    }
+    in->fwd_log_n++;
+    char msg[700];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    log_warn("forward: %s", msg);
+}
+
+static int fwd_reason_index(const char *r)
+{
+    for (size_t i = 0; i < N_FWD_REASONS; i++)
+        if (strcmp(fwd_reasons[i], r) == 0)
+            return (int)i;
+    return 0;
+}
 
 static int reason_index(const char *r)
 {
@@ -195,13 +273,59 @@ static void refuse(struct ingest *in, struct conn *c, uint64_t line, const char 
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    if (c->is_fwd) {
+        in->fwd_refused[fwd_reason_index(reason)]++;
+        if (strcmp(reason, "full") == 0 || strcmp(reason, "shutdown") == 0) {
+            /* not for good: the chunk is not acknowledged, the producer resends it */
+            if (!c->fail_line || line < c->fail_line)
+                c->fail_line = line;
+            c->eof = true;          /* read no more; close once the earlier acks are out */
+            fwd_log(in, "pid %d: a record was not stored (%s: %s); its chunk is not "
+                    "acknowledged and the connection is closed so that the producer resends it",
+                    (int)c->pid, reason, msg);
+        } else {
+            fwd_log(in, "pid %d: record %llu refused (%s): %s", (int)c->pid,
+                    (unsigned long long)line, reason, msg);
+        }
+        mark_dirty(in, c);
+        return;
+    }
     in->lines_refused[reason_index(reason)]++;
     reply(in, c, "err %llu %s %s", (unsigned long long)line, reason, msg);
+}
+
+/* Queues the {"ack": chunk} of every chunk whose records are now handled. */
+static void update_fwd_acks(struct ingest *in, struct conn *c)
+{
+    uint64_t n = c->inflight == 0 ? c->lines : c->durable_line;
+    while (c->ack_head < c->n_acks) {
+        struct fwd_pending *a = &c->acks[c->ack_head];
+        if (c->fail_line && a->upto >= c->fail_line) {
+            free(a->chunk);          /* never acknowledged: resent by the producer */
+            c->ack_head++;
+            continue;
+        }
+        if (a->upto > n)
+            break;
+        if (!out_reserve(c, a->len + 16))
+            break;
+        c->out_len += fwd_ack(a->chunk, a->len, c->out + c->out_len, a->len + 16);
+        free(a->chunk);
+        c->ack_head++;
+        in->fwd_acks++;
+        mark_dirty(in, c);
+    }
+    if (c->ack_head == c->n_acks)
+        c->ack_head = c->n_acks = 0;
 }
 
 /* Queues "ok N" if the connection's ack has grown. */
 static void update_ack(struct ingest *in, struct conn *c)
 {
+    if (c->is_fwd) {
+        update_fwd_acks(in, c);
+        return;
+    }
     uint64_t n = c->inflight == 0 ? c->lines : c->durable_line;
     if (n <= c->acked)
         return;
@@ -227,17 +351,21 @@ static void conn_close(struct ingest *in, struct conn *c)
 {
     if (c->in_epoll)
         epoll_ctl(in->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+    if (c->is_fwd) {
+        /* closing with unread bytes resets the connection, which can discard
+         * the acks just sent before the producer reads them: drain first */
+        char sink[4096];
+        for (int i = 0; i < 256 && recv(c->fd, sink, sizeof sink, MSG_DONTWAIT) > 0; i++)
+            ;
+    }
     close(c->fd);
     in->conns[c->slot] = NULL;
     in->gens[c->slot]++;
     in->free_slots[in->n_free++] = c->slot;
     in->n_conns--;
     c->fd = -1;   /* may still be on the dirty list: flush skips it */
-    if (!c->dirty) {
-        free(c->in);
-        free(c->out);
-        free(c);
-    }
+    if (!c->dirty)
+        conn_free(c);
 }
 
 static bool want_read(struct ingest *in, struct conn *c)
@@ -306,9 +434,7 @@ static void flush_dirty(struct ingest *in)
         in->dirty = c->next_dirty;
         c->dirty = false;
         if (c->fd < 0) {     /* closed while queued */
-            free(c->in);
-            free(c->out);
-            free(c);
+            conn_free(c);
             continue;
         }
         conn_flush(in, c);
@@ -383,6 +509,9 @@ static void update_reading(struct ingest *in)
     set_reading(in, on);
 }
 
+static void store_record(struct ingest *in, struct conn *c, uint64_t ln, uint32_t dest,
+                         const char *json, size_t json_len);
+
 static void handle_line(struct ingest *in, struct conn *c, const char *p, size_t len)
 {
     uint64_t ln = ++c->lines;
@@ -421,6 +550,13 @@ static void handle_line(struct ingest *in, struct conn *c, const char *p, size_t
             return;
         }
     }
+    store_record(in, c, ln, dest, r.json, r.json_len);
+}
+
+/* Adds a validated record of line ln to the current batch (or refuses it). */
+static void store_record(struct ingest *in, struct conn *c, uint64_t ln, uint32_t dest,
+                         const char *json, size_t json_len)
+{
     if (in->state == ST_REFUSING) {
         refuse(in, c, ln, "full", "spool is full: %s; nothing was stored: retry later",
                in->full_why);
@@ -438,14 +574,96 @@ static void handle_line(struct ingest *in, struct conn *c, const char *p, size_t
         }
         batch_reset(in->cur);
     }
-    if (batch_add(in->cur, c->slot, c->gen, ln, dest, r.json, r.json_len) != 0) {
+    if (batch_add(in->cur, c->slot, c->gen, ln, dest, json, json_len) != 0) {
         refuse(in, c, ln, "full", "relayd is out of memory; nothing was stored");
         return;
     }
     c->inflight++;
-    in->pending_bytes += r.json_len;
+    in->pending_bytes += json_len;
     in->records++;
-    in->bytes += r.json_len;
+    in->bytes += json_len;
+}
+
+/* ---- the Fluent forward protocol ---- */
+
+struct fwd_ctx {
+    struct ingest *in;
+    struct conn *c;
+};
+
+static void fwd_on_record(void *arg, const char *tag, size_t tag_len, const char *json,
+                          size_t len)
+{
+    struct fwd_ctx *x = arg;
+    struct conn *c = x->c;
+    uint64_t ln = ++c->lines;
+    const char *name = conf_route_tag(x->in->conf, tag, tag_len);
+    uint32_t dest = name ? lookup_dest(x->in, name, strlen(name)) : 0;
+    if (!dest) {
+        refuse(x->in, c, ln, "table", "no destination for tag '%.*s': add a [forward] route "
+               "(e.g. route = %.*s NAME), a [destination %.*s] or [ingest] default_table",
+               (int)tag_len, tag, (int)tag_len, tag, (int)tag_len, tag);
+        return;
+    }
+    x->in->fwd_records++;
+    store_record(x->in, c, ln, dest, json, len);
+}
+
+static void fwd_on_refused(void *arg, const char *tag, size_t tag_len, const char *reason,
+                           const char *detail)
+{
+    struct fwd_ctx *x = arg;
+    uint64_t ln = ++x->c->lines;
+    refuse(x->in, x->c, ln, reason, "tag '%.*s': %s", (int)tag_len, tag, detail);
+}
+
+static void fwd_on_end(void *arg, const char *chunk, size_t len)
+{
+    struct fwd_ctx *x = arg;
+    struct conn *c = x->c;
+    x->in->fwd_messages++;
+    if (!chunk)
+        return;
+    if (c->n_acks == c->acks_cap) {
+        size_t nc = c->acks_cap ? c->acks_cap * 2 : 8;
+        struct fwd_pending *a = realloc(c->acks, nc * sizeof *a);
+        if (!a)
+            return;                 /* not acknowledged: the producer resends it */
+        c->acks = a;
+        c->acks_cap = nc;
+    }
+    char *id = malloc(len);
+    if (!id)
+        return;
+    memcpy(id, chunk, len);
+    c->acks[c->n_acks++] = (struct fwd_pending){ id, len, c->lines };
+}
+
+static void fwd_limits_of(const struct conf *cf, struct fwd_limits *l)
+{
+    l->max_message_bytes = (size_t)cf->forward_max_message_bytes;
+    l->max_record_bytes = (size_t)cf->max_record_bytes;
+    l->max_depth = (unsigned)cf->max_depth;
+    l->time_key = cf->forward_time_key;
+    l->time_format = (enum fwd_time_format)cf->forward_time_format;
+}
+
+static void fwd_consume(struct ingest *in, struct conn *c, const char *buf, size_t n)
+{
+    struct fwd_ctx x = { in, c };
+    struct fwd_sink sink = { fwd_on_record, fwd_on_refused, fwd_on_end, &x };
+    struct fwd_limits l;
+    fwd_limits_of(in->conf, &l);
+    char err[512];
+    if (fwd_feed(c->fwd, &l, buf, n, &sink, err, sizeof err) != 0) {
+        in->fwd_errors++;
+        fwd_log(in, "pid %d: protocol error, closing the connection: %s (messages before it "
+                "are stored and acknowledged; the producer resends the rest)", (int)c->pid, err);
+        c->eof = true;    /* no more reading; closed once what was read is acknowledged */
+        fwd_stream_free(c->fwd);
+        c->fwd = NULL;
+        mark_dirty(in, c);
+    }
 }
 
 /* Keeps the partial line at p[0..n) for the next read. */
@@ -532,6 +750,19 @@ static void consume(struct ingest *in, struct conn *c, const char *buf, size_t n
 static void conn_eof(struct ingest *in, struct conn *c)
 {
     c->eof = true;
+    if (c->fwd) {
+        size_t left = fwd_buffered(c->fwd);
+        if (left) {
+            in->fwd_refused[fwd_reason_index("truncated")]++;
+            fwd_log(in, "pid %d: the connection ended in the middle of a message (%zu bytes "
+                    "buffered): it was not stored", (int)c->pid, left);
+        }
+        fwd_stream_free(c->fwd);
+        c->fwd = NULL;
+        update_ack(in, c);
+        mark_dirty(in, c);
+        return;
+    }
     if (c->in_len || c->skipping) {
         if (!c->skipping) {
             uint64_t ln = ++c->lines;
@@ -561,6 +792,11 @@ static void conn_read(struct ingest *in, struct conn *c)
         conn_eof(in, c);
         return;
     }
+    if (c->fwd) {
+        fwd_consume(in, c, in->scratch, (size_t)n);
+        update_ack(in, c);
+        return;
+    }
     consume(in, c, in->scratch, (size_t)n);
     if (c->in_len == 0 && c->in_cap > 65536) {
         free(c->in);
@@ -585,19 +821,33 @@ static bool peer_allowed(const struct conf *c, int fd, uid_t uid, gid_t gid)
     return conf_peer_allowed_groups(c, uid, gid, groups, n);
 }
 
-static void accept_conns(struct ingest *in)
+/* kind: T_LISTEN (the line protocol), T_FWD_UNIX or T_FWD_TCP (forward) */
+static void accept_conns(struct ingest *in, int kind)
 {
+    int lfd = kind == T_LISTEN ? in->lfd : kind == T_FWD_UNIX ? in->ffd : in->ftcp;
+    bool fwd = kind != T_LISTEN;
     for (int k = 0; k < 64; k++) {
-        int fd = accept4(in->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
-                log_warn("accept on %s: %s", in->conf->socket_path, strerror(errno));
+                log_warn("accept on %s: %s", kind == T_LISTEN ? in->conf->socket_path :
+                         kind == T_FWD_UNIX ? in->conf->forward_socket : in->conf->forward_listen,
+                         strerror(errno));
             return;
         }
-        struct ucred cr;
+        struct ucred cr = { .pid = 0, .uid = (uid_t)-1, .gid = (gid_t)-1 };
         socklen_t cl = sizeof cr;
-        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &cl) != 0 ||
-            !peer_allowed(in->conf, fd, cr.uid, cr.gid)) {
+        if (kind != T_FWD_TCP &&
+            (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &cl) != 0 ||
+             !peer_allowed(in->conf, fd, cr.uid, cr.gid))) {
+            if (fwd) {   /* forward has no error channel: log and close */
+                log_warn("refused a forward producer: uid %u gid %u pid %d is not allowed (add "
+                         "it to [ingest] allowed_uids or allowed_gids)", (unsigned)cr.uid,
+                         (unsigned)cr.gid, (int)cr.pid);
+                in->denied_conns++;
+                close(fd);
+                continue;
+            }
             char msg[256];
             int m = snprintf(msg, sizeof msg, "err 0 denied uid %u gid %u may not send to "
                              "relayd: add it to [ingest] allowed_uids or allowed_gids\n",
@@ -607,6 +857,11 @@ static void accept_conns(struct ingest *in)
             log_warn("refused a producer: uid %u gid %u pid %d is not allowed",
                      (unsigned)cr.uid, (unsigned)cr.gid, (int)cr.pid);
             in->denied_conns++;
+            close(fd);
+            continue;
+        }
+        if (in->n_free == 0 && fwd) {
+            fwd_log(in, "too many connections (max_connections): closing a new one");
             close(fd);
             continue;
         }
@@ -629,6 +884,15 @@ static void accept_conns(struct ingest *in)
         c->uid = cr.uid;
         c->pid = cr.pid;
         c->tail_ok = NO_OK;
+        c->tcp = kind == T_FWD_TCP;
+        c->is_fwd = fwd;
+        if (fwd && !(c->fwd = fwd_stream_new())) {
+            close(fd);
+            free(c);
+            continue;
+        }
+        if (fwd)
+            in->fwd_conns++;
         in->conns[c->slot] = c;
         in->n_conns++;
         in->accepted_conns++;
@@ -732,6 +996,23 @@ static char *status_json(struct ingest *in)
     for (size_t i = 0; i < N_REASONS; i++)
         json_object_set_new(ref, reasons[i], json_integer((json_int_t)in->lines_refused[i]));
     json_object_set_new(ing, "refused", ref);
+    if (in->ffd >= 0 || in->ftcp >= 0) {
+        json_t *fw = json_object();
+        json_object_set_new(fw, "socket", in->conf->forward_socket ?
+                            json_string(in->conf->forward_socket) : json_null());
+        json_object_set_new(fw, "listen", in->conf->forward_listen ?
+                            json_string(in->conf->forward_listen) : json_null());
+        json_object_set_new(fw, "connections", json_integer((json_int_t)in->fwd_conns));
+        json_object_set_new(fw, "messages", json_integer((json_int_t)in->fwd_messages));
+        json_object_set_new(fw, "records", json_integer((json_int_t)in->fwd_records));
+        json_object_set_new(fw, "acks", json_integer((json_int_t)in->fwd_acks));
+        json_object_set_new(fw, "protocol_errors", json_integer((json_int_t)in->fwd_errors));
+        json_t *fr = json_object();
+        for (size_t i = 0; i < N_FWD_REASONS; i++)
+            json_object_set_new(fr, fwd_reasons[i], json_integer((json_int_t)in->fwd_refused[i]));
+        json_object_set_new(fw, "refused", fr);
+        json_object_set_new(ing, "forward", fw);
+    }
     json_object_set_new(root, "ingest", ing);
 
     json_t *cm = json_object();
@@ -859,6 +1140,12 @@ static void reload(struct ingest *in)
         return;
     }
     const struct conf *oc = in->conf;
+    bool fwd_changed = !oc->forward_socket != !nc->forward_socket ||
+                       (oc->forward_socket && strcmp(oc->forward_socket, nc->forward_socket)) ||
+                       !oc->forward_listen != !nc->forward_listen ||
+                       (oc->forward_listen && strcmp(oc->forward_listen, nc->forward_listen));
+    if (fwd_changed)
+        log_warn("reload: [forward] socket and listen changes take effect at the next restart");
     if (strcmp(oc->spool_dir, nc->spool_dir) || strcmp(oc->socket_path, nc->socket_path) ||
         oc->max_spool_bytes != nc->max_spool_bytes || oc->durability != nc->durability ||
         strcmp(oc->control_socket, nc->control_socket) || oc->max_connections != nc->max_connections)
@@ -959,6 +1246,39 @@ static int listen_unix(const char *path, mode_t mode, uid_t uid, gid_t gid, int 
     return fd;
 }
 
+/* Listens on a loopback HOST:PORT (checked by conf_validate). */
+static int listen_tcp(const char *addr, char *err, size_t errlen)
+{
+    char host[64], port[16];
+    const char *colon = strrchr(addr, ':');
+    if (!colon || (size_t)(colon - addr) >= sizeof host || strlen(colon + 1) >= sizeof port) {
+        snprintf(err, errlen, "[forward] listen: cannot parse '%s'", addr);
+        return -1;
+    }
+    memcpy(host, addr, (size_t)(colon - addr));
+    host[colon - addr] = 0;
+    snprintf(port, sizeof port, "%s", colon + 1);
+    struct addrinfo hints = { .ai_family = AF_INET, .ai_socktype = SOCK_STREAM,
+                              .ai_flags = AI_PASSIVE }, *res = NULL;
+    int rc = getaddrinfo(host, port, &hints, &res);
+    if (rc != 0 || !res) {
+        snprintf(err, errlen, "[forward] listen: %s: %s", addr, gai_strerror(rc));
+        return -1;
+    }
+    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+        bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, 1024) != 0) {
+        snprintf(err, errlen, "[forward] listen: cannot listen on %s: %s", addr, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        freeaddrinfo(res);
+        return -1;
+    }
+    freeaddrinfo(res);
+    return fd;
+}
+
 static int ep_add(struct ingest *in, int fd, uint64_t tag)
 {
     struct epoll_event e = { .events = EPOLLIN, .data.u64 = tag };
@@ -983,7 +1303,7 @@ int ingest_create_hooked(struct conf *conf, struct spool *s, const struct ingest
         in->hooks = *h;
     in->conf = conf;
     in->spool = s;
-    in->epfd = in->lfd = in->cfd = in->sfd = in->tfd = -1;
+    in->epfd = in->lfd = in->cfd = in->sfd = in->tfd = in->ffd = in->ftcp = -1;
     in->limits.max_record_bytes = conf->max_record_bytes;
     in->limits.max_depth = (unsigned)conf->max_depth;
     in->start_ms = util_now_ms();
@@ -1011,6 +1331,17 @@ int ingest_create_hooked(struct conf *conf, struct spool *s, const struct ingest
                           conf->socket_gid, 64, err, errlen);
     if (in->cfd < 0)
         goto fail;
+    if (conf->forward_socket) {
+        in->ffd = listen_unix(conf->forward_socket, conf->forward_socket_mode, conf->socket_uid,
+                              conf->socket_gid, 1024, err, errlen);
+        if (in->ffd < 0)
+            goto fail;
+    }
+    if (conf->forward_listen) {
+        in->ftcp = listen_tcp(conf->forward_listen, err, errlen);
+        if (in->ftcp < 0)
+            goto fail;
+    }
 
     sigset_t set;
     sigemptyset(&set);
@@ -1040,7 +1371,9 @@ int ingest_create_hooked(struct conf *conf, struct spool *s, const struct ingest
     }
     if (ep_add(in, in->lfd, TAG(T_LISTEN, 0)) || ep_add(in, in->cfd, TAG(T_CONTROL, 0)) ||
         ep_add(in, in->sfd, TAG(T_SIGNAL, 0)) || ep_add(in, in->tfd, TAG(T_TIMER, 0)) ||
-        ep_add(in, committer_fd(in->committer), TAG(T_COMMITTER, 0))) {
+        ep_add(in, committer_fd(in->committer), TAG(T_COMMITTER, 0)) ||
+        (in->ffd >= 0 && ep_add(in, in->ffd, TAG(T_FWD_UNIX, 0))) ||
+        (in->ftcp >= 0 && ep_add(in, in->ftcp, TAG(T_FWD_TCP, 0)))) {
         snprintf(err, errlen, "epoll: %s", strerror(errno));
         goto fail;
     }
@@ -1057,6 +1390,10 @@ static void shutdown_ingest(struct ingest *in)
 {
     set_reading(in, false);
     epoll_ctl(in->epfd, EPOLL_CTL_DEL, in->lfd, NULL);
+    if (in->ffd >= 0)
+        epoll_ctl(in->epfd, EPOLL_CTL_DEL, in->ffd, NULL);
+    if (in->ftcp >= 0)
+        epoll_ctl(in->epfd, EPOLL_CTL_DEL, in->ftcp, NULL);
     submit_batch(in);
     struct batch *left = NULL;
     committer_stop(in->committer, &left);
@@ -1085,6 +1422,10 @@ int ingest_run(struct ingest *in)
     log_info("ready: accepting records on %s (control %s), spool %s, durability %s",
              in->conf->socket_path, in->conf->control_socket, in->conf->spool_dir,
              conf_durability_name(in->conf->durability));
+    if (in->ffd >= 0 || in->ftcp >= 0)
+        log_info("ready: Fluent forward input on %s%s%s", in->conf->forward_socket ?
+                 in->conf->forward_socket : "", in->ffd >= 0 && in->ftcp >= 0 ? " and " : "",
+                 in->conf->forward_listen ? in->conf->forward_listen : "");
     /* systemd (Type=notify): ready now; the watchdog, if set, is pinged from the loop */
     sd_notifyf(0, "READY=1\nSTATUS=accepting records on %s", in->conf->socket_path);
     uint64_t wd = 0;
@@ -1101,7 +1442,9 @@ int ingest_run(struct ingest *in)
         for (int i = 0; i < n; i++) {
             uint64_t tag = evs[i].data.u64;
             switch ((enum tag)(tag >> 32)) {
-            case T_LISTEN:    accept_conns(in); break;
+            case T_LISTEN:    accept_conns(in, T_LISTEN); break;
+            case T_FWD_UNIX:  accept_conns(in, T_FWD_UNIX); break;
+            case T_FWD_TCP:   accept_conns(in, T_FWD_TCP); break;
             case T_CONTROL:   control_accept(in); break;
             case T_SIGNAL:    on_signal(in); break;
             case T_TIMER:     on_tick(in); break;
@@ -1147,9 +1490,7 @@ void ingest_destroy(struct ingest *in)
         struct conn *c = in->conns[i];
         if (c) {
             close(c->fd);
-            free(c->in);
-            free(c->out);
-            free(c);
+            conn_free(c);
         }
     }
     if (in->lfd >= 0) {
@@ -1160,6 +1501,12 @@ void ingest_destroy(struct ingest *in)
         close(in->cfd);
         unlink(in->conf->control_socket);
     }
+    if (in->ffd >= 0) {
+        close(in->ffd);
+        unlink(in->conf->forward_socket);
+    }
+    if (in->ftcp >= 0)
+        close(in->ftcp);
     if (in->sfd >= 0)
         close(in->sfd);
     if (in->tfd >= 0)
