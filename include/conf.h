@@ -106,6 +106,7 @@ struct conf {
 
     /* [forward]: the Fluent forward input (off unless socket or listen is set) */
     char *forward_socket;          /* Unix socket path, or NULL */
+    unsigned forward_socket_line;
     mode_t forward_socket_mode;
     char *forward_listen;          /* loopback HOST:PORT for TCP, or NULL */
     char *forward_time_key;        /* column for the event time, or NULL: not kept */

@@ -651,6 +651,8 @@ static int parse_line(struct parser *p, struct conf *c, char *raw)
                 c->spool_dir_line = p->line;
             else if (strcmp(p->section, "ingest") == 0 && strcmp(key, "socket") == 0)
                 c->socket_line = p->line;
+            else if (strcmp(p->section, "forward") == 0 && strcmp(key, "socket") == 0)
+                c->forward_socket_line = p->line;
             else if (strcmp(key, "control_socket") == 0)
                 c->control_socket_line = p->line;
             return set_key(p, c, c, &keys[i], val);

@@ -198,6 +198,24 @@ static char *render(json_t *st)
     json_t *v;
     json_object_foreach(json_object_get(ing, "refused"), k, v)
         sample(&b, "relayd_ingest_refused_total", "reason", k, (double)json_integer_value(v));
+    json_t *fw = json_object_get(ing, "forward");
+    if (fw) {
+        help(&b, "relayd_forward_records_total", "counter",
+             "Records received on the Fluent forward input.");
+        sample(&b, "relayd_forward_records_total", NULL, NULL, num(fw, "records"));
+        help(&b, "relayd_forward_messages_total", "counter", "Forward messages decoded.");
+        sample(&b, "relayd_forward_messages_total", NULL, NULL, num(fw, "messages"));
+        help(&b, "relayd_forward_acks_total", "counter", "Forward chunks acknowledged (durable).");
+        sample(&b, "relayd_forward_acks_total", NULL, NULL, num(fw, "acks"));
+        help(&b, "relayd_forward_protocol_errors_total", "counter",
+             "Forward connections closed for a malformed message.");
+        sample(&b, "relayd_forward_protocol_errors_total", NULL, NULL, num(fw, "protocol_errors"));
+        help(&b, "relayd_forward_refused_total", "counter", "Forward records refused, by reason.");
+        const char *fk;
+        json_t *fv;
+        json_object_foreach(json_object_get(fw, "refused"), fk, fv)
+            sample(&b, "relayd_forward_refused_total", "reason", fk, (double)json_integer_value(fv));
+    }
     help(&b, "relayd_denied_connections_total", "counter", "Connections refused by peer credentials.");
     sample(&b, "relayd_denied_connections_total", NULL, NULL, num(ing, "denied_connections"));
     help(&b, "relayd_commits_total", "counter", "Spool commits (group commits).");

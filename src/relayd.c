@@ -181,9 +181,9 @@ static int check_schema_file(const char *file, char *why, size_t wl)
 static int preflight(const struct conf *c, const char *path, char *err, size_t errlen)
 {
     char at[4200], why[1024];
-    const char *dir_of[2] = { c->socket_path, c->control_socket };
-    unsigned line_of[2] = { c->socket_line, c->control_socket_line };
-    const char *name_of[2] = { "[ingest] socket", "[relayd] control_socket" };
+    const char *dir_of[3] = { c->socket_path, c->control_socket, c->forward_socket };
+    unsigned line_of[3] = { c->socket_line, c->control_socket_line, c->forward_socket_line };
+    const char *name_of[3] = { "[ingest] socket", "[relayd] control_socket", "[forward] socket" };
     for (size_t i = 0; i < c->n_dests; i++) {
         const struct conf_dest *d = &c->dests[i];
         if (!conf_dest_delivers(d))
@@ -212,7 +212,7 @@ static int preflight(const struct conf *c, const char *path, char *err, size_t e
         snprintf(err, errlen, "%s[spool] dir: %s", at, why);
         return -1;
     }
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < 3; i++) {
         if (!dir_of[i])
             continue;
         char dir[4096];

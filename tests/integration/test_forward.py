@@ -11,12 +11,14 @@ import os
 import random
 import socket
 import struct
+import subprocess
 import time
+import urllib.request
 import uuid
 
 import msgpack
 
-from relaytest import RelayTest, wait_for
+from relaytest import RELAYD, RelayTest, wait_for
 
 KILLS = int(os.environ.get("FORWARD_KILLS", "20"))
 
@@ -271,6 +273,45 @@ class ForwardTest(RelayTest):
         self.assertNotIn("c2", c.acks)
         self.assertEqual([r["a"] for r in self.rows(d, "events")], [1])
         self.assertEqual(self.fwd_status(d)["refused"]["truncated"], 1)
+
+    def test_check_config_refuses_broken_forward_settings(self):
+        d = self.daemon()
+        cases = {
+            "route = app.** nosuch\n": "[forward] route: 'nosuch' is not a [destination]",
+            "listen = 0.0.0.0:24224\n": "[forward] listen: '0.0.0.0:24224'",
+            "time_key = 9lives\n": "[forward] time_key: '9lives' is not a BigQuery column name",
+            "time_format = iso\n": "[forward] time_format: expected timestamp, rfc3339_ns or unix_ns",
+            "route = a|b events\n": "tag pattern 'a|b'",
+        }
+        cases["socket = %s/forward.sock\n" % d.conf] = "[forward] socket:"   # under a file
+        base = open(d.conf).read()
+        for extra, want in cases.items():
+            path = os.path.join(d.dir, "bad.conf")
+            with open(path, "w") as f:
+                f.write(base + "[forward]\n" + extra)
+            p = subprocess.run([RELAYD, "--check-config", "-c", path], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, timeout=30)
+            self.assertEqual(p.returncode, 3, (extra, p.stdout))
+            self.assertIn(want, p.stdout.decode(), extra)
+        with open(path, "w") as f:
+            f.write(base + "[forward]\nsocket = %s/f.sock\nroute = a.** events\n" % d.dir)
+        p = subprocess.run([RELAYD, "--check-config", "-c", path], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, timeout=30)
+        self.assertEqual(p.returncode, 0, p.stdout)
+
+    def test_metrics_count_forward_records_and_refusals(self):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        d = self.fwd_daemon(relayd__metrics_listen=f"127.0.0.1:{port}")
+        c = FwdClient(d.fwd_sock)
+        c.forward("events", [(1, {"a": 1}), (1, [2]), (1, {"a": 3})], "m1")
+        c.wait_acks(["m1"])
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        self.assertIn("relayd_forward_records_total 2", text)
+        self.assertIn("relayd_forward_acks_total 1", text)
+        self.assertIn('relayd_forward_refused_total{reason="not-object"} 1', text)
 
     def test_loopback_tcp_listener(self):
         with socket.socket() as probe:
