@@ -4,6 +4,8 @@
   ingest    8 producer processes x N ~200-byte rows over the socket, acks
             awaited, for each durability mode: records/s, MB/s, ack latency
             p50/p99, relayd CPU per record, peak RSS.
+  forward   the same rows from 8 Fluent forward producers (PackedForward
+            chunks with require_ack_response), in the same run as ingest.
   restart   time from exec to a ready relayd with 10 million records queued.
   json      the ingest validator against jansson.
   delivery  a pre-filled spool drained to the local emulator (--fast) over
@@ -27,6 +29,8 @@ RECORDS = int(os.environ.get("BENCH_RECORDS", "250000"))
 WINDOW = int(os.environ.get("BENCH_WINDOW", "512"))
 BACKLOG = int(os.environ.get("BENCH_BACKLOG", "10000000"))
 DELIVER = int(os.environ.get("BENCH_DELIVER", "1000000"))
+FWD_CHUNK = int(os.environ.get("BENCH_FWD_CHUNK", "256"))
+FWD_INFLIGHT = int(os.environ.get("BENCH_FWD_INFLIGHT", "2"))
 
 
 def config(d, durability, dest=""):
@@ -34,7 +38,8 @@ def config(d, durability, dest=""):
     with open(path, "w") as f:
         f.write(f"[relayd]\ncontrol_socket = {d}/ctl\n[spool]\ndir = {d}/spool\n"
                 f"max_spool_bytes = 16G\ndurability = {durability}\n"
-                f"[ingest]\nsocket = {d}/sock\ndefault_table = events\n[destination events]\n"
+                f"[ingest]\nsocket = {d}/sock\ndefault_table = events\n"
+                f"[forward]\nsocket = {d}/fwd\ntime_key = time\n[destination events]\n"
                 + dest)
     return path
 
@@ -152,6 +157,15 @@ def main():
                   f"{WINDOW} in flight each ==", flush=True)
             subprocess.run([os.path.join(B, "bench", "bench_ingest"), os.path.join(d, "sock"),
                             "8", str(RECORDS), str(WINDOW), str(p.pid)], check=True)
+            stop(p)
+            shutil.rmtree(os.path.join(d, "spool"))
+            p, _ = start(d, config(d, mode))
+            print(f"-- the same rows over the Fluent forward input: 8 producers x {RECORDS} "
+                  f"records, PackedForward chunks of {FWD_CHUNK}, {FWD_INFLIGHT} in flight each --",
+                  flush=True)
+            subprocess.run([os.path.join(B, "bench", "bench_forward"), os.path.join(d, "fwd"),
+                            "8", str(RECORDS), str(FWD_CHUNK), str(FWD_INFLIGHT), str(p.pid)],
+                           check=True)
             stop(p)
         finally:
             shutil.rmtree(d, ignore_errors=True)
