@@ -9,6 +9,7 @@ destinations only queue, so what was stored is exactly what is inspected.
 import gzip
 import os
 import random
+import shutil
 import socket
 import struct
 import subprocess
@@ -18,7 +19,7 @@ import uuid
 
 import msgpack
 
-from relaytest import RELAYD, RelayTest, wait_for
+from relaytest import RELAYD, ROOT, RelayTest, wait_for
 
 KILLS = int(os.environ.get("FORWARD_KILLS", "20"))
 
@@ -312,6 +313,40 @@ class ForwardTest(RelayTest):
         self.assertIn("relayd_forward_records_total 2", text)
         self.assertIn("relayd_forward_acks_total 1", text)
         self.assertIn('relayd_forward_refused_total{reason="not-object"} 1', text)
+
+    def test_the_npm_fluent_logger_client_with_require_ack_response(self):
+        """A real Fluent client: the npm fluent-logger package (installed into
+        build/npm on first use from the npm registry), in its three event modes
+        with requireAckResponse: every emit is acknowledged and stored once."""
+        node = shutil.which("node")
+        npm = shutil.which("npm")
+        if not node or not npm:
+            self.skipTest("node/npm not installed: the python3-msgpack client tests cover forward")
+        prefix = os.path.join(ROOT, "build", "npm")
+        mod = os.path.join(prefix, "node_modules", "fluent-logger")
+        if not os.path.isdir(mod):
+            os.makedirs(prefix, exist_ok=True)
+            p = subprocess.run([npm, "install", "--prefix", prefix, "--no-audit", "--no-fund",
+                                "fluent-logger@3.4.1"], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=300)
+            if p.returncode != 0:
+                self.skipTest("npm install fluent-logger failed (no registry?): "
+                              + p.stdout.decode()[-300:])
+        d = self.fwd_daemon(routes=[("app.**", "app")], forward={"time_key": "ts"})
+        script = os.path.join(ROOT, "tests", "integration", "node", "fluent_send.js")
+        env = dict(os.environ, NODE_PATH=os.path.join(prefix, "node_modules"))
+        modes = ("Message", "PackedForward", "CompressedPackedForward")
+        for mode in modes:
+            p = subprocess.run([node, script, d.fwd_sock, mode, "200", "app.node"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
+            self.assertEqual(p.returncode, 0, p.stdout.decode())
+        rows = self.rows(d, "app")
+        for mode in modes:
+            got = sorted(r["i"] for r in rows if r["mode"] == mode)
+            self.assertEqual(got, list(range(200)), mode)
+        first = [r for r in rows if r["mode"] == "Message" and r["i"] == 3][0]
+        self.assertEqual(first["ts"], "2024-01-02T03:04:08.000003Z")
+        self.assertGreaterEqual(self.fwd_status(d)["acks"], 3)
 
     def test_loopback_tcp_listener(self):
         with socket.socket() as probe:
