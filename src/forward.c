@@ -246,10 +246,28 @@ static void jb_base64(struct jbuf *j, const unsigned char *s, size_t n)
     j->len = (size_t)(o - j->p);
 }
 
+/* Decimal digits of v (snprintf's %llu costs more than the rest of a record). */
+static void jb_u64(struct jbuf *j, uint64_t v, bool neg)
+{
+    char b[24], *e = b + sizeof b, *q = e;
+    do {
+        *--q = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    if (neg)
+        *--q = '-';
+    jb_put(j, q, (size_t)(e - q));
+}
+
 /* The shortest decimal that reads back as the same number. */
 static void jb_double(struct jbuf *j, double d, bool single)
 {
     char b[40];
+    if (d > -1e15 && d < 1e15 && d == (double)(int64_t)d && !(d == 0 && signbit(d))) {
+        int64_t v = (int64_t)d;      /* what %.15g prints for it: its integer digits */
+        jb_u64(j, v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v, v < 0);
+        return;
+    }
     if (isnan(d)) {
         jb_put(j, "\"NaN\"", 5);
         return;
@@ -291,8 +309,6 @@ static int refuse_c(struct conv *cv, const char *reason, const char *fmt, ...)
 
 static int put_value(struct jbuf *j, const msgpack_object *o, unsigned depth, struct conv *cv)
 {
-    char b[32];
-    int n;
     if (j->len > cv->l->max_record_bytes)
         return refuse_c(cv, "size", "the record is larger than max_record_bytes (%zu) as JSON",
                         cv->l->max_record_bytes);
@@ -307,12 +323,11 @@ static int put_value(struct jbuf *j, const msgpack_object *o, unsigned depth, st
             jb_put(j, "false", 5);
         return 0;
     case MSGPACK_OBJECT_POSITIVE_INTEGER:
-        n = snprintf(b, sizeof b, "%llu", (unsigned long long)o->via.u64);
-        jb_put(j, b, (size_t)n);
+        jb_u64(j, o->via.u64, false);
         return 0;
     case MSGPACK_OBJECT_NEGATIVE_INTEGER:
-        n = snprintf(b, sizeof b, "%lld", (long long)o->via.i64);
-        jb_put(j, b, (size_t)n);
+        jb_u64(j, o->via.i64 < 0 ? (uint64_t)0 - (uint64_t)o->via.i64 : (uint64_t)o->via.i64,
+               o->via.i64 < 0);
         return 0;
     case MSGPACK_OBJECT_FLOAT32:
         jb_double(j, o->via.f64, true);
