@@ -51,12 +51,18 @@ TOOLSRC := $(wildcard tests/tools/*.c)
 TOOLBIN := $(TOOLSRC:tests/tools/%.c=$(BUILD)/tools/%)
 BENCHSRC:= $(wildcard tests/bench/*.c)
 BENCHBIN:= $(BENCHSRC:tests/bench/%.c=$(BUILD)/bench/%)
+# librelayclient (src/client/, include/relayclient.h): libc only, for producers
+LIBDIR  ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+RELAY_VERSION_STR = $(shell sed -n 's/^\#define[[:space:]]*RELAY_VERSION[[:space:]]*"\([^"]*\)".*/\1/p' include/version.h)
+CLIENTLIBS := $(BUILD)/librelayclient.a $(BUILD)/librelayclient.so.1 $(BUILD)/librelayclient.so \
+              $(BUILD)/relayclient.pc
 
 .PHONY: all deps test unit asan bench fuzz fuzz-smoke run clean install valgrind check-deps deb \
         fresh-check parse-check test-suite systemd-check
 .SECONDARY:
 
-all: $(BUILD)/relayd $(BUILD)/relayctl
+all: $(BUILD)/relayd $(BUILD)/relayctl $(CLIENTLIBS)
 
 deps:
 	@./tools/install-deps.sh
@@ -90,14 +96,44 @@ $(BUILD)/librelay.a: $(LIBOBJ)
 $(BUILD)/relayd: $(BUILD)/obj/relayd.o $(BUILD)/librelay.a
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LIBS)
 
-$(BUILD)/relayctl: $(BUILD)/obj/relayctl.o $(BUILD)/librelay.a
+$(BUILD)/relayctl: $(BUILD)/obj/relayctl.o $(BUILD)/librelay.a $(BUILD)/librelayclient.a
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+$(BUILD)/obj/client/%.o: src/client/%.c include/relayclient.h
+	@mkdir -p $(BUILD)/obj/client
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/obj/client/%.pic.o: src/client/%.c include/relayclient.h
+	@mkdir -p $(BUILD)/obj/client
+	$(CC) $(CFLAGS) -fPIC -c -o $@ $<
+
+$(BUILD)/librelayclient.a: $(BUILD)/obj/client/relayclient.o
+	ar rcs $@ $^
+
+$(BUILD)/librelayclient.so.1: $(BUILD)/obj/client/relayclient.pic.o
+	$(CC) $(CFLAGS) $(LDFLAGS) -shared -Wl,-soname,librelayclient.so.1 -o $@ $^
+
+$(BUILD)/librelayclient.so: $(BUILD)/librelayclient.so.1
+	ln -sf librelayclient.so.1 $@
+
+# pkg-config file; `make install` writes it again for its own PREFIX/LIBDIR
+$(BUILD)/relayclient.pc: src/client/relayclient.pc.in include/version.h
+	@mkdir -p $(BUILD)
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
+	    -e 's|@VERSION@|$(RELAY_VERSION_STR)|' $< > $@
 
 $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/librelay.a | $(BUILD)/tests
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/librelay.a $(LIBS) -lcmocka
 
 $(BUILD)/tools/%: tests/tools/%.c $(BUILD)/librelay.a | $(BUILD)/tools
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/librelay.a $(LIBS)
+
+# the client's test programs link librelayclient alone (libc only)
+$(BUILD)/tools/client_%: tests/tools/client_%.c $(BUILD)/librelayclient.a | $(BUILD)/tools
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/librelayclient.a
+
+$(BUILD)/bench/bench_client: tests/bench/bench_client.c $(BUILD)/librelayclient.a | $(BUILD)/bench
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/librelayclient.a
 
 $(BUILD)/bench/%: tests/bench/%.c $(BUILD)/librelay.a | $(BUILD)/bench
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/librelay.a $(LIBS)
@@ -190,6 +226,14 @@ install: all
 	install -m 0644 docs/man/relayctl.1 $(DESTDIR)$(PREFIX)/share/man/man1/
 	install -m 0644 docs/man/relayd.conf.5 $(DESTDIR)$(PREFIX)/share/man/man5/
 	install -m 0644 docs/man/relayd.8 $(DESTDIR)$(PREFIX)/share/man/man8/
+	install -d $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(PREFIX)/share/man/man3
+	install -m 0644 include/relayclient.h $(DESTDIR)$(INCLUDEDIR)/relayclient.h
+	install -m 0644 $(BUILD)/librelayclient.a $(DESTDIR)$(LIBDIR)/librelayclient.a
+	install -m 0755 $(BUILD)/librelayclient.so.1 $(DESTDIR)$(LIBDIR)/librelayclient.so.1
+	ln -sf librelayclient.so.1 $(DESTDIR)$(LIBDIR)/librelayclient.so
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
+	    -e 's|@VERSION@|$(RELAY_VERSION_STR)|' src/client/relayclient.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/relayclient.pc
+	install -m 0644 docs/man/relayclient.3 $(DESTDIR)$(PREFIX)/share/man/man3/
 
 clean:
 	rm -rf build build-asan build-fuzz build-deb
