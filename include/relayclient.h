@@ -46,6 +46,9 @@
  *   A row is one JSON object as text, without a newline (relayd validates
  *   it; invalid rows come back refused). table (may be NULL: relayd's
  *   default_table) picks the destination for this row only ("@TABLE {...}").
+ *   Byte positions in a refusal's message ("invalid JSON at byte 7") count
+ *   from the start of the JSON text passed to relay_send, not of the line
+ *   the library wrote.
  *
  * Connection-level refusals
  *   "err 0 denied" (this uid/gid may not send) is final: every call returns

@@ -42,6 +42,7 @@ struct row {
     uint64_t line;         /* on the current connection, once written */
     char *buf;             /* "[@TABLE ]JSON\n"; NULL once resolved */
     uint32_t len;
+    uint8_t plen;          /* length of the "@TABLE " prefix this library added */
     uint8_t state;
 };
 
@@ -280,6 +281,28 @@ static void handle_ok(relay_client *c, uint64_t n)
     pop_resolved(c);
 }
 
+/* relayd counts byte positions in its messages ("at byte 42", "(byte 42)")
+ * from the start of the line as sent. For a row sent as "@TABLE JSON" this
+ * library added the prefix, so positions past it are given back relative to
+ * the JSON the caller passed (positions inside the prefix are kept). */
+static const char *unprefix_bytes(const char *msg, unsigned plen, char *out, size_t cap)
+{
+    size_t o = 0;
+    const char *p = msg;
+    while (*p && o + 24 < cap) {
+        if (strncmp(p, "byte ", 5) == 0 && p[5] >= '0' && p[5] <= '9') {
+            char *end;
+            unsigned long long n = strtoull(p + 5, &end, 10);
+            o += (size_t)snprintf(out + o, cap - o, "byte %llu", n > plen ? n - plen : n);
+            p = end;
+            continue;
+        }
+        out[o++] = *p++;
+    }
+    out[o] = 0;
+    return *p ? msg : out;     /* (too long to rewrite: as relayd said it) */
+}
+
 static void handle_err(relay_client *c, char *p)
 {
     char *end;
@@ -315,8 +338,10 @@ static void handle_err(relay_client *c, char *p)
         r->state = R_RETRY;              /* relayd is stopping: resend after the reconnect */
         return;
     }
+    char fixed[1024];
+    const char *text = r->plen ? unprefix_bytes(msg, r->plen, fixed, sizeof fixed) : msg;
     struct relay_event ev = { .type = RELAY_EV_REFUSED, .first_seq = r->seq, .last_seq = r->seq,
-                              .reason = reason, .message = msg,
+                              .reason = reason, .message = text,
                               .retryable = strcmp(reason, "full") == 0 ||
                                            strcmp(reason, "shutdown") == 0 };
     free_row(c, r, R_REFUSED);
@@ -608,7 +633,7 @@ int64_t relay_send(relay_client *c, const char *table, const char *json, size_t 
     size_t tl = 0;
     if (table) {
         tl = strlen(table);
-        if (tl == 0 || strpbrk(table, " \t\r\n")) {
+        if (tl == 0 || tl > 128 || strpbrk(table, " \t\r\n")) {
             set_err(c, "invalid table name '%s'", table);
             return RELAY_EINVAL;
         }
@@ -654,7 +679,8 @@ int64_t relay_send(relay_client *c, const char *table, const char *json, size_t 
     memcpy(p, json, len);
     p[len] = '\n';
     struct row *r = at(c, c->tail++);
-    *r = (struct row){ .seq = c->next_seq++, .buf = buf, .len = (uint32_t)need, .state = R_QUEUED };
+    *r = (struct row){ .seq = c->next_seq++, .buf = buf, .len = (uint32_t)need,
+                       .plen = (uint8_t)(table ? tl + 2 : 0), .state = R_QUEUED };
     c->unresolved_rows++;
     c->unresolved_bytes += need;
     c->unwritten_bytes += need;

@@ -1,0 +1,150 @@
+"""librelayclient against the real relayd: many rows in flight, per-row
+refusals, backpressure (RELAY_EAGAIN, blocking mode), and kill -9 of relayd
+with reconnect and resend (at least once: every acknowledged row is stored).
+
+The C side is build/tools/client_check (tests/tools/client_check.c), which
+links only librelayclient.a and checks each sequence number is resolved
+exactly once; it ends with a JSON summary line.
+"""
+import collections
+import json
+import os
+import signal
+import subprocess
+
+from relaytest import RelayTest, TOOLS
+
+CHECK = os.path.join(TOOLS, "client_check")
+
+
+def summary_of(out):
+    lines = [ln for ln in out.decode().splitlines() if ln.startswith("{")]
+    assert lines, "no summary line in: " + out.decode()
+    return json.loads(lines[-1])
+
+
+class ClientTest(RelayTest):
+    def setUp(self):
+        self.d = self.daemon()
+        self.d.start()
+
+    def run_check(self, *args, timeout=120):
+        p = subprocess.run([CHECK, self.d.sock, *map(str, args)], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, timeout=timeout)
+        self.assertEqual(p.returncode, 0, p.stdout.decode() + p.stderr.decode())
+        return p, summary_of(p.stdout)
+
+    def spawn(self, *args):
+        return subprocess.Popen([CHECK, self.d.sock, *map(str, args)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def test_many_rows_in_flight_all_acked_once_and_stored(self):
+        _, s = self.run_check("many", 30000, 512)
+        self.assertEqual((s["sent"], s["acked"], s["refused"], s["failures"]), (30000, 30000, 0, 0))
+        self.assertEqual(s["acked_upto"], 30000)
+        # acks come cumulatively, many rows per event, not one event per row
+        self.assertLess(s["acked_events"], 30000)
+        rows = self.d.dump("events")
+        self.assertEqual(sorted(r["row"]["i"] for r in rows), list(range(30000)))
+
+    def test_refusals_are_per_row_with_reasons_and_positions_of_the_callers_json(self):
+        p, s = self.run_check("refusals")
+        self.assertEqual((s["acked"], s["refused"], s["failures"]), (3, 4, 0))
+        refused = {}
+        for ln in p.stdout.decode().splitlines():
+            if ln.startswith("refused "):
+                _, seq, reason, retryable, msg = ln.split(" ", 4)
+                refused[int(seq)] = (reason, int(retryable), msg)
+        self.assertEqual({k: v[0] for k, v in refused.items()},
+                         {2: "json", 3: "table", 5: "not-object", 7: "json"})
+        self.assertIn("unknown table 'nosuch'", refused[3][2])
+        self.assertEqual(refused[2][1], 0)
+        # row 7 went out as "@other {...}": the position is still within the caller's JSON
+        self.assertIn("at byte 8", refused[2][2])
+        self.assertEqual(refused[7][2], refused[2][2])
+        self.assertEqual(sorted(r["row"]["i"] for r in self.d.dump("events")), [1, 6])
+        self.assertEqual([r["row"]["i"] for r in self.d.dump("other")], [4])
+
+    def test_window_full_gives_eagain_then_drains(self):
+        for rows, nbytes, expect in ((64, 1 << 20, 64), (100000, 5000, 50)):
+            self.d.proc.send_signal(signal.SIGSTOP)     # no acks while stopped
+            try:
+                c = self.spawn("window", rows, nbytes)
+                line = c.stdout.readline().decode()
+            finally:
+                self.d.proc.send_signal(signal.SIGCONT)
+            # the window bounds rows in flight, by count or by bytes (100-byte rows)
+            self.assertEqual(line.strip(), f"eagain {expect}", c.stderr.read().decode()
+                             if not line else line)
+            out, err = c.communicate(b"\n", timeout=60)
+            self.assertEqual(c.returncode, 0, out.decode() + err.decode())
+            s = summary_of(out)
+            self.assertEqual((s["acked"], s["failures"]), (expect + 1, 0))
+
+    def test_blocking_send_times_out_then_waits_for_room(self):
+        self.d.proc.send_signal(signal.SIGSTOP)
+        try:
+            c = self.spawn("blocking")
+            line = c.stdout.readline().decode()
+        finally:
+            self.d.proc.send_signal(signal.SIGCONT)
+        self.assertEqual(line.strip(), "first 1 second -8")   # RELAY_ETIMEDOUT
+        out, err = c.communicate(b"\n", timeout=60)
+        self.assertEqual(c.returncode, 0, out.decode() + err.decode())
+        self.assertEqual(summary_of(out)["acked"], 2)
+
+    def test_kill9_reconnect_resends_unacked_rows_at_least_once(self):
+        n = 20000
+        for round_ in range(3):
+            if round_:
+                self.d.stop()
+                self.d = self.daemon()
+                self.d.start()
+            c = self.spawn("crash", n, 3000 + 4000 * round_)
+            line, stopped = "", False
+            while not line.startswith("checkpoint"):
+                line = c.stdout.readline().decode()
+                if round_ == 0 and line.startswith("acked") and not stopped:
+                    # round 0: relayd reads nothing more, so rows surely die on the wire
+                    self.d.proc.send_signal(signal.SIGSTOP)
+                    stopped = True
+                if not line:
+                    self.fail("client ended before the checkpoint: " + c.stderr.read().decode())
+            self.assertGreater(int(line.split()[2]), 0)
+            self.d.kill9()     # rows on the wire: uncommitted, or committed with the ok unread
+            self.d.start()
+            try:
+                out, err = c.communicate(b"\n", timeout=20)
+            except subprocess.TimeoutExpired:
+                c.kill()
+                out, err = c.communicate()
+                self.fail("client hung: " + out.decode()[-2000:] + err.decode()[-2000:])
+            self.assertEqual(c.returncode, 0, out.decode() + err.decode())
+            s = summary_of(out)
+            self.assertEqual((s["acked"], s["refused"], s["failures"]), (n, 0, 0))
+            self.assertGreaterEqual(s["reconnects"], 1)
+            if round_ == 0:
+                self.assertGreater(s["resent"], 0)
+            counts = collections.Counter(r["row"]["i"] for r in self.d.dump("events"))
+            self.assertEqual(set(counts), set(range(n)), "every acknowledged row is stored")
+            dups = sum(v - 1 for v in counts.values())
+            self.assertLessEqual(dups, s["resent"], "only resent rows may be stored twice")
+
+    def test_open_without_relayd_says_how_to_fix(self):
+        self.d.stop()
+        p = subprocess.run([CHECK, self.d.sock, "one"], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, timeout=30)
+        self.assertEqual(p.returncode, 4)
+        s = json.loads(p.stdout)
+        self.assertEqual(s["open"], -4)                       # RELAY_ECONNECT
+        self.assertIn("is relayd running", s["error"])
+
+    def test_connection_lost_without_reconnect_is_final(self):
+        c = self.spawn("final")
+        self.assertEqual(c.stdout.readline().decode().strip(), "ready")
+        self.d.kill9()
+        out, err = c.communicate(b"\n", timeout=60)
+        self.assertEqual(c.returncode, 0, out.decode() + err.decode())
+        s = summary_of(out)
+        self.assertEqual((s["acked"], s["flush"], s["failures"]), (1, -7, 0))   # RELAY_ELOST
+        self.assertIn("lost", s["errmsg"])
