@@ -4,6 +4,7 @@
  */
 #include "conf.h"
 #include "log.h"
+#include "relayclient.h"
 #include "relayctl.h"
 #include "status.h"
 #include "spool.h"
@@ -102,29 +103,47 @@ static int connect_unix(const char *path, char *err, size_t errlen)
 
 /* ------------------------------------------------------------------ send */
 
+/* relayctl send streams the input through librelayclient: many rows in
+ * flight, durable acks as events, reconnect and resend when relayd restarts
+ * (at least once), giving up after --retry-for. Lines are numbered across
+ * the inputs so a refusal is reported as FILE:LINE. */
+
+#define SEND_HELP \
+"Usage: relayctl send [--table T] [--retry-for DURATION] [FILE...]\n" \
+"Streams NDJSON rows from the files (or stdin; '-' is stdin) to relayd with many\n" \
+"rows in flight (librelayclient), waits for every acknowledgement and prints a\n" \
+"summary. --table T sends the rows to destination T (else: '@T' lines in the\n" \
+"input, or the server's default_table). Refused rows are reported as FILE:LINE.\n" \
+"If relayd goes away (restart, crash), relayctl reconnects and resends every row\n" \
+"not yet acknowledged, for up to --retry-for (default 30s; 0: give up at once):\n" \
+"rows are stored at least once, so a resent row may be stored twice.\n" \
+"Exit: 0 all acknowledged, 1 some refused, 3 connection lost, 4 cannot connect.\n"
+
+#define SEND_WINDOW_ROWS  8192
+#define SEND_MAX_LINE     ((64u << 20) + 256)     /* relayd's largest max_record_bytes, and '@T ' */
+
 struct input {
     const char *name;
     uint64_t first_line;   /* global line number of its first line */
 };
 
 struct sender {
-    int fd;
+    relay_client *c;
     struct input *inputs;
     size_t n_inputs;
-    uint64_t lines_sent;           /* global line count written so far */
-    uint64_t records;              /* record lines written */
-    uint64_t *skip;                /* global numbers of lines that are not records */
-    size_t n_skip, cap_skip;
-    uint64_t acked_line;           /* last "ok N" */
-    uint64_t refused;
+    uint64_t lines;                /* global line count read so far */
+    uint64_t records;              /* record lines (sent, or refused here) */
+    uint64_t next_seq;             /* librelayclient's next sequence number */
+    uint64_t line_of[SEND_WINDOW_ROWS];   /* per seq in flight: its global line */
+    uint32_t shift_of[SEND_WINDOW_ROWS];  /* bytes of the line before the JSON ("@T ") */
+    uint64_t acked, refused;
     uint64_t refused_by[16];
     char reason_names[16][16];
     size_t n_reasons;
-    char rbuf[8192];
-    size_t rlen;
-    bool denied;
     bool tty;
     uint64_t start_us, last_progress_us;
+    uint64_t lost_since_us;        /* the connection is down since (0: up) */
+    char lost_why[256];
 };
 
 static void locate(const struct sender *s, uint64_t line, const char **file, uint64_t *fl)
@@ -143,6 +162,7 @@ static void locate(const struct sender *s, uint64_t line, const char **file, uin
 
 static void count_reason(struct sender *s, const char *reason)
 {
+    s->refused++;
     for (size_t i = 0; i < s->n_reasons; i++) {
         if (strcmp(s->reason_names[i], reason) == 0) {
             s->refused_by[i]++;
@@ -155,116 +175,62 @@ static void count_reason(struct sender *s, const char *reason)
     }
 }
 
-static void handle_reply(struct sender *s, char *line)
+/* Prints "FILE:LINE: REASON: MESSAGE", with the message's byte positions
+ * (relative to the JSON text) moved by shift to count from the line's start. */
+static void report(struct sender *s, uint64_t line, uint32_t shift, const char *reason,
+                   const char *msg)
 {
-    if (strncmp(line, "ok ", 3) == 0) {
-        uint64_t n = strtoull(line + 3, NULL, 10);
-        if (n > s->acked_line)
-            s->acked_line = n;
-        return;
-    }
-    if (strncmp(line, "err ", 4) == 0) {
-        char *p = line + 4, *end;
-        uint64_t ln = strtoull(p, &end, 10);
-        p = end + (*end == ' ');
-        char reason[16];
-        size_t rl = strcspn(p, " ");
-        snprintf(reason, sizeof reason, "%.*s", (int)rl, p);
-        const char *msg = p + rl + (p[rl] == ' ');
-        if (ln == 0) {
-            fprintf(stderr, "%srelayctl: relayd refused the connection: %s: %s\n",
-                    s->tty ? "\r\033[K" : "", reason, msg);
-            s->denied = true;
-            return;
+    char fixed[1024];
+    size_t o = 0;
+    const char *p = msg;
+    while (shift && *p && o + 24 < sizeof fixed) {
+        if (strncmp(p, "byte ", 5) == 0 && p[5] >= '0' && p[5] <= '9') {
+            char *end;
+            unsigned long long n = strtoull(p + 5, &end, 10);
+            o += (size_t)snprintf(fixed + o, sizeof fixed - o, "byte %llu", n + shift);
+            p = end;
+        } else {
+            fixed[o++] = *p++;
         }
-        s->refused++;
-        count_reason(s, reason);
-        const char *file;
-        uint64_t fl;
-        locate(s, ln, &file, &fl);
-        fprintf(stderr, "%s%s:%llu: %s: %s\n", s->tty ? "\r\033[K" : "", file,
-                (unsigned long long)fl, reason, msg);
-        return;
     }
-    fprintf(stderr, "relayctl: unexpected reply from relayd: %s\n", line);
+    fixed[o] = 0;
+    const char *text = shift && !*p ? fixed : msg;
+    const char *file;
+    uint64_t fl;
+    locate(s, line, &file, &fl);
+    fprintf(stderr, "%s%s:%llu: %s: %s\n", s->tty ? "\r\033[K" : "", file, (unsigned long long)fl,
+            reason, text);
+    count_reason(s, reason);
 }
 
-static void read_replies(struct sender *s, bool *eof)
+static void on_send_event(relay_client *c, const struct relay_event *ev, void *user)
 {
-    for (;;) {
-        ssize_t n = recv(s->fd, s->rbuf + s->rlen, sizeof s->rbuf - 1 - s->rlen, MSG_DONTWAIT);
-        if (n < 0) {
-            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
-                return;
-            *eof = true;
-            return;
-        }
-        if (n == 0) {
-            *eof = true;
-            return;
-        }
-        s->rlen += (size_t)n;
-        char *p = s->rbuf, *nl;
-        while ((nl = memchr(p, '\n', s->rlen - (size_t)(p - s->rbuf)))) {
-            *nl = 0;
-            handle_reply(s, p);
-            p = nl + 1;
-        }
-        s->rlen -= (size_t)(p - s->rbuf);
-        memmove(s->rbuf, p, s->rlen);
-        if (s->rlen == sizeof s->rbuf - 1)   /* absurdly long reply: drop it */
-            s->rlen = 0;
+    struct sender *s = user;
+    (void)c;
+    switch (ev->type) {
+    case RELAY_EV_ACKED:
+        s->acked += ev->last_seq - ev->first_seq + 1;
+        break;
+    case RELAY_EV_REFUSED: {
+        size_t i = ev->first_seq % SEND_WINDOW_ROWS;
+        report(s, s->line_of[i], s->shift_of[i], ev->reason, ev->message);
+        break;
     }
-}
-
-static void note_skip(struct sender *s, uint64_t line)
-{
-    if (s->n_skip == s->cap_skip) {
-        s->cap_skip = s->cap_skip ? s->cap_skip * 2 : 64;
-        s->skip = realloc(s->skip, s->cap_skip * sizeof *s->skip);
-        if (!s->skip) {
-            fprintf(stderr, "relayctl: out of memory\n");
-            exit(EXIT_DOWN);
+    case RELAY_EV_DISCONNECTED:
+        if (!s->lost_since_us) {
+            s->lost_since_us = util_mono_us();
+            snprintf(s->lost_why, sizeof s->lost_why, "%s", ev->message ? ev->message : "");
+            if (ev->error != RELAY_EDENIED)
+                fprintf(stderr, "%srelayctl: %s; reconnecting\n", s->tty ? "\r\033[K" : "",
+                        s->lost_why);
         }
+        break;
+    case RELAY_EV_CONNECTED:
+        s->lost_since_us = 0;
+        fprintf(stderr, "%srelayctl: reconnected; resending what was not acknowledged\n",
+                s->tty ? "\r\033[K" : "");
+        break;
     }
-    s->skip[s->n_skip++] = line;
-}
-
-/* Counts the lines in buf[0..n), noting which are not records. at_bol says
- * whether buf starts a line; *partial_blank tracks a line split across reads. */
-static void scan_lines(struct sender *s, const char *buf, size_t n, bool *at_bol, bool *blank)
-{
-    for (size_t i = 0; i < n; i++) {
-        char ch = buf[i];
-        if (*at_bol) {
-            *blank = true;
-            *at_bol = false;
-        }
-        if (ch == '\n') {
-            s->lines_sent++;
-            if (*blank)
-                note_skip(s, s->lines_sent);
-            else
-                s->records++;
-            *at_bol = true;
-        } else if (ch != ' ' && ch != '\t' && ch != '\r') {
-            *blank = false;
-        }
-    }
-}
-
-/* Records at or before line (all lines up to it that are not skipped). */
-static uint64_t records_upto(const struct sender *s, uint64_t line)
-{
-    size_t lo = 0, hi = s->n_skip;
-    while (lo < hi) {
-        size_t mid = (lo + hi) / 2;
-        if (s->skip[mid] <= line)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return line - lo;
 }
 
 static void progress(struct sender *s, bool final)
@@ -276,59 +242,118 @@ static void progress(struct sender *s, bool final)
         return;
     s->last_progress_us = now;
     double secs = (double)(now - s->start_us) / 1e6;
-    uint64_t acked = records_upto(s, s->acked_line);
-    acked = acked > s->refused ? acked - s->refused : 0;
-    fprintf(stderr, "\r\033[Ksent %llu  acked %llu  refused %llu  %.0f rows/s",
-            (unsigned long long)s->records, (unsigned long long)acked,
-            (unsigned long long)s->refused, secs > 0 ? (double)acked / secs : 0);
+    fprintf(stderr, "\r\033[Ksent %llu  acked %llu  refused %llu  %.0f rows/s%s",
+            (unsigned long long)s->records, (unsigned long long)s->acked,
+            (unsigned long long)s->refused, secs > 0 ? (double)s->acked / secs : 0,
+            s->lost_since_us ? "  (reconnecting)" : "");
     if (final)
         fputc('\n', stderr);
 }
 
-/* Writes all of buf, reading replies whenever the socket is not writable. */
-static int send_all(struct sender *s, const char *buf, size_t n)
+/* Waits for the client up to 200 ms. Returns 0, or the client's final error,
+ * or RELAY_ELOST once relayd has been away for longer than retry_ms. */
+static int send_wait(struct sender *s, uint64_t retry_ms)
 {
-    while (n) {
-        ssize_t w = send(s->fd, buf, n, MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (w > 0) {
-            buf += w;
-            n -= (size_t)w;
+    int rc = relay_client_poll(s->c, 200);
+    progress(s, false);
+    if (rc == 0 && s->lost_since_us && util_mono_us() - s->lost_since_us > retry_ms * 1000)
+        rc = RELAY_ELOST;
+    return rc;
+}
+
+/* One input line (without its newline): a record for the current table, a
+ * record for "@T" of its own, a table switch "@T", or blank. Returns 0 or
+ * the client's final error. */
+static int send_line(struct sender *s, char *line, size_t len, char *cur_table, uint64_t retry_ms)
+{
+    uint64_t ln = ++s->lines;
+    size_t start = 0, end = len;
+    while (end > start && (line[end - 1] == ' ' || line[end - 1] == '\t' || line[end - 1] == '\r'))
+        end--;
+    while (start < end && (line[start] == ' ' || line[start] == '\t' || line[start] == '\r'))
+        start++;
+    if (start == end)
+        return 0;                                   /* blank: relayd ignores it too */
+    const char *table = cur_table[0] ? cur_table : NULL;
+    char own[CONF_NAME_MAX + 1];
+    const char *json = line;
+    size_t jlen = len;
+    uint32_t shift = 0;
+    if (line[start] == '@') {
+        size_t n = start + 1;
+        while (n < end && line[n] != ' ' && line[n] != '\t' && line[n] != '\r')
+            n++;
+        size_t nlen = n - start - 1;
+        s->records += n < end;
+        if (!conf_valid_name(line + start + 1, nlen)) {
+            s->records += n == end;                 /* a refused line counts as a record */
+            char m[160];
+            snprintf(m, sizeof m, "invalid table name after '@' at byte %zu: use 1-%d letters, "
+                     "digits, '_', '-' or '.'", start + 2, CONF_NAME_MAX);
+            report(s, ln, 0, "table", m);
+            return 0;
+        }
+        if (n == end) {                             /* "@T": the table of the lines that follow */
+            memcpy(cur_table, line + start + 1, nlen);
+            cur_table[nlen] = 0;
+            return 0;
+        }
+        memcpy(own, line + start + 1, nlen);
+        own[nlen] = 0;
+        table = own;
+        json = line + n + 1;
+        jlen = len - n - 1;
+        shift = (uint32_t)(n + 1);
+    } else {
+        s->records++;
+    }
+    size_t slot = s->next_seq % SEND_WINDOW_ROWS;
+    s->line_of[slot] = ln;                          /* before the send: its events may come at once */
+    s->shift_of[slot] = shift;
+    for (;;) {
+        int64_t seq = relay_send(s->c, table, json, jlen);
+        if (seq > 0) {
+            s->next_seq++;
+            return 0;
+        }
+        if (seq == RELAY_EAGAIN) {
+            int rc = send_wait(s, retry_ms);
+            if (rc)
+                return rc;
             continue;
         }
-        if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
-            return -1;
-        struct pollfd p = { s->fd, POLLIN | POLLOUT, 0 };
-        poll(&p, 1, 250);
-        bool eof = false;
-        if (p.revents & (POLLIN | POLLHUP))
-            read_replies(s, &eof);
-        progress(s, false);
-        if (eof || s->denied)
-            return -1;
+        if (seq == RELAY_EINVAL || seq == RELAY_ETOOBIG) {   /* refused here, not sent */
+            report(s, ln, 0, seq == RELAY_ETOOBIG ? "size" : "json", relay_client_errmsg(s->c));
+            return 0;
+        }
+        return (int)seq;
     }
-    return 0;
 }
 
 static int cmd_send(struct ctx *x, int argc, char **argv)
 {
     static const struct option opts[] = {
         { "table", required_argument, NULL, 't' },
+        { "retry-for", required_argument, NULL, 'r' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
     const char *table = NULL;
+    uint64_t retry_ms = 30000;
     int ch;
     optind = 1;
     while ((ch = getopt_long(argc, argv, "t:h", opts, NULL)) != -1) {
         switch (ch) {
         case 't': table = optarg; break;
+        case 'r':
+            if (util_parse_duration_ms(optarg, &retry_ms) != 0) {
+                fprintf(stderr, "relayctl send: --retry-for: expected a duration such as 30s or "
+                        "2m, got '%s'\n", optarg);
+                return EXIT_USAGE;
+            }
+            break;
         case 'h':
-            printf("Usage: relayctl send [--table T] [FILE...]\n"
-                   "Streams NDJSON rows from the files (or stdin; '-' is stdin) to relayd with many\n"
-                   "rows in flight, waits for every acknowledgement and prints a summary.\n"
-                   "--table T sends the rows to destination T (else: '@T' lines in the input,\n"
-                   "or the server's default_table). Refused rows are reported as FILE:LINE.\n"
-                   "Exit: 0 all acknowledged, 1 some refused, 3 connection lost, 4 cannot connect.\n");
+            fputs(SEND_HELP, stdout);
             return 0;
         default:
             return EXIT_USAGE;
@@ -338,115 +363,166 @@ static int cmd_send(struct ctx *x, int argc, char **argv)
         fprintf(stderr, "relayctl send: invalid table name '%s'\n", table);
         return EXIT_USAGE;
     }
+    struct sender *s = calloc(1, sizeof *s);
+    size_t nfiles = argc > optind ? (size_t)(argc - optind) : 1;
+    char *lb = malloc(1 << 16);
+    if (!s || !lb || !(s->inputs = calloc(nfiles, sizeof *s->inputs))) {
+        fprintf(stderr, "relayctl: out of memory\n");
+        return EXIT_DOWN;
+    }
+    s->tty = isatty(STDERR_FILENO) && !x->json;
+    s->next_seq = 1;
+    struct relay_client_opts o;
+    relay_client_opts_init(&o);
+    o.max_inflight_rows = SEND_WINDOW_ROWS;
+    o.max_inflight_bytes = SEND_MAX_LINE + 2 * (size_t)(8u << 20);
+    o.reconnect = retry_ms > 0;
+    o.reconnect_max_ms = 500;
+    o.callback = on_send_event;
+    o.user = s;
     char err[512];
-    int fd = connect_unix(x->socket, err, sizeof err);
-    if (fd < 0) {
+    int rc = relay_client_open(&s->c, x->socket, &o, err, sizeof err);
+    if (rc) {
         fprintf(stderr, "relayctl: %s\n", err);
+        free(s->inputs);
+        free(s);
+        free(lb);
         return EXIT_CONNECT;
     }
-    struct sender s = { .fd = fd, .tty = isatty(STDERR_FILENO) && !x->json };
-    s.start_us = util_mono_us();
-    size_t nfiles = argc > optind ? (size_t)(argc - optind) : 1;
-    s.inputs = calloc(nfiles + 1, sizeof *s.inputs);
-    if (!s.inputs)
-        return EXIT_DOWN;
-    int rc = 0;
-    if (table) {
-        char hdr[CONF_NAME_MAX + 3];
-        int n = snprintf(hdr, sizeof hdr, "@%s\n", table);
-        s.inputs[s.n_inputs++] = (struct input){ "--table", 1 };
-        s.lines_sent = 1;
-        note_skip(&s, 1);
-        if (send_all(&s, hdr, (size_t)n))
-            rc = -1;
-    }
+    s->start_us = util_mono_us();
+    char cur_table[CONF_NAME_MAX + 1] = "";
+    if (table)
+        snprintf(cur_table, sizeof cur_table, "%s", table);
+    size_t lcap = 1 << 16, llen = 0;
+    bool usage_err = false;
     static char buf[1 << 16];
-    for (size_t i = 0; i < nfiles && rc == 0 && !s.denied; i++) {
+    for (size_t i = 0; i < nfiles && rc == 0; i++) {
         const char *name = argc > optind ? argv[optind + (int)i] : "-";
         int in = strcmp(name, "-") == 0 ? STDIN_FILENO : open(name, O_RDONLY | O_CLOEXEC);
         if (in < 0) {
             fprintf(stderr, "relayctl send: cannot open %s: %s\n", name, strerror(errno));
-            rc = EXIT_USAGE;
+            usage_err = true;
             break;
         }
-        s.inputs[s.n_inputs++] = (struct input){ in == STDIN_FILENO ? "<stdin>" : name,
-                                                s.lines_sent + 1 };
-        bool at_bol = true, blank = true;
-        char last = '\n';
+        s->inputs[s->n_inputs++] = (struct input){ in == STDIN_FILENO ? "<stdin>" : name,
+                                                  s->lines + 1 };
+        bool skipping = false;        /* in a line longer than SEND_MAX_LINE */
+        uint64_t skipped = 0;
         ssize_t n;
-        while ((n = read(in, buf, sizeof buf)) > 0) {
-            scan_lines(&s, buf, (size_t)n, &at_bol, &blank);
-            last = buf[n - 1];
-            if (send_all(&s, buf, (size_t)n)) {
-                rc = -1;
-                break;
+        llen = 0;
+        while (rc == 0 && (n = read(in, buf, sizeof buf)) > 0) {
+            const char *p = buf, *e = buf + n;
+            while (rc == 0 && p < e) {
+                const char *nl = memchr(p, '\n', (size_t)(e - p));
+                size_t take = (size_t)((nl ? nl : e) - p);
+                if (!skipping && llen + take > SEND_MAX_LINE) {
+                    skipping = true;
+                    skipped = llen;
+                }
+                if (skipping) {
+                    skipped += take;
+                } else {
+                    if (llen + take > lcap) {
+                        while (llen + take > lcap)
+                            lcap *= 2;
+                        char *nb = realloc(lb, lcap);
+                        if (!nb) {
+                            fprintf(stderr, "relayctl: out of memory\n");
+                            return EXIT_DOWN;
+                        }
+                        lb = nb;
+                    }
+                    memcpy(lb + llen, p, take);
+                    llen += take;
+                }
+                p += take;
+                if (!nl)
+                    break;
+                p++;
+                if (skipping) {
+                    char m[128];
+                    snprintf(m, sizeof m, "line of %llu bytes: longer than any record relayd "
+                             "accepts (max_record_bytes is at most 64M)", (unsigned long long)skipped);
+                    s->records++;
+                    report(s, ++s->lines, 0, "size", m);
+                    skipping = false;
+                } else {
+                    rc = send_line(s, lb, llen, cur_table, retry_ms);
+                }
+                llen = 0;
             }
         }
-        if (n < 0) {
+        if (rc == 0 && n < 0) {
             fprintf(stderr, "relayctl send: reading %s: %s\n", name, strerror(errno));
-            rc = EXIT_USAGE;
+            usage_err = true;
         }
-        if (rc == 0 && last != '\n') {   /* a last line without newline is still a line */
-            scan_lines(&s, "\n", 1, &at_bol, &blank);
-            if (send_all(&s, "\n", 1))
-                rc = -1;
-        }
+        if (rc == 0 && !usage_err && (llen || skipping))   /* a last line without newline */
+            rc = skipping ? (s->records++, report(s, ++s->lines, 0, "size", "line too long"), 0)
+                          : send_line(s, lb, llen, cur_table, retry_ms);
         if (in != STDIN_FILENO)
             close(in);
+        if (usage_err)
+            break;
     }
-    /* done sending: wait for the acknowledgement of everything */
-    shutdown(fd, SHUT_WR);
-    bool eof = false;
-    while (!eof && !s.denied && s.acked_line < s.lines_sent) {
-        struct pollfd p = { fd, POLLIN, 0 };
-        poll(&p, 1, 250);
-        read_replies(&s, &eof);
-        progress(&s, false);
-    }
-    progress(&s, true);
-    close(fd);
-    double secs = (double)(util_mono_us() - s.start_us) / 1e6;
-    uint64_t acked = records_upto(&s, s.acked_line);
-    acked = acked > s.refused ? acked - s.refused : 0;
-    uint64_t unacked = s.records - acked - s.refused;
+    /* done reading: wait for the acknowledgement of everything */
+    while (rc == 0 && (rc = relay_flush(s->c, 0)) == RELAY_ETIMEDOUT)
+        rc = send_wait(s, retry_ms);
+    progress(s, true);
+    struct relay_client_stats st;
+    relay_client_stats(s->c, &st);
+    double secs = (double)(util_mono_us() - s->start_us) / 1e6;
+    uint64_t unacked = s->records - s->acked - s->refused;
     if (x->json) {
-        json_t *o = json_object();
-        json_object_set_new(o, "sent", json_integer((json_int_t)s.records));
-        json_object_set_new(o, "acked", json_integer((json_int_t)acked));
-        json_object_set_new(o, "refused", json_integer((json_int_t)s.refused));
+        json_t *js = json_object();
+        json_object_set_new(js, "sent", json_integer((json_int_t)s->records));
+        json_object_set_new(js, "acked", json_integer((json_int_t)s->acked));
+        json_object_set_new(js, "refused", json_integer((json_int_t)s->refused));
         json_t *r = json_object();
-        for (size_t i = 0; i < s.n_reasons; i++)
-            json_object_set_new(r, s.reason_names[i], json_integer((json_int_t)s.refused_by[i]));
-        json_object_set_new(o, "refused_by_reason", r);
-        json_object_set_new(o, "unacknowledged", json_integer((json_int_t)unacked));
-        json_object_set_new(o, "seconds", json_real(secs));
-        char *t = json_dumps(o, JSON_COMPACT);
+        for (size_t i = 0; i < s->n_reasons; i++)
+            json_object_set_new(r, s->reason_names[i], json_integer((json_int_t)s->refused_by[i]));
+        json_object_set_new(js, "refused_by_reason", r);
+        json_object_set_new(js, "unacknowledged", json_integer((json_int_t)unacked));
+        json_object_set_new(js, "reconnects", json_integer((json_int_t)st.reconnects));
+        json_object_set_new(js, "resent", json_integer((json_int_t)st.resent));
+        json_object_set_new(js, "seconds", json_real(secs));
+        char *t = json_dumps(js, JSON_COMPACT);
         printf("%s\n", t);
         free(t);
-        json_decref(o);
+        json_decref(js);
     } else {
         fprintf(stderr, "sent %llu rows: %llu acknowledged (durable), %llu refused",
-                (unsigned long long)s.records, (unsigned long long)acked,
-                (unsigned long long)s.refused);
-        for (size_t i = 0; i < s.n_reasons; i++)
-            fprintf(stderr, "%s%s %llu", i ? ", " : " (", s.reason_names[i],
-                    (unsigned long long)s.refused_by[i]);
-        fprintf(stderr, "%s in %.2f s (%.0f rows/s)\n", s.n_reasons ? ")" : "", secs,
-                secs > 0 ? (double)acked / secs : 0);
-        if (unacked)
-            fprintf(stderr, "relayctl: %llu rows were not acknowledged (connection lost after "
-                    "line %llu): their fate is unknown; send them again\n",
-                    (unsigned long long)unacked, (unsigned long long)s.acked_line);
+                (unsigned long long)s->records, (unsigned long long)s->acked,
+                (unsigned long long)s->refused);
+        for (size_t i = 0; i < s->n_reasons; i++)
+            fprintf(stderr, "%s%s %llu", i ? ", " : " (", s->reason_names[i],
+                    (unsigned long long)s->refused_by[i]);
+        fprintf(stderr, "%s in %.2f s (%.0f rows/s)", s->n_reasons ? ")" : "", secs,
+                secs > 0 ? (double)s->acked / secs : 0);
+        if (st.reconnects)
+            fprintf(stderr, "; %llu reconnects, %llu rows resent (at least once: a resent row "
+                    "may be stored twice)", (unsigned long long)st.reconnects,
+                    (unsigned long long)st.resent);
+        fputc('\n', stderr);
     }
-    free(s.inputs);
-    free(s.skip);
-    if (s.denied)
+    if (rc == RELAY_EDENIED || rc == RELAY_EBUSY)
+        fprintf(stderr, "relayctl: %s\n", relay_client_errmsg(s->c));
+    else if (rc && unacked)
+        fprintf(stderr, "relayctl: %s%s: %llu rows were not acknowledged: their fate is unknown; "
+                "send them again\n", s->lost_why[0] ? s->lost_why : relay_client_errmsg(s->c),
+                rc == RELAY_ELOST && retry_ms ? " (relayd did not come back within --retry-for)" : "",
+                (unsigned long long)unacked);
+    relay_client_close(s->c);
+    int refused = s->refused != 0;
+    free(s->inputs);
+    free(s);
+    free(lb);
+    if (rc == RELAY_EDENIED || rc == RELAY_EBUSY)
         return EXIT_CONNECT;
-    if (rc == EXIT_USAGE)
+    if (usage_err)
         return EXIT_USAGE;
-    if (unacked)
+    if (rc || unacked)
         return EXIT_DOWN;
-    return s.refused ? EXIT_REFUSED : 0;
+    return refused ? EXIT_REFUSED : 0;
 }
 
 /* ---------------------------------------------------------------- status */
@@ -817,12 +893,7 @@ static const struct help {
     const char *cmd, *sub, *text;
 } HELP[] = {
     { "send", NULL,
-"Usage: relayctl send [--table T] [FILE...]\n"
-"Streams NDJSON rows from the files (or stdin; '-' is stdin) to relayd with many\n"
-"rows in flight, waits for every acknowledgement and prints a summary.\n"
-"--table T sends the rows to destination T (else: '@T' lines in the input,\n"
-"or the server's default_table). Refused rows are reported as FILE:LINE.\n"
-"Exit: 0 all acknowledged, 1 some refused, 3 connection lost, 4 cannot connect.\n" },
+SEND_HELP },
     { "status", NULL,
 "Usage: relayctl status [--json] [--watch [--interval 1s]] | --ready\n"
 "Shows relayd's state, ingest counters and rates, the spool's size against\n"

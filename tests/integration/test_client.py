@@ -9,12 +9,25 @@ exactly once; it ends with a JSON summary line.
 import collections
 import json
 import os
+import re
 import signal
 import subprocess
 
-from relaytest import RelayTest, TOOLS
+from relaytest import RELAYCTL, Producer, RelayTest, TOOLS, wait_for
 
 CHECK = os.path.join(TOOLS, "client_check")
+
+
+def reading(pid, path):
+    """True once process pid has read from its open file path (it connected first)."""
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == path:
+                with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                    return int(f.readline().split()[1]) > 0
+    except OSError:
+        pass
+    return False
 
 
 def summary_of(out):
@@ -148,3 +161,76 @@ class ClientTest(RelayTest):
         s = summary_of(out)
         self.assertEqual((s["acked"], s["flush"], s["failures"]), (1, -7, 0))   # RELAY_ELOST
         self.assertIn("lost", s["errmsg"])
+
+
+class RelayctlSendTest(RelayTest):
+    """relayctl send is built on librelayclient: the same refusals as a raw
+    producer gets, and reconnect + resend when relayd restarts."""
+
+    def setUp(self):
+        self.d = self.daemon()
+        self.d.start()
+
+    def test_refusals_match_a_raw_producer_line_for_line(self):
+        lines = ['{"a":1}', '{"a": nope}', '@other {"b": nope}', '@other  {"b":2}', '',
+                 '@other', '{"c":1}', '[1]', '{"c":"\\ud800"}', '@bad name {"x":1}', '@bad!',
+                 '@nosuch {"x":1}', '{"d":1', '@events', '{"e":1}', '  @other {"f": tru}']
+        p = Producer(self.d.sock)
+        p.send_lines(lines)
+        p.finish()
+        raw = p.errors
+        path = os.path.join(self.d.dir, "in.ndjson")
+        with open(path, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        r = self.d.relayctl("send", path)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        got = {}
+        for m in re.finditer(r"in\.ndjson:(\d+): (\S+): (.*)", r.stderr.decode()):
+            got[int(m.group(1))] = (m.group(2), m.group(3))
+        self.assertEqual(got, raw)
+        # the rows relayd stored are the same both ways
+        stored = collections.Counter(json.dumps([x["table"], x["row"]]) for x in self.d.dump())
+        self.assertEqual(len(stored), 4, stored)
+        self.assertEqual(set(stored.values()), {2}, stored)
+
+    def test_kill9_during_send_reconnects_and_every_row_is_stored(self):
+        n = 60000
+        path = os.path.join(self.d.dir, "rows.ndjson")
+        with open(path, "w") as f:
+            for i in range(n):
+                f.write(json.dumps({"i": i, "pad": "p" * 100}) + "\n")
+        c = subprocess.Popen([RELAYCTL, "-c", self.d.conf, "--json", "send", path],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        wait_for(lambda: self.d.status()["ingest"]["records"] > 5000 or c.poll() is not None, 60,
+                 "rows to arrive")
+        self.d.kill9()
+        self.d.start()
+        out, err = c.communicate(timeout=120)
+        self.assertEqual(c.returncode, 0, err.decode())
+        s = json.loads(out)
+        self.assertEqual((s["sent"], s["acked"], s["unacknowledged"]), (n, n, 0))
+        self.assertGreaterEqual(s["reconnects"], 1, err.decode())
+        self.assertIn("reconnecting", err.decode())
+        counts = collections.Counter(x["row"]["i"] for x in self.d.dump("events"))
+        self.assertEqual(set(counts), set(range(n)))
+        self.assertLessEqual(sum(v - 1 for v in counts.values()), s["resent"])
+
+    def test_gives_up_after_retry_for_and_exits_3(self):
+        path = os.path.join(self.d.dir, "rows.ndjson")
+        with open(path, "w") as f:
+            for i in range(200000):
+                f.write('{"i":%d}\n' % i)
+        self.d.proc.send_signal(signal.SIGSTOP)   # nothing is acked ...
+        c = subprocess.Popen([RELAYCTL, "-c", self.d.conf, "--json", "send", "--retry-for", "1s",
+                              path], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        wait_for(lambda: reading(c.pid, path), 30, "relayctl to be connected and reading")
+        self.d.kill9()                            # ... then relayd is gone for good
+        out, err = c.communicate(timeout=60)
+        self.assertEqual(c.returncode, 3, err.decode())
+        s = json.loads(out)
+        self.assertGreater(s["unacknowledged"], 0)
+        self.assertIn("did not come back within --retry-for", err.decode())
+        self.assertIn("send them again", err.decode())
+        r = self.d.relayctl("send", "--retry-for", "soon", input=b"{}\n")
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("--retry-for: expected a duration", r.stderr.decode())
