@@ -132,6 +132,11 @@ $(BUILD)/tools/%: tests/tools/%.c $(BUILD)/librelay.a | $(BUILD)/tools
 $(BUILD)/tools/client_%: tests/tools/client_%.c $(BUILD)/librelayclient.a | $(BUILD)/tools
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/librelayclient.a
 
+# the documented example (docs/client.md), built as a user would, against the header alone
+$(BUILD)/examples/client_example: docs/examples/client_example.c $(BUILD)/librelayclient.a
+	@mkdir -p $(BUILD)/examples
+	$(CC) -std=c11 -g $(OPT) -Wall -Wextra -Werror -Iinclude $(EXTRA_CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/librelayclient.a
+
 $(BUILD)/bench/bench_client: tests/bench/bench_client.c $(BUILD)/librelayclient.a | $(BUILD)/bench
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/librelayclient.a
 
@@ -144,7 +149,7 @@ $(BUILD)/obj $(BUILD)/tests $(BUILD)/bench $(BUILD)/tools:
 $(BUILD)/tools/faultinject.so: tests/preload/faultinject.c | $(BUILD)/tools
 	$(CC) -std=c11 -O2 -g -Wall -Wextra -Werror -fPIC -shared -o $@ $< -ldl
 
-unit: all $(UNITBIN) $(TOOLBIN) $(BUILD)/tools/faultinject.so
+unit: all $(UNITBIN) $(TOOLBIN) $(BUILD)/tools/faultinject.so $(BUILD)/examples/client_example
 
 asan:
 	$(MAKE) BUILD=build-asan OPT=-O1 HARDEN= \

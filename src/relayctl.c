@@ -252,13 +252,34 @@ static void progress(struct sender *s, bool final)
 
 /* Waits for the client up to 200 ms. Returns 0, or the client's final error,
  * or RELAY_ELOST once relayd has been away for longer than retry_ms. */
+static int gave_up(const struct sender *s, int rc, uint64_t retry_ms)
+{
+    if (rc == 0 && s->lost_since_us && util_mono_us() - s->lost_since_us > retry_ms * 1000)
+        rc = RELAY_ELOST;
+    return rc;
+}
+
 static int send_wait(struct sender *s, uint64_t retry_ms)
 {
     int rc = relay_client_poll(s->c, 200);
     progress(s, false);
-    if (rc == 0 && s->lost_since_us && util_mono_us() - s->lost_since_us > retry_ms * 1000)
-        rc = RELAY_ELOST;
-    return rc;
+    return gave_up(s, rc, retry_ms);
+}
+
+/* Waits until the input is readable, meanwhile letting the client write
+ * rows and read acks (a slow producer such as `tail -f` must not hold rows
+ * back). Returns 0 or the client's final error. */
+static int wait_input(struct sender *s, int in, uint64_t retry_ms)
+{
+    for (;;) {
+        struct pollfd p[2] = { { in, POLLIN, 0 }, { relay_client_fd(s->c), POLLIN, 0 } };
+        if (poll(p, 2, 200) < 0 && errno != EINTR)
+            return 0;                               /* read() will say what is wrong */
+        int rc = gave_up(s, relay_client_process(s->c), retry_ms);
+        progress(s, false);
+        if (rc || (p[0].revents & (POLLIN | POLLHUP | POLLERR | POLLNVAL)))
+            return rc;
+    }
 }
 
 /* One input line (without its newline): a record for the current table, a
@@ -408,9 +429,10 @@ static int cmd_send(struct ctx *x, int argc, char **argv)
                                                   s->lines + 1 };
         bool skipping = false;        /* in a line longer than SEND_MAX_LINE */
         uint64_t skipped = 0;
-        ssize_t n;
+        ssize_t n = 0;
         llen = 0;
-        while (rc == 0 && (n = read(in, buf, sizeof buf)) > 0) {
+        while (rc == 0 && (rc = wait_input(s, in, retry_ms)) == 0 &&
+               (n = read(in, buf, sizeof buf)) > 0) {
             const char *p = buf, *e = buf + n;
             while (rc == 0 && p < e) {
                 const char *nl = memchr(p, '\n', (size_t)(e - p));

@@ -195,16 +195,15 @@ class RelayctlSendTest(RelayTest):
 
     def test_kill9_during_send_reconnects_and_every_row_is_stored(self):
         n = 60000
-        path = os.path.join(self.d.dir, "rows.ndjson")
-        with open(path, "w") as f:
-            for i in range(n):
-                f.write(json.dumps({"i": i, "pad": "p" * 100}) + "\n")
-        c = subprocess.Popen([RELAYCTL, "-c", self.d.conf, "--json", "send", path],
+        rows = [b'{"i":%d,"pad":"%s"}\n' % (i, b"p" * 100) for i in range(n)]
+        c = subprocess.Popen([RELAYCTL, "-c", self.d.conf, "--json", "send"], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        wait_for(lambda: self.d.status()["ingest"]["records"] > 5000 or c.poll() is not None, 60,
-                 "rows to arrive")
-        self.d.kill9()
+        c.stdin.write(b"".join(rows[:n // 2]))
+        c.stdin.flush()
+        wait_for(lambda: self.d.status()["ingest"]["records"] >= n // 2, 60, "half the rows")
+        self.d.kill9()                  # relayctl is connected, waiting for more input
         self.d.start()
+        c.stdin.write(b"".join(rows[n // 2:]))
         out, err = c.communicate(timeout=120)
         self.assertEqual(c.returncode, 0, err.decode())
         s = json.loads(out)
@@ -234,3 +233,22 @@ class RelayctlSendTest(RelayTest):
         r = self.d.relayctl("send", "--retry-for", "soon", input=b"{}\n")
         self.assertEqual(r.returncode, 2)
         self.assertIn("--retry-for: expected a duration", r.stderr.decode())
+
+
+class ExampleTest(RelayTest):
+    def test_the_documented_example_program_works(self):
+        d = self.daemon()
+        d.start()
+        ex = os.path.join(os.path.dirname(TOOLS), "examples", "client_example")
+        data = b"".join(b'{"n":%d}\n' % i for i in range(5000)) + b'{"n":\n' + b'{"last":1}'
+        p = subprocess.run([ex, d.sock], input=data, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           timeout=60)
+        self.assertEqual(p.returncode, 1, p.stderr)        # one row refused
+        self.assertEqual(p.stdout.decode().strip(), "5001 rows durable, 1 refused, 0 resent after reconnects")
+        self.assertIn("row 5001 refused: json: invalid JSON at byte 6", p.stderr.decode())
+        self.assertEqual(len(d.dump("events")), 5001)
+        d.stop()
+        p = subprocess.run([ex, d.sock], input=b"{}\n", stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, timeout=60)
+        self.assertEqual(p.returncode, 3)
+        self.assertIn("is relayd running", p.stderr.decode())
