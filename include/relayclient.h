@@ -117,7 +117,7 @@ typedef struct relay_client relay_client;
 typedef void (*relay_callback)(relay_client *c, const struct relay_event *ev, void *user);
 
 struct relay_client_opts {
-    size_t max_inflight_rows;     /* default 4096 */
+    size_t max_inflight_rows;     /* default 16384 (about one fsync's worth at 1M rows/s) */
     size_t max_inflight_bytes;    /* default 8 MiB (rows as sent, with their newline) */
     int blocking;                 /* relay_send waits for room instead of RELAY_EAGAIN */
     int send_timeout_ms;          /* blocking: longest wait for room, <= 0: no limit */

@@ -119,7 +119,7 @@ static int connect_unix(const char *path, char *err, size_t errlen)
 "rows are stored at least once, so a resent row may be stored twice.\n" \
 "Exit: 0 all acknowledged, 1 some refused, 3 connection lost, 4 cannot connect.\n"
 
-#define SEND_WINDOW_ROWS  8192
+#define SEND_WINDOW_ROWS  16384
 #define SEND_MAX_LINE     ((64u << 20) + 256)     /* relayd's largest max_record_bytes, and '@T ' */
 
 struct input {

@@ -68,10 +68,32 @@ if [ "${RELAYD_DEB_STRIP:-1}" != 0 ] && command -v strip >/dev/null 2>&1; then
     strip --strip-unneeded --remove-section=.comment --remove-section=.note \
         "$root/usr/sbin/relayd" "$root/usr/bin/relayctl"
 fi
+# librelayclient: header, static and shared library (soname librelayclient.so.1),
+# pkg-config file, in Debian's multiarch library directory.
+multiarch=$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || ${CC:-cc} -print-multiarch)
+[ -n "$multiarch" ] || die "cannot tell the multiarch triplet (dpkg-architecture or cc -print-multiarch)"
+for f in librelayclient.a librelayclient.so.1; do
+    [ -f "$build/$f" ] || die "no $build/$f: run make first"
+done
+libdir=/usr/lib/$multiarch
+install -d "$root/usr/include" "$root$libdir/pkgconfig" "$root/usr/share/man/man3"
+install -m 0644 "$top/include/relayclient.h" "$root/usr/include/relayclient.h"
+install -m 0644 "$build/librelayclient.a" "$root$libdir/librelayclient.a"
+install -m 0644 "$build/librelayclient.so.1" "$root$libdir/librelayclient.so.1"
+ln -s librelayclient.so.1 "$root$libdir/librelayclient.so"
+if [ "${RELAYD_DEB_STRIP:-1}" != 0 ] && command -v strip >/dev/null 2>&1; then
+    strip --strip-unneeded --remove-section=.comment "$root$libdir/librelayclient.so.1"
+    strip --strip-debug "$root$libdir/librelayclient.a"
+fi
+sed -e 's|@PREFIX@|/usr|' -e "s|@LIBDIR@|$libdir|" -e 's|@INCLUDEDIR@|/usr/include|' \
+    -e "s|@VERSION@|$version|" "$top/src/client/relayclient.pc.in" > "$root$libdir/pkgconfig/relayclient.pc"
+chmod 0644 "$root$libdir/pkgconfig/relayclient.pc"
+install -d "$root/usr/share/doc/relayd/examples"
+install -m 0644 "$top/docs/examples/client_example.c" "$root/usr/share/doc/relayd/examples/client_example.c"
 install -m 0644 "$top/packaging/relayd.service" "$root/lib/systemd/system/relayd.service"
 install -m 0644 "$top/packaging/relayd.conf" "$root/etc/relayd/relayd.conf"
 
-for page in relayctl.1 relayd.conf.5 relayd.8; do
+for page in relayctl.1 relayd.conf.5 relayd.8 relayclient.3; do
     sec=${page##*.}
     gzip -9n < "$top/docs/man/$page" > "$root/usr/share/man/man$sec/$page.gz"
     chmod 0644 "$root/usr/share/man/man$sec/$page.gz"
@@ -124,12 +146,14 @@ depends_by_dpkg_query() {
 if [ "${RELAYD_DEB_NO_SHLIBDEPS:-0}" != 1 ] && command -v dpkg-shlibdeps >/dev/null 2>&1; then
     printf 'Source: relayd\n\nPackage: relayd\nArchitecture: any\n' > "$work/debian/control"
     shlibs=$(cd "$work" && dpkg-shlibdeps -O \
-                 debian/relayd/usr/sbin/relayd debian/relayd/usr/bin/relayctl |
+                 debian/relayd/usr/sbin/relayd debian/relayd/usr/bin/relayctl \
+                 "debian/relayd$libdir/librelayclient.so.1" |
              sed -n 's/^shlibs:Depends=//p')
     rm -f "$work/debian/control"
     [ -n "$shlibs" ] || die "dpkg-shlibdeps found no dependencies"
 else
-    shlibs=$(depends_by_dpkg_query "$root/usr/sbin/relayd" "$root/usr/bin/relayctl")
+    shlibs=$(depends_by_dpkg_query "$root/usr/sbin/relayd" "$root/usr/bin/relayctl" \
+                 "$root$libdir/librelayclient.so.1")
     [ -n "$shlibs" ] || die "found no library dependencies"
 fi
 # adduser: postinst creates the user and groups with it.
@@ -165,6 +189,11 @@ printf '/etc/relayd/relayd.conf\n' > "$root/DEBIAN/conffiles"
 (cd "$root" && find . -type f ! -path './DEBIAN/*' ! -path './etc/*' | LC_ALL=C sort |
      sed 's|^\./||' | xargs md5sum) > "$root/DEBIAN/md5sums"
 chmod 0644 "$root/DEBIAN/control" "$root/DEBIAN/conffiles" "$root/DEBIAN/md5sums"
+# The shared library: its shlibs entry for packages built against it, and
+# the ldconfig trigger that refreshes the linker cache on install and removal.
+printf 'librelayclient 1 relayd (>= %s)\n' "$version" > "$root/DEBIAN/shlibs"
+printf 'activate-noawait ldconfig\n' > "$root/DEBIAN/triggers"
+chmod 0644 "$root/DEBIAN/shlibs" "$root/DEBIAN/triggers"
 for s in postinst prerm postrm; do
     install -m 0755 "$top/packaging/deb/$s" "$root/DEBIAN/$s"
 done

@@ -123,7 +123,7 @@ const char *relay_strerror(int code)
 void relay_client_opts_init(struct relay_client_opts *o)
 {
     memset(o, 0, sizeof *o);
-    o->max_inflight_rows = 4096;
+    o->max_inflight_rows = 16384;
     o->max_inflight_bytes = 8u << 20;
     o->reconnect = 1;
     o->reconnect_min_ms = 20;

@@ -6,6 +6,8 @@
             p50/p99, relayd CPU per record, peak RSS.
   forward   the same rows from 8 Fluent forward producers (PackedForward
             chunks with require_ack_response), in the same run as ingest.
+  client    rows/s from one librelayclient thread (durable acks), beside one
+            raw NDJSON socket producer with the same window, fsync durability.
   restart   time from exec to a ready relayd with 10 million records queued.
   json      the ingest validator against jansson.
   delivery  a pre-filled spool drained to the local emulator (--fast) over
@@ -120,6 +122,30 @@ def bench_delivery(api="insertall"):
         shutil.rmtree(d, ignore_errors=True)
 
 
+CLIENT_ROWS = int(os.environ.get("BENCH_CLIENT_ROWS", "1000000"))
+CLIENT_WINDOW = int(os.environ.get("BENCH_CLIENT_WINDOW", "16384"))
+
+
+def bench_client():
+    """One librelayclient thread, then one raw socket producer, same relayd."""
+    d = tempfile.mkdtemp(prefix="relayd-bench-")
+    try:
+        p, _ = start(d, config(d, "fsync"))
+        print(f"\n== librelayclient: one client thread, {CLIENT_ROWS} rows, {CLIENT_WINDOW} in "
+              f"flight, durability fsync ==", flush=True)
+        c0 = cpu_s(p.pid)
+        subprocess.run([os.path.join(B, "bench", "bench_client"), os.path.join(d, "sock"),
+                        str(CLIENT_ROWS), str(CLIENT_WINDOW)], check=True)
+        print(f"relayd cpu {(cpu_s(p.pid) - c0) * 1e6 / CLIENT_ROWS:.2f} us/row", flush=True)
+        print(f"-- the same relayd, one raw NDJSON socket producer, {CLIENT_WINDOW} lines in "
+              f"flight --", flush=True)
+        subprocess.run([os.path.join(B, "bench", "bench_ingest"), os.path.join(d, "sock"), "1",
+                        str(CLIENT_ROWS), str(CLIENT_WINDOW), str(p.pid)], check=True)
+        stop(p)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def start(d, conf):
     log = open(os.path.join(d, "log"), "ab")
     t0 = time.monotonic()
@@ -169,6 +195,7 @@ def main():
             stop(p)
         finally:
             shutil.rmtree(d, ignore_errors=True)
+    bench_client()
     bench_delivery("insertall")
     bench_delivery("storage")
     rb = os.path.join(B, "bench", "bench_rowenc")

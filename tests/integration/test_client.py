@@ -252,3 +252,40 @@ class ExampleTest(RelayTest):
                            stderr=subprocess.PIPE, timeout=60)
         self.assertEqual(p.returncode, 3)
         self.assertIn("is relayd running", p.stderr.decode())
+
+
+class InstallTest(RelayTest):
+    def test_make_install_ships_a_usable_library(self):
+        import shutil
+        import tempfile
+        from relaytest import ROOT
+        dest = tempfile.mkdtemp(prefix="relayd-install-")
+        self.addCleanup(shutil.rmtree, dest, True)
+        p = subprocess.run(["make", "--no-print-directory", "-C", ROOT, "install", "BUILD=build",
+                            "DESTDIR=" + dest, "PREFIX=/opt/relayd"], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=600)
+        self.assertEqual(p.returncode, 0, p.stdout.decode()[-3000:])
+        lib = dest + "/opt/relayd/lib"
+        for f in ("/opt/relayd/include/relayclient.h", "/opt/relayd/lib/librelayclient.a",
+                  "/opt/relayd/lib/librelayclient.so.1", "/opt/relayd/lib/pkgconfig/relayclient.pc",
+                  "/opt/relayd/share/man/man3/relayclient.3"):
+            self.assertTrue(os.path.isfile(dest + f), f)
+        self.assertEqual(os.readlink(lib + "/librelayclient.so"), "librelayclient.so.1")
+        soname = subprocess.run(["objdump", "-p", lib + "/librelayclient.so.1"],
+                                stdout=subprocess.PIPE).stdout.decode()
+        self.assertRegex(soname, r"SONAME\s+librelayclient\.so\.1")
+        pc = open(lib + "/pkgconfig/relayclient.pc").read()
+        self.assertIn("libdir=/opt/relayd/lib", pc)
+        self.assertIn("includedir=/opt/relayd/include", pc)
+        # build the example against the installed copy, as a user would, and run it
+        ex = os.path.join(dest, "client_example")
+        subprocess.run(["cc", "-o", ex, os.path.join(ROOT, "docs", "examples", "client_example.c"),
+                        "-I" + dest + "/opt/relayd/include", "-L" + lib, "-lrelayclient"],
+                       check=True, timeout=120)
+        d = self.daemon()
+        d.start()
+        env = dict(os.environ, LD_LIBRARY_PATH=lib)
+        r = subprocess.run([ex, d.sock], input=b'{"x":1}\n{"x":2}\n', stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, env=env, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("2 rows durable", r.stdout.decode())

@@ -55,7 +55,15 @@ INSTALLED_FILES = {
     "/usr/share/doc/relayd/docs/configuration.md": 0o644,
     "/usr/share/doc/relayd/docs/packaging.md": 0o644,
     "/usr/share/doc/relayd/examples/relayd-daemonset.yaml": 0o644,
+    "/usr/share/doc/relayd/examples/client_example.c": 0o644,
+    "/usr/include/relayclient.h": 0o644,
+    "/usr/share/man/man3/relayclient.3.gz": 0o644,
 }
+# librelayclient, in Debian's multiarch library directory
+MULTIARCH = subprocess.run(["cc", "-print-multiarch"], stdout=subprocess.PIPE,
+                           stderr=subprocess.DEVNULL).stdout.decode().strip() or "x86_64-linux-gnu"
+for _f in ("librelayclient.a", "librelayclient.so.1", "pkgconfig/relayclient.pc"):
+    INSTALLED_FILES["/usr/lib/%s/%s" % (MULTIARCH, _f)] = 0o644
 # Removed by "dpkg -r" (the conffile stays until purge).
 PROGRAM_FILES = [f for f in INSTALLED_FILES if f != "/etc/relayd/relayd.conf"]
 
@@ -327,6 +335,7 @@ class PackageTest(unittest.TestCase):
         entries = {}
         for line in listing:
             perms, owner, _size, _date, _time, name = line.split(None, 5)
+            name = name.split(" -> ")[0]            # a symbolic link: its own name
             entries[name[1:].rstrip("/") or "/"] = (perms, owner)
         for path, mode in INSTALLED_FILES.items():
             self.assertIn(path, entries, "missing from the package")
@@ -336,8 +345,11 @@ class PackageTest(unittest.TestCase):
         self.assertFalse(any(n.startswith("/var/lib/relayd") for n in entries),
                          "the spool directory must not belong to the package "
                          "(dpkg -r would delete it)")
-        for page in ("man8/relayd.8.gz", "man1/relayctl.1.gz", "man5/relayd.conf.5.gz"):
+        for page in ("man8/relayd.8.gz", "man1/relayctl.1.gz", "man5/relayd.conf.5.gz",
+                     "man3/relayclient.3.gz"):
             self.assertIn("/usr/share/man/" + page, entries)
+        self.assertEqual(entries.get("/usr/lib/%s/librelayclient.so" % MULTIARCH, ("",))[0][0], "l",
+                         "the development symlink librelayclient.so")
 
     def check_control(self, deb, arch):
         fields = {}
@@ -532,6 +544,26 @@ class PackageTest(unittest.TestCase):
                  interval=0.1)
         got = sorted(r["json"]["i"] for r in emu.rows(TABLE))
         self.assertEqual(got, list(range(n)))
+        # A program built against the installed librelayclient (pkg-config, the
+        # shared library found by the dynamic linker) sends rows as the producer.
+        ex = os.path.join(self.tmp, "client_example")
+        flags = run(["pkg-config", "--cflags", "--libs", "relayclient"]).stdout.decode().split()
+        self.assertIn("-lrelayclient", flags)
+        run(["cc", "-o", ex, "/usr/share/doc/relayd/examples/client_example.c"] + flags)
+        os.chmod(ex, 0o755)
+        self.assertRegex(run(["ldd", ex]).stdout.decode(),
+                         r"librelayclient\.so\.1 => (/usr)?/lib/%s/librelayclient\.so\.1" % MULTIARCH)
+        exrows = os.path.join(self.tmp, "example.ndjson")
+        with open(exrows, "w") as f:
+            f.write("".join(json.dumps({"i": n + i, "msg": "from librelayclient"}) + "\n"
+                            for i in range(20)))
+        os.chmod(exrows, 0o644)
+        p = self.as_user(self.producer, ["sh", "-c", '"$0" /run/relayd/relayd.sock < "$1"', ex,
+                                         exrows], check=False)
+        self.assertEqual(p.returncode, 0, (p.stdout + p.stderr).decode())
+        self.assertIn("20 rows durable", p.stdout.decode())
+        wait_for(lambda: emu.count(TABLE) >= n + 20, 60, "the example's rows at the emulator",
+                 interval=0.1)
         for f in ("data.mdb", "lock.mdb"):
             st = os.stat(os.path.join("/var/lib/relayd", f))
             self.assertEqual(st.st_uid, pwd.getpwnam("relayd").pw_uid, f)
