@@ -169,6 +169,12 @@ build-fuzz/gen/%.pb-c.c build-fuzz/gen/%.pb-c.h: proto/%.proto $(PROTOS)
 build-fuzz/obj/%.o: src/%.c $(wildcard include/*.h) $(FUZZGEN)
 	@mkdir -p build-fuzz/obj
 	clang $(FUZZFLAGS) -c -o $@ $<
+# librelayclient's target links the client alone (libc only)
+build-fuzz/obj/client/relayclient.o: src/client/relayclient.c include/relayclient.h
+	@mkdir -p build-fuzz/obj/client
+	clang $(FUZZFLAGS) -c -o $@ $<
+build-fuzz/fuzz_client: tests/fuzz/fuzz_client.c build-fuzz/obj/client/relayclient.o
+	clang $(FUZZFLAGS) -fsanitize=fuzzer -o $@ $^
 build-fuzz/%: tests/fuzz/%.c $(FUZZOBJ) $(FUZZGEN)
 	clang $(FUZZFLAGS) -fsanitize=fuzzer -o $@ $< $(FUZZOBJ) $(FUZZGEN) $(PKG_LIBS) -lpthread
 
