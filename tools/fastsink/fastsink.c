@@ -430,9 +430,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "fastsink: %s\n", err);
         return 1;
     }
-    fs_log("serving %s (token %s)%s%s, %zu table(s), key file %s", FS.base_url, FS.token_uri,
-           FS.grpc_bound ? ", storage write on port " : "", FS.grpc_bound ? "" : "", FS.n_tables,
-           cfg->key_out);
+    fs_log("serving %s (token endpoint %s), %zu table(s), service account key %s", FS.base_url,
+           FS.token_uri, FS.n_tables, cfg->key_out);
     if (FS.grpc_bound)
         fs_log("storage write API (gRPC, TLS) on %s:%d", cfg->host, FS.grpc_bound);
     int sig = 0;

@@ -615,8 +615,8 @@ static void handle(struct worker *w, struct conn *c, const char *body, size_t bl
         n++;
         p = e;
     }
-    bool shape = *p == 0 && n >= 4 && strcmp(seg[0], "projects") == 0 && strcmp(seg[2], "datasets") == 0;
-    if (shape && n == 4) {   /* datasets.get */
+    bool shape = n >= 4 && strcmp(seg[0], "projects") == 0 && strcmp(seg[2], "datasets") == 0;
+    if (shape && n == 4 && *p == 0) {   /* datasets.get */
         if (!get) {
             google_error(c, 404, "notFound", "Not found: the fast sink serves only datasets.get here.",
                          NULL, false);
