@@ -111,11 +111,14 @@ int bqrest_insertall_body(struct buf *out, const struct bq_row *rows, size_t n,
                           "\"rows\":[]}");     /* counts the final NUL */
     if (o->template_suffix)
         total += sizeof(",\"templateSuffix\":\"\"") - 1 + suffix_esc;
+    bool ids_clean = true;   /* no insertId needs escaping: pass 2 copies them as they are */
     for (size_t i = 0; i < n; i++) {
         size_t row = rows[i].len;
         if (rows[i].insert_id) {
             const char *id = rows[i].insert_id;
-            row += BQREST_ROW_OVERHEAD(json_escaped_len(id, strlen(id)));
+            size_t il = strlen(id), el = json_escaped_len(id, il);
+            ids_clean &= el == il;
+            row += BQREST_ROW_OVERHEAD(el);
         } else {
             row += sizeof("{\"json\":},") - 1;
         }
@@ -149,7 +152,8 @@ int bqrest_insertall_body(struct buf *out, const struct bq_row *rows, size_t n,
         if (id) {
             size_t id_len = strlen(id);
             rc |= buf_append(out, id_open + skip, sizeof id_open - 1 - skip);
-            rc |= append_escaped(out, id, id_len, json_escaped_len(id, id_len));
+            rc |= ids_clean ? buf_append(out, id, id_len)
+                            : append_escaped(out, id, id_len, json_escaped_len(id, id_len));
             rc |= buf_append(out, LIT("\",\"json\":"));
         } else {
             rc |= buf_append(out, json_open + skip, sizeof json_open - 1 - skip);
