@@ -19,6 +19,7 @@
  */
 #include "spool.h"
 #include "dlq.h"
+#include "util.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -33,7 +34,6 @@
 #include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
-#include <zlib.h>
 
 #define SPOOL_VERSION 1
 #define RESERVE_MIN   (256u << 10)
@@ -165,8 +165,7 @@ static uint32_t record_crc(uint32_t dest, uint64_t seq, const unsigned char *val
     for (int i = 0; i < 4; i++)
         id[i] = (unsigned char)(dest >> (24 - 8 * i));
     be64(id + 4, seq);
-    uLong c = crc32(0L, id, sizeof id);
-    return (uint32_t)crc32(c, val + 4, (uInt)(len - 4));
+    return util_crc32(util_crc32(0, id, sizeof id), val + 4, len - 4);
 }
 
 /* Checks a stored record; returns NULL if sound, else what is wrong. */
