@@ -4,7 +4,8 @@
 #   make deps       install the Debian packages (root or sudo)
 #   make test       the whole test suite (unit, integration, ASan+UBSan, short fuzz)
 #   make asan       build with AddressSanitizer + UndefinedBehaviorSanitizer into build-asan/
-#   make bench      benchmarks that print figures (see docs/benchmarks.md)
+#   make bench      benchmarks that print figures (see docs/benchmarks.md); builds
+#                   build/fastsink, the fast BigQuery sink the delivery figures use
 #   make fuzz       run the fuzz targets for FUZZ_SECONDS each (default 300)
 #   make run        install deps, build, and start relayd with a local config
 #   make valgrind   unit tests under valgrind --leak-check=full
@@ -62,7 +63,7 @@ CLIENTLIBS := $(BUILD)/librelayclient.a $(BUILD)/librelayclient.so.1 $(BUILD)/li
         fresh-check parse-check test-suite systemd-check
 .SECONDARY:
 
-all: $(BUILD)/relayd $(BUILD)/relayctl $(CLIENTLIBS)
+all: $(BUILD)/relayd $(BUILD)/relayctl $(CLIENTLIBS) $(BUILD)/fastsink
 
 deps:
 	@./tools/install-deps.sh
@@ -89,6 +90,17 @@ $(BUILD)/gen/%.pb-c.c $(BUILD)/gen/%.pb-c.h: proto/%.proto $(PROTOS) | $(BUILD)/
 
 $(BUILD)/obj/gen-%.o: $(BUILD)/gen/%.c $(GENHDR) | $(BUILD)/obj
 	$(CC) -std=c11 -g $(OPT) -Wall -Werror -I$(BUILD)/gen $(PKG_CFLAGS) $(EXTRA_CFLAGS) -c -o $@ $<
+
+# tools/fastsink: the fast BigQuery sink for benchmarks (docs/emulator.md); its
+# own program, linked with the generated protobuf-c messages only
+SINKSRC := $(wildcard tools/fastsink/*.c)
+SINKOBJ := $(SINKSRC:tools/fastsink/%.c=$(BUILD)/obj/fastsink/%.o)
+$(BUILD)/obj/fastsink/%.o: tools/fastsink/%.c tools/fastsink/fastsink.h $(GENHDR) | $(BUILD)/.deps-ok
+	@mkdir -p $(BUILD)/obj/fastsink
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/fastsink: $(SINKOBJ) $(GENSRC:$(BUILD)/gen/%.c=$(BUILD)/obj/gen-%.o)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LIBS)
 
 $(BUILD)/librelay.a: $(LIBOBJ)
 	ar rcs $@ $^

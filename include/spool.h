@@ -88,6 +88,13 @@ int spool_txn_append(struct spool_txn *t, uint32_t dest, const void *row, size_t
                      uint64_t time_ms, uint64_t *seq);
 /* Removes a record (delivered). SPOOL_NOTFOUND if it is not there. */
 int spool_txn_remove(struct spool_txn *t, uint32_t dest, uint64_t seq);
+/* Removes the records seqs[0..n) of dest (delivered), in one pass with one
+ * cursor: a run of consecutive records costs one search, not one each. A seq
+ * that is not there is skipped (as spool_txn_remove's SPOOL_NOTFOUND);
+ * *removed (may be NULL) gets how many were removed. seqs ascending is the
+ * fast case; any order is correct. */
+int spool_txn_remove_run(struct spool_txn *t, uint32_t dest, const uint64_t *seqs, size_t n,
+                         size_t *removed);
 /* Moves a record into the dead-letter store with a reason (a short token such
  * as "corrupt" or "invalid") and a detail text. If the record itself is
  * unreadable its raw bytes are kept as the row. */

@@ -2,9 +2,9 @@
  * dlq.c -- encoding and checking dead-letter entries. See dlq.h.
  */
 #include "dlq.h"
+#include "util.h"
 
 #include <string.h>
-#include <zlib.h>
 
 static void put32(unsigned char *p, uint32_t v)
 {
@@ -33,8 +33,7 @@ static uint32_t entry_crc(uint64_t seq, const unsigned char *buf, size_t len)
     unsigned char key[8];
     for (int i = 0; i < 8; i++)
         key[i] = (unsigned char)(seq >> (56 - 8 * i));
-    uLong c = crc32(0L, key, sizeof key);
-    return (uint32_t)crc32(c, buf + 4, (uInt)(len - 4));
+    return util_crc32(util_crc32(0, key, sizeof key), buf + 4, len - 4);
 }
 
 size_t dlq_encoded_size(const struct dlq_entry *e)

@@ -1107,6 +1107,9 @@ static int len_end(struct enc *e, size_t pos)
 static inline void skip_ws(struct enc *e)
 {
     const char *p = e->p;
+    /* rows are nearly always compact JSON: one test when no blank follows */
+    if (p < e->end && (unsigned char)*p > ' ')
+        return;
     while (p < e->end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t'))
         p++;
     e->p = p;
@@ -1240,6 +1243,18 @@ static int string_value(struct enc *e, const char **s, size_t *n, const char **a
 static int scan_number(struct enc *e, const char **s, size_t *n)
 {
     const char *p = e->p;
+    /* the common case, a JSON integer -?(0|[1-9][0-9]*) not followed by a
+     * fraction, an exponent or a sign, is valid as it is: no second pass */
+    const char *q = p < e->end && *p == '-' ? p + 1 : p, *digits = q;
+    while (q < e->end && is_digit(*q))
+        q++;
+    if (q > digits && (q - digits == 1 || *digits != '0') &&
+        (q == e->end || !(*q == '.' || *q == 'e' || *q == 'E' || *q == '-' || *q == '+'))) {
+        *s = p;
+        *n = (size_t)(q - p);
+        e->p = q;
+        return 0;
+    }
     while (p < e->end && (is_digit(*p) || *p == '-' || *p == '+' || *p == '.' || *p == 'e' ||
                           *p == 'E'))
         p++;

@@ -106,10 +106,13 @@ struct dest {
     struct delivstate ds;     /* state changes: logs and the status reason */
 };
 
+/* A dead letter to record. Delivered rows are kept apart (struct sender's
+ * done_*), 16 bytes each: most rows are delivered, and a row's outcome must
+ * not cost a 700-byte record. */
 struct outcome {
     struct dest *d;
     uint64_t seq;
-    bool dead;                /* false: delivered, remove */
+    bool dead;                /* always true: dead letters only */
     struct spool_dl_info info;
     char reason[48];
     char detail[640];
@@ -129,8 +132,18 @@ struct sender {
     unsigned stop_wait_ms;
     struct request *free_reqs;
     struct request *active;       /* in flight */
-    struct outcome *outs;
+    struct outcome *outs;         /* dead letters collected this turn */
     size_t n_outs, cap_outs;
+    uint64_t *done_seq;           /* rows delivered this turn (removed in order) */
+    struct dest **done_dest;
+    size_t n_done, cap_done;
+    struct bq_row_result *results;   /* per-row results of a response, reused */
+    size_t cap_results;
+    struct bq_row *body_rows;     /* a request's rows and insertIds, reused */
+    char *body_ids;
+    size_t cap_body_rows;
+    char uuid[64];                /* the spool's uuid: insertId prefix */
+    size_t uuid_len;
     pthread_mutex_t stats_lock;
     bool dlq_full;                /* dlq_max_bytes reached: hold rows instead */
     struct conf *pending_conf;    /* from sender_reload, applied by the thread */
@@ -305,28 +318,45 @@ static void release_held(struct sender *s, struct dest *d)
 
 static void delivered(struct sender *s, struct dest *d, const struct chunk *ch, size_t i)
 {
-    new_outcome(s, d, ch->rows[i].seq);
+    if (s->n_done == s->cap_done) {
+        size_t nc = s->cap_done ? s->cap_done * 2 : 4096;
+        uint64_t *ns = realloc(s->done_seq, nc * sizeof *ns);
+        if (ns)
+            s->done_seq = ns;
+        struct dest **nd = ns ? realloc(s->done_dest, nc * sizeof *nd) : NULL;
+        if (!nd)
+            return;   /* out of memory: the row stays queued and is resent (same insertId) */
+        s->done_dest = nd;
+        s->cap_done = nc;
+    }
+    s->done_seq[s->n_done] = ch->rows[i].seq;
+    s->done_dest[s->n_done++] = d;
 }
 
 /* Records every collected outcome in one transaction. */
 static void apply_outcomes(struct sender *s)
 {
-    if (s->n_outs == 0)
+    if (s->n_outs == 0 && s->n_done == 0)
         return;
     struct spool_txn *t = NULL;
     int rc = spool_txn_begin(s->spool, &t);
     size_t ok = 0, dead = 0;
     for (size_t i = 0; rc == SPOOL_OK && i < s->n_outs; i++) {
         struct outcome *o = &s->outs[i];
-        if (o->dead) {
-            o->info.reason = o->reason;
-            o->info.detail = o->detail;
-            rc = spool_txn_dead_letter_info(t, o->d->id, o->seq, &o->info);
-        } else {
-            rc = spool_txn_remove(t, o->d->id, o->seq);
-        }
+        o->info.reason = o->reason;
+        o->info.detail = o->detail;
+        rc = spool_txn_dead_letter_info(t, o->d->id, o->seq, &o->info);
         if (rc == SPOOL_NOTFOUND)
             rc = SPOOL_OK;   /* removed meanwhile (relayctl purge): nothing to record */
+    }
+    /* delivered rows, a run per destination at a time (a chunk's rows are
+     * consecutive: one search per run); a row removed meanwhile is skipped */
+    for (size_t i = 0; rc == SPOOL_OK && i < s->n_done;) {
+        size_t j = i + 1;
+        while (j < s->n_done && s->done_dest[j] == s->done_dest[i])
+            j++;
+        rc = spool_txn_remove_run(t, s->done_dest[i]->id, s->done_seq + i, j - i, NULL);
+        i = j;
     }
     if (rc == SPOOL_OK)
         rc = spool_txn_commit(t);
@@ -340,24 +370,26 @@ static void apply_outcomes(struct sender *s)
     }
     if (rc != SPOOL_OK) {
         /* keep them: retried next turn (a full map frees up as others drain) */
-        log_warn("cannot record %zu delivery outcome(s) yet: %s", s->n_outs, spool_strerror(rc));
+        log_warn("cannot record %zu delivery outcome(s) yet: %s", s->n_outs + s->n_done,
+                 spool_strerror(rc));
         return;
     }
     pthread_mutex_lock(&s->stats_lock);
     for (size_t i = 0; i < s->n_outs; i++) {
-        if (s->outs[i].dead) {
-            s->outs[i].d->dead_lettered++;
-            counts_add(&s->outs[i].d->dead_by_reason, s->outs[i].reason, 1);
-            dead++;
-        } else {
-            s->outs[i].d->delivered++;
-            ok++;
-        }
+        s->outs[i].d->dead_lettered++;
+        counts_add(&s->outs[i].d->dead_by_reason, s->outs[i].reason, 1);
+        dead++;
+    }
+    for (size_t i = 0; i < s->n_done; i++) {
+        s->done_dest[i]->delivered++;
+        ok++;
     }
     pthread_mutex_unlock(&s->stats_lock);
+    (void)ok;
     if (dead)
         log_warn("moved %zu row(s) to the dead-letter store (relayctl dlq list)", dead);
     s->n_outs = 0;
+    s->n_done = 0;
 }
 
 /* ---- reading batches ---- */
@@ -391,8 +423,10 @@ static int read_row(const struct spool_record *r, void *arg)
         rd->any = true;
         return 0;
     }
+    /* the table: the same for every row unless sharded (then from the row's time) */
     char table[320];
-    if (row_table(rd->d, r, table, sizeof table) != 0) {
+    bool sharded = rd->d->sharded;
+    if (sharded && row_table(rd->d, r, table, sizeof table) != 0) {
         struct chunk one = { .rows = &(struct row){ .seq = r->seq }, .n = 1 };
         dead_letter(rd->s, rd->d, &one, 0, "routing", 0, "table_time_field '%s' is missing or "
                     "not a time (RFC 3339 string or epoch seconds)", cd->table_time_field);
@@ -402,12 +436,16 @@ static int read_row(const struct spool_record *r, void *arg)
     }
     size_t cost = r->len + BQREST_ROW_OVERHEAD(ID_MAX);
     if (ch->n > 0 && (ch->n >= cd->batch_rows || rd->body_bytes + cost > cd->batch_bytes ||
-                      strcmp(ch->table, table) != 0)) {
+                      (sharded && strcmp(ch->table, table) != 0))) {
         rd->full = true;   /* full, or the next row goes to another table */
         return 1;
     }
-    if (ch->n == 0)
-        memcpy(ch->table, table, sizeof ch->table);
+    if (ch->n == 0) {
+        if (sharded)
+            memcpy(ch->table, table, sizeof ch->table);
+        else
+            row_table(rd->d, r, ch->table, sizeof ch->table);
+    }
     if (ch->n == rd->cap_rows) {
         size_t nc = rd->cap_rows ? rd->cap_rows * 2 : 64;
         struct row *nr = realloc(ch->rows, nc * sizeof *nr);
@@ -578,6 +616,24 @@ static void request_destroy(struct request *rq)
 static void backoff(struct sender *s, struct dest *d, enum bq_action a, long retry_after_s,
                     const char *why);
 
+/* The insertId of a row: "<spool uuid>-<seq>" (what snprintf("%s-%llu")
+ * wrote before; this is on the per-row path). out has ID_MAX bytes. */
+static void insert_id(char *out, const char *uuid, size_t ul, uint64_t seq)
+{
+    char digits[20];
+    size_t n = 0;
+    do {
+        digits[n++] = (char)('0' + seq % 10);
+        seq /= 10;
+    } while (seq);
+    memcpy(out, uuid, ul);
+    out[ul] = '-';
+    char *p = out + ul + 1;
+    while (n)
+        *p++ = digits[--n];
+    *p = 0;
+}
+
 /* Sends ch for d. On failure before sending, ch goes back to the retry list. */
 static void start_request(struct sender *s, struct dest *d, struct chunk *ch)
 {
@@ -616,26 +672,31 @@ static void start_request(struct sender *s, struct dest *d, struct chunk *ch)
     rq->retry_after_s = 0;
     rq->errbuf[0] = 0;
 
-    /* the body: rows with their insertIds */
-    struct bq_row *rows = malloc(ch->n * sizeof *rows);
-    char *ids = malloc(ch->n * ID_MAX);
-    if (!rows || !ids) {
-        free(rows);
-        free(ids);
-        retry_push_front(d, ch);
-        request_release(s, rq);
-        return;
+    /* the body: rows with their insertIds (uuid-seq), in buffers kept across requests */
+    if (ch->n > s->cap_body_rows) {
+        struct bq_row *nr = realloc(s->body_rows, ch->n * sizeof *nr);
+        if (nr)
+            s->body_rows = nr;
+        char *ni = nr ? realloc(s->body_ids, ch->n * ID_MAX) : NULL;
+        if (!ni) {
+            retry_push_front(d, ch);
+            request_release(s, rq);
+            return;
+        }
+        s->body_ids = ni;
+        s->cap_body_rows = ch->n;
     }
-    const char *uuid = spool_uuid(s->spool);
+    struct bq_row *rows = s->body_rows;
+    char *ids = s->body_ids;
+    if (!s->uuid_len)
+        s->uuid_len = (size_t)snprintf(s->uuid, sizeof s->uuid, "%s", spool_uuid(s->spool));   /* 32 hex */
     for (size_t i = 0; i < ch->n; i++) {
-        snprintf(ids + i * ID_MAX, ID_MAX, "%s-%llu", uuid, (unsigned long long)ch->rows[i].seq);
+        insert_id(ids + i * ID_MAX, s->uuid, s->uuid_len, ch->rows[i].seq);
         rows[i] = (struct bq_row){ ch->data + ch->rows[i].off, ch->rows[i].len, ids + i * ID_MAX };
     }
     struct bq_insert_opts io = { cd->skip_invalid_rows, cd->ignore_unknown_values,
                                  cd->template_suffix };
     int rc = bqrest_insertall_body(&rq->body, rows, ch->n, &io);
-    free(rows);
-    free(ids);
     const struct buf *payload = &rq->body;
     if (rc == 0 && cd->gzip) {
         rc = bqrest_gzip(rq->body.data, rq->body.len, &rq->gz, 1);
@@ -997,13 +1058,21 @@ static void handle_done(struct sender *s, struct request *rq, CURLcode res)
         note_error(s, d, "%s", why);
     switch (a) {
     case BQ_OK: {
-        struct bq_row_result *res_rows = calloc(ch->n, sizeof *res_rows);
+        /* the per-row results (bqrest_parse_insertall sets every one): kept
+         * across responses, not allocated and zeroed per request */
+        if (ch->n > s->cap_results) {
+            struct bq_row_result *nr = realloc(s->results, ch->n * sizeof *nr);
+            if (nr) {
+                s->results = nr;
+                s->cap_results = ch->n;
+            }
+        }
+        struct bq_row_result *res_rows = ch->n <= s->cap_results ? s->results : NULL;
         char perr[256];
         if (!res_rows || bqrest_parse_insertall(rq->resp.data, rq->resp.len, ch->n, res_rows,
                                                 perr, sizeof perr) != 0) {
             note_error(s, d, "HTTP %ld with an unreadable body: %s", http,
                        res_rows ? perr : "out of memory");
-            free(res_rows);
             retry_push_front(d, ch);
             backoff(s, d, BQ_RETRY, rq->retry_after_s, "unreadable insertAll response");
             break;
@@ -1064,7 +1133,6 @@ static void handle_done(struct sender *s, struct request *rq, CURLcode res)
             d->fail_streak = 0;
             ds_ok(&d->ds, s->spool, d->id);
         }
-        free(res_rows);
         chunk_free(ch);
         break;
     }
@@ -1721,6 +1789,11 @@ void sender_free(struct sender *s)
     if (s->multi)
         curl_multi_cleanup(s->multi);
     free(s->outs);
+    free(s->done_seq);
+    free(s->done_dest);
+    free(s->results);
+    free(s->body_rows);
+    free(s->body_ids);
     free(s->dests);
     for (size_t i = 0; i < s->n_old_confs; i++) {
         conf_free(s->old_confs[i]);

@@ -19,6 +19,7 @@
  */
 #include "spool.h"
 #include "dlq.h"
+#include "util.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -33,7 +34,6 @@
 #include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
-#include <zlib.h>
 
 #define SPOOL_VERSION 1
 #define RESERVE_MIN   (256u << 10)
@@ -165,8 +165,7 @@ static uint32_t record_crc(uint32_t dest, uint64_t seq, const unsigned char *val
     for (int i = 0; i < 4; i++)
         id[i] = (unsigned char)(dest >> (24 - 8 * i));
     be64(id + 4, seq);
-    uLong c = crc32(0L, id, sizeof id);
-    return (uint32_t)crc32(c, val + 4, (uInt)(len - 4));
+    return util_crc32(util_crc32(0, id, sizeof id), val + 4, len - 4);
 }
 
 /* Checks a stored record; returns NULL if sound, else what is wrong. */
@@ -713,6 +712,57 @@ int spool_txn_remove(struct spool_txn *t, uint32_t dest, uint64_t seq)
     if (mrc)
         return map_rc(mrc, "remove");
     return add_delta(t, dest, -len);
+}
+
+int spool_txn_remove_run(struct spool_txn *t, uint32_t dest, const uint64_t *seqs, size_t n,
+                         size_t *removed)
+{
+    size_t done = 0;
+    if (removed)
+        *removed = 0;
+    if (n == 0)
+        return SPOOL_OK;
+    if (!dest_ready(t->s, dest))
+        return SPOOL_INVAL;
+    MDB_cursor *c;
+    int rc = mdb_cursor_open(t->txn, t->s->dest[dest].dbi, &c);
+    if (rc)
+        return map_rc(rc, "cursor");
+    int64_t bytes = 0;
+    bool at_next = false;     /* after a delete the cursor rests on the next record */
+    for (size_t i = 0; i < n; i++) {
+        unsigned char kb[8];
+        be64(kb, seqs[i]);
+        MDB_val k = { 8, kb }, v;
+        rc = MDB_NOTFOUND;
+        if (at_next) {
+            /* the usual case: seqs[i] is the record after the one just
+             * removed, so no search from the root */
+            MDB_val ck;
+            rc = mdb_cursor_get(c, &ck, &v, MDB_GET_CURRENT);
+            if (rc == 0 && !(ck.mv_size == 8 && memcmp(ck.mv_data, kb, 8) == 0))
+                rc = MDB_NOTFOUND;
+        }
+        if (rc)
+            rc = mdb_cursor_get(c, &k, &v, MDB_SET_KEY);
+        if (rc == MDB_NOTFOUND) {
+            at_next = false;   /* removed meanwhile: nothing to do */
+            continue;
+        }
+        if (rc)
+            break;
+        bytes += v.mv_size >= SPOOL_HDR ? (int64_t)(v.mv_size - SPOOL_HDR) : 0;
+        if ((rc = mdb_cursor_del(c, 0)))
+            break;
+        done++;
+        at_next = true;
+    }
+    mdb_cursor_close(c);
+    if (rc && rc != MDB_NOTFOUND)
+        return map_rc(rc, "remove");
+    if (removed)
+        *removed = done;
+    return done ? add_delta(t, dest, -bytes) : SPOOL_OK;
 }
 
 int spool_txn_dead_letter(struct spool_txn *t, uint32_t dest, uint64_t seq,

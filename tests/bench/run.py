@@ -13,9 +13,21 @@
   delivery  a pre-filled spool drained to the local emulator (--fast) over
             insertAll: rows/s, relayd CPU per row, bytes per request before
             and after gzip.
+  rowenc    JSON -> protobuf row encoding (Storage Write).
+  sink      delivery to build/fastsink (the C sink, tools/fastsink) over
+            insertAll with and without gzip and over the Storage Write API
+            (default stream, exactly once): rows/s from a pre-filled backlog
+            and with producers writing at the same time, relayd CPU per row,
+            relayd peak RSS, the sink's CPU (its headroom).
+
+Usage: run.py [SECTION...]   (default: every section; e.g. `run.py sink`)
 
 Environment: BENCH_RECORDS (per producer, default 250000), BENCH_WINDOW (lines
-in flight per producer, default 512), BENCH_BACKLOG (default 10000000).
+in flight per producer, default 512), BENCH_BACKLOG (default 10000000),
+BENCH_DELIVER (default 1000000), BENCH_SINK_ROWS (backlog of the sink
+section, default 1000000), BENCH_SINK_LIVE (rows per producer of its live
+runs, 8 producers, default 125000), BENCH_SINK_CASES (comma-separated subset
+of gzip,nogzip,storage,exactly_once).
 """
 import os
 import shutil
@@ -33,6 +45,9 @@ BACKLOG = int(os.environ.get("BENCH_BACKLOG", "10000000"))
 DELIVER = int(os.environ.get("BENCH_DELIVER", "1000000"))
 FWD_CHUNK = int(os.environ.get("BENCH_FWD_CHUNK", "256"))
 FWD_INFLIGHT = int(os.environ.get("BENCH_FWD_INFLIGHT", "2"))
+SINK_ROWS = int(os.environ.get("BENCH_SINK_ROWS", "1000000"))
+SINK_LIVE = int(os.environ.get("BENCH_SINK_LIVE", "125000"))
+SECTIONS = ("json", "ingest", "client", "delivery", "rowenc", "restart", "sink")
 
 
 def config(d, durability, dest=""):
@@ -146,6 +161,154 @@ def bench_client():
         shutil.rmtree(d, ignore_errors=True)
 
 
+# ---------------------------------------------------------------- the fast sink
+
+SINK_FIELDS = (("ts", "STRING"), ("host", "STRING"), ("service", "STRING"), ("level", "STRING"),
+               ("seq", "INT64"), ("status", "INT64"), ("msg", "STRING"),
+               ("latency_ms", "FLOAT64"), ("ok", "BOOL"))   # bench_fill's rows and bench_ingest's
+
+
+def vm_hwm_kib(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+class Sink:
+    """build/fastsink over TLS with a test CA (from bqemu gen-tls)."""
+
+    def __init__(self, d):
+        import json
+        py = "/usr/bin/python3"
+        tool = os.path.join(ROOT, "tools", "bqemu", "bqemu.py")
+        subprocess.run([py, tool, "gen-tls", "--dir", f"{d}/tls"], check=True, stdout=subprocess.DEVNULL)
+        with open(f"{d}/schema.json", "w") as f:
+            json.dump({"fields": [{"name": n, "type": t} for n, t in SINK_FIELDS]}, f)
+        self.ca = f"{d}/tls/ca.pem"
+        self.key = f"{d}/key.json"
+        self.out = open(f"{d}/sink.out", "wb")
+        self.proc = subprocess.Popen([os.path.join(B, "fastsink"), "serve", "--port", "0", "--grpc-port", "0",
+                                      "--tls-cert", f"{d}/tls/server.pem", "--tls-key", f"{d}/tls/server.key",
+                                      "--key-out", self.key, "--ready-file", f"{d}/ready.json",
+                                      "--schema", f"bench.logs.events={d}/schema.json", "--quiet"],
+                                     stdout=self.out, stderr=subprocess.STDOUT)
+        while not os.path.exists(f"{d}/ready.json"):
+            if self.proc.poll() is not None:
+                sys.exit("fastsink died: " + open(f"{d}/sink.out").read())
+            time.sleep(0.02)
+        self.info = json.load(open(f"{d}/ready.json"))
+
+    def stats(self):
+        import json
+        import ssl
+        import urllib.request
+        ctx = ssl.create_default_context(cafile=self.ca)
+        with urllib.request.urlopen(self.info["base_url"] + "/stats", context=ctx, timeout=30) as r:
+            return json.load(r)
+
+    def dest(self, api, extra=""):
+        i = self.info
+        kv = (f"project = bench\ndataset = logs\ncredentials = {self.key}\nendpoint = {i['base_url']}\n"
+              f"ca_file = {self.ca}\n")
+        if api == "storage":
+            kv += f"api = storage\nstorage_endpoint = {i['grpc_target']}\n"   # schema from tables.get
+        return kv + extra + os.environ.get("BENCH_DEST_EXTRA", "").replace(";", "\n") + "\n"
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(30)
+        self.out.close()
+
+
+def sink_run(sink, d, dest, api, live):
+    """One relayd run: a pre-filled backlog (live=False) or 8 producers at once."""
+    os.makedirs(d)
+    total = SINK_ROWS if not live else 8 * SINK_LIVE
+    if not live:
+        subprocess.run([os.path.join(B, "bench", "bench_fill"), os.path.join(d, "spool"), "events",
+                        str(total)], check=True, stdout=subprocess.DEVNULL)
+    # Sink counters and the clock are read before relayd starts: with a backlog
+    # it delivers its first requests before start() returns. CPU is relayd's
+    # whole life, start-up included.
+    s0 = sink.stats()
+    t0 = time.monotonic()
+    p, _ = start(d, config(d, "fsync", dest))
+    c0 = 0.0
+    ingest = None
+    if live:
+        ingest = subprocess.run([os.path.join(B, "bench", "bench_ingest"), os.path.join(d, "sock"), "8",
+                                 str(SINK_LIVE), str(WINDOW)], check=True, stdout=subprocess.PIPE).stdout.decode()
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        st = [x for x in status(d)["destinations"] if x["name"] == "events"][0]["delivery"]
+        if st["delivered"] + st["dead_lettered"] >= total and status(d)["spool"]["records"] == 0:
+            break
+        time.sleep(0.02)
+    dt, cpu = time.monotonic() - t0, cpu_s(p.pid) - c0
+    s1 = sink.stats()
+    hwm = vm_hwm_kib(p.pid)
+    stop(p)
+    key = "insertall" if api == "insertall" else "storage"
+    got = s1["rows"][key] - s0["rows"][key]
+    r = {"rows": st["delivered"], "dead": st["dead_lettered"], "secs": dt, "rate": st["delivered"] / dt,
+         "us_row": cpu * 1e6 / max(1, st["delivered"]), "hwm": hwm, "sink_rows": got,
+         "sink_cpu": (s1["cpu_s"] - s0["cpu_s"]) / dt * 100, "requests": st["requests"],
+         "failed": st["failed_requests"]}
+    if ingest:
+        for line in ingest.splitlines():
+            if line.startswith("throughput"):
+                r["ingest"] = line
+    return r
+
+
+def bench_sink():
+    cases = [("insertAll, gzip", "gzip", "insertall", "gzip = yes\n"),
+             ("insertAll, no gzip", "nogzip", "insertall", "gzip = no\n"),
+             ("Storage Write, default stream", "storage", "storage", ""),
+             ("Storage Write, exactly once", "exactly_once", "storage", "delivery = exactly_once\n")]
+    want = os.environ.get("BENCH_SINK_CASES")
+    if want:
+        cases = [c for c in cases if c[1] in want.split(",")]
+    d = tempfile.mkdtemp(prefix="relayd-bench-sink-")
+    sink = None
+    rows = []
+    try:
+        sink = Sink(d)
+        print(f"\n== delivery to the fast sink (build/fastsink, TLS on loopback): {SINK_ROWS} rows "
+              f"pre-filled, and 8 producers x {SINK_LIVE} rows while delivering; fsync, defaults "
+              f"(500 rows/request, 4 in flight) ==", flush=True)
+        for n, (label, tag, api, extra) in enumerate(cases):
+            for live in (False, True):
+                r = sink_run(sink, f"{d}/run{n}{'l' if live else 'b'}", sink.dest(api, extra), api, live)
+                exact = tag == "exactly_once"
+                check = ("==" if r["sink_rows"] == r["rows"] else "!=") if exact else \
+                        (">=" if r["sink_rows"] >= r["rows"] else "<")
+                print(f"{label:31s} {'producers' if live else 'backlog  '}: {r['rate']:>9,.0f} rows/s "
+                      f"({r['rows']} in {r['secs']:.2f} s, {r['dead']} dead-lettered), relayd "
+                      f"{r['us_row']:.2f} us/row, VmHWM {r['hwm'] / 1024:.1f} MiB; sink counted "
+                      f"{r['sink_rows']} ({check} delivered), sink CPU {r['sink_cpu']:.0f}% of one core; "
+                      f"{r['requests']} requests, {r['failed']} failed", flush=True)
+                if live and "ingest" in r:
+                    print(f"{'':31s}            ingest: {r['ingest']}")
+                rows.append((label, live, r))
+        print("\n| path | backlog rows/s | relayd µs/row | relayd VmHWM | sink CPU "
+              "| with producers rows/s | relayd µs/row (ingest+delivery) | relayd VmHWM | sink CPU |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for label, _, _, _ in cases:
+            b = [r for lb, lv, r in rows if lb == label and not lv]
+            l = [r for lb, lv, r in rows if lb == label and lv]
+            if b and l:
+                b, l = b[0], l[0]
+                print(f"| {label} | {b['rate']:,.0f} | {b['us_row']:.2f} | {b['hwm'] / 1024:.1f} MiB | "
+                      f"{b['sink_cpu']:.0f}% | {l['rate']:,.0f} | {l['us_row']:.2f} | {l['hwm'] / 1024:.1f} MiB "
+                      f"| {l['sink_cpu']:.0f}% |")
+    finally:
+        if sink:
+            sink.stop()
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def start(d, conf):
     log = open(os.path.join(d, "log"), "ab")
     t0 = time.monotonic()
@@ -170,12 +333,16 @@ def stop(p):
 
 
 def main():
+    want = sys.argv[1:] or list(SECTIONS)
+    bad = [w for w in want if w not in SECTIONS]
+    if bad:
+        sys.exit(f"run.py: unknown section(s) {', '.join(bad)}; sections: {', '.join(SECTIONS)}")
     print(f"machine: {os.cpu_count()} cores, {os.uname().release}; date {time.strftime('%Y-%m-%d')}")
     jc = os.path.join(B, "bench", "bench_json_check")
-    if os.path.exists(jc):
+    if "json" in want and os.path.exists(jc):
         print("\n== json validator ==", flush=True)
         subprocess.run([jc])
-    for mode in ("fsync", "os", "none"):
+    for mode in ("fsync", "os", "none") if "ingest" in want else ():
         d = tempfile.mkdtemp(prefix="relayd-bench-")
         try:
             p, _ = start(d, config(d, mode))
@@ -195,13 +362,19 @@ def main():
             stop(p)
         finally:
             shutil.rmtree(d, ignore_errors=True)
-    bench_client()
-    bench_delivery("insertall")
-    bench_delivery("storage")
+    if "client" in want:
+        bench_client()
+    if "delivery" in want:
+        bench_delivery("insertall")
+        bench_delivery("storage")
+    if "sink" in want:
+        bench_sink()
     rb = os.path.join(B, "bench", "bench_rowenc")
-    if os.path.exists(rb):
+    if "rowenc" in want and os.path.exists(rb):
         print("\n== JSON -> protobuf row encoding (Storage Write) ==", flush=True)
         subprocess.run([rb])
+    if "restart" not in want:
+        return
     d = tempfile.mkdtemp(prefix="relayd-bench-")
     try:
         print(f"\n== restart with {BACKLOG} records queued ==", flush=True)

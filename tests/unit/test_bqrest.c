@@ -502,6 +502,57 @@ static void test_gzip_incompressible(void **state)
     free(in);
 }
 
+/* zlib's own gzip wrapper (windowBits 15 + 16) over the same input. */
+static size_t zlib_gzip(const void *in, size_t len, int level, unsigned char *out, size_t cap)
+{
+    z_stream zs;
+    memset(&zs, 0, sizeof zs);
+    assert_int_equal(deflateInit2(&zs, level ? level : Z_DEFAULT_COMPRESSION, Z_DEFLATED, 31, 8,
+                                  Z_DEFAULT_STRATEGY), Z_OK);
+    zs.next_in = (Bytef *)(uintptr_t)in;
+    zs.avail_in = (uInt)len;
+    zs.next_out = out;
+    zs.avail_out = (uInt)cap;
+    assert_int_equal(deflate(&zs, Z_FINISH), Z_STREAM_END);
+    size_t n = zs.total_out;
+    deflateEnd(&zs);
+    return n;
+}
+
+/* bqrest_gzip writes the gzip frame itself (CRC from util_crc32): the bytes
+ * are zlib's, at every level, for JSON-like, repetitive and random input. */
+static void test_gzip_bytes_are_zlibs(void **state)
+{
+    (void)state;
+    size_t cap = 300000;
+    unsigned char *in = malloc(cap), *ref = malloc(cap * 2);
+    assert_non_null(in);
+    assert_non_null(ref);
+    uint64_t x = 0x2545f4914f6cdd1du;
+    for (size_t i = 0; i < cap; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        in[i] = i < cap / 2 ? (unsigned char)"{\"msg\":\"row\",\"i\":12345}"[i % 24] ^ (x % 7 == 0)
+                            : (unsigned char)x;
+    }
+    static const size_t lens[] = { 0, 1, 15, 16, 63, 64, 65, 200, 4095, 118000, 150000, 300000 };
+    for (int level = 0; level <= 9; level++) {
+        for (size_t k = 0; k < sizeof lens / sizeof lens[0]; k++) {
+            size_t off = lens[k] == cap ? 0 : 7;
+            size_t len = lens[k] == cap ? cap : lens[k];
+            struct buf out = { 0 };
+            assert_int_equal(bqrest_gzip(in + off, len, &out, level), 0);
+            size_t n = zlib_gzip(in + off, len, level, ref, cap * 2);
+            assert_int_equal(out.len, n);
+            assert_memory_equal(out.data, ref, n);
+            buf_free(&out);
+        }
+    }
+    free(in);
+    free(ref);
+}
+
 static void test_gzip_bad_level(void **state)
 {
     (void)state;
@@ -1192,6 +1243,7 @@ int main(void)
         cmocka_unit_test(test_gzip_roundtrip_levels),
         cmocka_unit_test(test_gzip_small_and_empty),
         cmocka_unit_test(test_gzip_incompressible),
+        cmocka_unit_test(test_gzip_bytes_are_zlibs),
         cmocka_unit_test(test_gzip_bad_level),
         cmocka_unit_test(test_paths),
         cmocka_unit_test(test_paths_append_and_errors),

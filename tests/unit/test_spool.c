@@ -787,6 +787,114 @@ static void test_remove_and_stats(void **state)
     free(st);
 }
 
+/* spool_txn_remove_run: runs across many pages, gaps, seqs already gone or of
+ * another destination, descending order; what remains and the byte counts
+ * are exactly what one spool_txn_remove per seq leaves. */
+static void test_remove_run(void **state)
+{
+    struct fixture *f = *state;
+    struct spool *s = open_spool(f, 64u << 20);
+    uint32_t a = dest_id(s, "a"), b = dest_id(s, "b");
+    enum { N = 5000 };
+    uint64_t *sa = malloc(N * sizeof *sa), sb[10];
+    size_t *len = malloc(N * sizeof *len);
+    bool *gone = calloc(N, sizeof *gone);
+    assert_non_null(sa);
+    assert_non_null(len);
+    assert_non_null(gone);
+    struct spool_txn *t;
+    assert_int_equal(spool_txn_begin(s, &t), SPOOL_OK);
+    for (size_t i = 0; i < N; i++) {
+        len[i] = 20 + (i * 37) % 300;   /* ~ 30 rows a page: many pages */
+        char *row = make_row(i, len[i]);
+        assert_int_equal(spool_txn_append(t, a, row, len[i], 1000 + i, &sa[i]), SPOOL_OK);
+        free(row);
+        if (i % 500 == 0) {
+            row = make_row(i, 50);
+            assert_int_equal(spool_txn_append(t, b, row, 50, 1, &sb[i / 500]), SPOOL_OK);
+            free(row);
+        }
+    }
+    assert_int_equal(spool_txn_commit(t), SPOOL_OK);
+
+    /* 1: one long run [0, 2000) with b's seqs and a missing one mixed in */
+    uint64_t *run = malloc((N + 20) * sizeof *run);
+    assert_non_null(run);
+    size_t n = 0, removed = 0;
+    for (size_t i = 0; i < 2000; i++) {
+        run[n++] = sa[i];
+        gone[i] = true;
+        if (i == 700)
+            run[n++] = sb[3];            /* another destination's seq: not here */
+        if (i == 1500)
+            run[n++] = sa[N - 1] + 999;  /* no such seq */
+    }
+    assert_int_equal(spool_txn_begin(s, &t), SPOOL_OK);
+    assert_int_equal(spool_txn_remove_run(t, a, run, n, &removed), SPOOL_OK);
+    assert_int_equal(removed, 2000);
+    assert_int_equal(spool_txn_commit(t), SPOOL_OK);
+
+    /* 2: every third row of [2000, 4000), already removed ones again, then a
+     * descending run [4500, 4600) */
+    n = 0;
+    for (size_t i = 2000; i < 4000; i += 3) {
+        run[n++] = sa[i];
+        gone[i] = true;
+    }
+    run[n++] = sa[10];   /* removed in step 1 */
+    for (size_t i = 4600; i-- > 4500;) {
+        run[n++] = sa[i];
+        gone[i] = true;
+    }
+    assert_int_equal(spool_txn_begin(s, &t), SPOOL_OK);
+    assert_int_equal(spool_txn_remove_run(t, a, run, n, &removed), SPOOL_OK);
+    assert_int_equal(removed, n - 1);
+    assert_int_equal(spool_txn_remove_run(t, a, run, 0, &removed), SPOOL_OK);
+    assert_int_equal(removed, 0);
+    assert_int_equal(spool_txn_commit(t), SPOOL_OK);
+
+    /* what is left: exactly the rows not removed, and b untouched */
+    struct recs rs = { 0 };
+    read_all(s, a, 0, N, SIZE_MAX, &rs);
+    size_t k = 0, bytes = 0;
+    for (size_t i = 0; i < N; i++) {
+        if (gone[i])
+            continue;
+        assert_true(k < rs.n);
+        assert_int_equal(rs.v[k].seq, sa[i]);
+        assert_int_equal(rs.v[k].len, len[i]);
+        bytes += len[i];
+        k++;
+    }
+    assert_int_equal(rs.n, k);
+    recs_free(&rs);
+    struct spool_stats *st = get_stats(s);
+    assert_int_equal(find_dstats(st, a)->records, k);
+    assert_int_equal(find_dstats(st, a)->bytes, bytes);
+    assert_int_equal(find_dstats(st, b)->records, 10);
+    assert_int_equal(find_dstats(st, b)->bytes, 500);
+    free(st);
+
+    /* the rest in one go (and an invalid destination) */
+    n = 0;
+    for (size_t i = 0; i < N; i++)
+        if (!gone[i])
+            run[n++] = sa[i];
+    assert_int_equal(spool_txn_begin(s, &t), SPOOL_OK);
+    assert_int_equal(spool_txn_remove_run(t, 77, run, n, &removed), SPOOL_INVAL);
+    assert_int_equal(spool_txn_remove_run(t, a, run, n, NULL), SPOOL_OK);
+    assert_int_equal(spool_txn_commit(t), SPOOL_OK);
+    st = get_stats(s);
+    assert_int_equal(find_dstats(st, a)->records, 0);
+    assert_int_equal(find_dstats(st, a)->bytes, 0);
+    assert_int_equal(st->records, 10);
+    free(st);
+    free(run);
+    free(sa);
+    free(len);
+    free(gone);
+}
+
 static void test_large_rows(void **state)
 {
     struct fixture *f = *state;
@@ -1527,6 +1635,7 @@ int main(void)
         T(test_read_from_seq_and_limits),
         T(test_abort_leaves_nothing),
         T(test_remove_and_stats),
+        T(test_remove_run),
         T(test_large_rows),
         T(test_dead_letter),
         T(test_corrupt_records),
