@@ -18,6 +18,7 @@
 #include "dlq.h"
 #include "bqrest.h"
 #include "log.h"
+#include "route.h"
 #include "util.h"
 #include "version.h"
 
@@ -55,7 +56,7 @@ struct chunk {
     uint32_t attempts;
     uint64_t first_attempt_ms, last_attempt_ms;
     bool auth_retried;        /* a 401 gets one immediate retry with a new token */
-    char table[320];          /* the table id its rows go to (sharding resolved) */
+    char table[ROUTE_TABLE_MAX];   /* the table id its rows go to (sharding resolved) */
 };
 
 struct request {
@@ -69,7 +70,7 @@ struct request {
     long retry_after_s;
     uint64_t start_us;
     bool create;                  /* a tables.insert (create_table), not an insertAll */
-    char create_base[320];        /* the table it creates */
+    char create_base[ROUTE_TABLE_MAX];   /* the table it creates */
     char errbuf[CURL_ERROR_SIZE];
 };
 
@@ -79,7 +80,7 @@ static const char *const dstate_names[] = { "idle", "sending", "backoff", "parke
 struct dest {
     const struct conf_dest *cd;
     uint32_t id;
-    char table[512];          /* project.dataset.table (pattern), for messages */
+    char table[ROUTE_TABLE_MAX + 300];   /* project.dataset.table (pattern), for messages */
     struct auth *auth;
     uint64_t read_seq;
     struct chunk *retry, **retry_tail;
@@ -88,9 +89,8 @@ struct dest {
     unsigned fail_streak;     /* consecutive failed requests, for the backoff */
     enum dstate state;
     uint64_t flush_at_ms;     /* when the partial batch at the head is due */
-    const char *pattern;      /* table id, maybe with strftime escapes (sharding) */
-    bool sharded;
-    struct { char table[320]; uint64_t created_us; } created[8];   /* recent tables.insert */
+    struct route route;       /* table id, maybe with strftime escapes (sharding) */
+    struct { char table[ROUTE_TABLE_MAX]; uint64_t created_us; } created[8];   /* recent tables.insert */
     unsigned n_created;
     bool creating;            /* a tables.insert is in flight */
     bool removed;             /* no longer in the config: its rows wait in the queue */
@@ -391,7 +391,7 @@ static int read_row(const struct spool_record *r, void *arg)
         rd->any = true;
         return 0;
     }
-    char table[320];
+    char table[ROUTE_TABLE_MAX];
     if (row_table(rd->d, r, table, sizeof table) != 0) {
         struct chunk one = { .rows = &(struct row){ .seq = r->seq }, .n = 1 };
         dead_letter(rd->s, rd->d, &one, 0, "routing", 0, "table_time_field '%s' is missing or "
@@ -435,56 +435,10 @@ static int read_row(const struct spool_record *r, void *arg)
     return 0;
 }
 
-/* The time a row is sharded by: its table_time_field (RFC 3339 string or
- * epoch seconds) or, by default, when relayd received it. */
-static int row_time(const struct dest *d, const struct spool_record *r, time_t *t)
-{
-    if (!d->cd->table_time_field) {
-        *t = (time_t)(r->time_ms / 1000);
-        return 0;
-    }
-    json_t *o = json_loadb(r->row, r->len, 0, NULL);
-    json_t *v = o ? json_object_get(o, d->cd->table_time_field) : NULL;
-    int rc = -1;
-    if (json_is_number(v)) {
-        *t = (time_t)json_number_value(v);
-        rc = 0;
-    } else if (json_is_string(v)) {
-        struct tm tm;
-        memset(&tm, 0, sizeof tm);
-        const char *s = json_string_value(v);
-        const char *end = strptime(s, "%Y-%m-%dT%H:%M:%S", &tm);
-        if (!end)
-            end = strptime(s, "%Y-%m-%d %H:%M:%S", &tm);
-        if (!end)
-            end = strptime(s, "%Y-%m-%d", &tm);
-        if (end) {   /* fractions and a Z suffix are fine; offsets are taken as UTC */
-            *t = timegm(&tm);
-            rc = 0;
-        }
-    }
-    json_decref(o);
-    return rc;
-}
-
-/* The table a row goes to: the destination's table, with strftime escapes
- * expanded from the row's time when it is sharded (events_%Y%m%d). */
+/* The table a row goes to (route.h: the same rule on both APIs). */
 static int row_table(const struct dest *d, const struct spool_record *r, char *out, size_t n)
 {
-    if (!d->sharded) {
-        snprintf(out, n, "%s", d->pattern);
-        return 0;
-    }
-    time_t t;
-    if (row_time(d, r, &t) != 0)
-        return -1;
-    struct tm tm;
-    gmtime_r(&t, &tm);
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wformat-nonliteral"
-    size_t len = strftime(out, n, d->pattern, &tm);   /* the user's pattern, checked at load */
-#pragma GCC diagnostic pop
-    return len ? 0 : -1;
+    return route_table(&d->route, r->row, r->len, r->time_ms, out, n);
 }
 
 /* Reads the next batch at the head of d's queue. Returns NULL when there is
@@ -765,7 +719,7 @@ static void park(struct sender *s, struct dest *d, const char *why)
 static int ensure_table(struct sender *s, struct dest *d, const char *table, char *why, size_t wl)
 {
     const struct conf_dest *cd = d->cd;
-    char base[320];
+    char base[ROUTE_TABLE_MAX];
     snprintf(base, sizeof base, "%.*s", (int)strcspn(table, "$"), table);
     uint64_t now = util_mono_us();
     for (unsigned i = 0; i < d->n_created && i < 8; i++) {
@@ -1426,8 +1380,7 @@ static int dest_init(struct sender *s, struct dest *d, const struct conf_dest *c
         return -1;
     }
     const char *table = cd->table ? cd->table : cd->name;
-    d->pattern = table;
-    d->sharded = strchr(table, '%') != NULL;
+    route_init(&d->route, table, cd->table_time_field);
     snprintf(d->table, sizeof d->table, "%s.%s.%s", cd->project, cd->dataset, table);
     ds_init(&d->ds, &s->stats_lock, cd->name, "insertAll", d->table);
     struct auth_opts ao = { .credentials = cd->credentials, .ca_file = cd->ca_file,
@@ -1498,9 +1451,8 @@ static void apply_reload(struct sender *s, struct conf *nc)
             changed++;
         d->removed = false;
         d->cd = cd;
-        d->pattern = cd->table ? cd->table : cd->name;
-        d->sharded = strchr(d->pattern, '%') != NULL;
-        snprintf(d->table, sizeof d->table, "%s.%s.%s", cd->project, cd->dataset, d->pattern);
+        route_init(&d->route, cd->table ? cd->table : cd->name, cd->table_time_field);
+        snprintf(d->table, sizeof d->table, "%s.%s.%s", cd->project, cd->dataset, d->route.pattern);
         ds_set_table(&d->ds, cd->name, d->table);
         if (na) {
             auth_free(d->auth);
