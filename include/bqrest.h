@@ -55,6 +55,28 @@ int bqrest_testiam_path(struct buf *out, const char *project, const char *datase
                         const char *table);
 int bqrest_dataset_path(struct buf *out, const char *project, const char *dataset);
 
+/* /bigquery/v2/projects/P/datasets/D/tables (tables.insert). */
+int bqrest_tables_path(struct buf *out, const char *project, const char *dataset);
+
+/* What create_table creates (both APIs): the table's id (its $decorator, if
+ * any, is dropped), its schema (BigQuery's JSON: a list of fields,
+ * {"fields": [...]} or a table resource's {"schema": {"fields": [...]}}),
+ * and the optional partitioning and clustering keys of the destination. */
+struct bq_table_spec {
+    const char *project, *dataset, *table;
+    const char *schema_json;
+    size_t schema_len;
+    const char *time_partitioning;   /* DAY, HOUR, MONTH, YEAR, or NULL */
+    const char *partition_field;     /* or NULL: ingestion time */
+    uint64_t partition_expiration_ms;   /* 0: none */
+    const char *clustering;          /* comma-separated columns, or NULL */
+};
+
+/* Appends the tables.insert request body (a Table resource) to out. Returns
+ * 0, or -1 with err saying what is wrong (no fields in the schema, ENOMEM). */
+int bqrest_table_insert_body(const struct bq_table_spec *t, struct buf *out, char *err,
+                             size_t errlen);
+
 /* ---- responses ---- */
 
 enum bq_row_fate {

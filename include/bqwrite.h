@@ -43,6 +43,7 @@ struct bqwrite_opts {
     const char *ca_file;      /* PEM roots instead of the system's, or NULL */
     long timeout_ms;          /* unary calls; 0: 30000 */
     const char *quota_project;/* sent as x-goog-user-project, or NULL */
+    bool own_connection;      /* a TCP connection of its own (gRPC shares them by target) */
 };
 
 struct bqwrite;

@@ -19,6 +19,7 @@
 
 #define CONF_DEFAULT_PATH "/etc/relayd/relayd.conf"
 #define CONF_MAX_DESTS 256
+#define CONF_MAX_CONNECTIONS 16    /* connections per destination (api = storage) */
 #define CONF_NAME_MAX 128        /* longest destination name */
 
 enum conf_durability {
@@ -43,10 +44,13 @@ struct conf_dest {
     bool gzip, skip_invalid_rows, ignore_unknown_values;
     /* batching */
     uint64_t batch_rows, batch_bytes, flush_interval_ms, max_inflight, request_timeout_ms;
+    uint64_t max_inflight_bytes;  /* row bytes taken from the queue and not yet settled */
+    uint64_t connections;    /* api = storage: AppendRows connections draining the queue */
+    unsigned table_line, connections_line;   /* where set (0: default) */
     /* retrying */
     uint64_t retry_base_ms, retry_cap_ms, rate_limit_wait_ms, quota_wait_ms, park_wait_ms;
     uint64_t max_age_ms;   /* 0: records never expire */
-    /* routing and table management (api = insertall) */
+    /* routing and table management (both APIs) */
     char *table_time_field;  /* shard by this top-level field's time; NULL: ingest time */
     bool create_table;       /* create missing tables (needs schema_file) */
     char *time_partitioning; /* DAY, HOUR, MONTH, YEAR or NULL */

@@ -124,6 +124,13 @@ int spool_txn_dlq_delete(struct spool_txn *t, uint64_t seq);
 int spool_txn_put_meta(struct spool_txn *t, const char *key, const void *val, size_t len);
 /* Reads it; SPOOL_NOTFOUND if absent. At most cap bytes are copied; *len gets the size. */
 int spool_get_meta(struct spool *s, const char *key, void *val, size_t cap, size_t *len);
+/* Deletes it, in t; SPOOL_NOTFOUND if absent. */
+int spool_txn_del_meta(struct spool_txn *t, const char *key);
+/* Calls cb for every such value whose key starts with prefix, in key order,
+ * stopping when cb returns non-zero; key, val are valid only during the
+ * callback. Runs in its own read transaction. */
+typedef int (*spool_meta_cb)(const char *key, const void *val, size_t len, void *arg);
+int spool_meta_scan(struct spool *s, const char *prefix, spool_meta_cb cb, void *arg);
 /* Makes the transaction durable as the durability mode says. On SPOOL_FULL or
  * any error nothing of it was written and t is gone either way. */
 int spool_txn_commit(struct spool_txn *t);

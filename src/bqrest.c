@@ -41,6 +41,7 @@
 #include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <jansson.h>
@@ -316,6 +317,73 @@ int bqrest_testiam_path(struct buf *out, const char *project, const char *datase
                         const char *table)
 {
     return table_path(out, project, dataset, table, ":testIamPermissions");
+}
+
+int bqrest_tables_path(struct buf *out, const char *project, const char *dataset)
+{
+    const size_t start = out->len;
+    if (bqrest_dataset_path(out, project, dataset) != 0)
+        return -1;
+    if (buf_puts(out, "/tables") != 0) {
+        out->len = start;
+        if (out->data)
+            out->data[start] = 0;
+        errno = ENOMEM;
+        return -1;
+    }
+    return 0;
+}
+
+int bqrest_table_insert_body(const struct bq_table_spec *t, struct buf *out, char *err,
+                             size_t errlen)
+{
+    json_t *schema = json_loadb(t->schema_json ? t->schema_json : "", t->schema_len, 0, NULL);
+    json_t *fields = json_is_array(schema) ? schema : json_object_get(schema, "fields");
+    if (!fields && schema)
+        fields = json_object_get(json_object_get(schema, "schema"), "fields");
+    if (!json_is_array(fields) || json_array_size(fields) == 0) {
+        util_set_err(err, errlen, "the schema holds no fields");
+        json_decref(schema);
+        return -1;
+    }
+    char base[1100];
+    snprintf(base, sizeof base, "%.*s", (int)strcspn(t->table, "$"), t->table);
+    json_t *body = json_object(), *ref = json_object(), *sch = json_object();
+    json_object_set_new(ref, "projectId", json_string(t->project));
+    json_object_set_new(ref, "datasetId", json_string(t->dataset));
+    json_object_set_new(ref, "tableId", json_string(base));
+    json_object_set_new(body, "tableReference", ref);
+    json_object_set(sch, "fields", fields);
+    json_object_set_new(body, "schema", sch);
+    if (t->time_partitioning) {
+        json_t *tp = json_object();
+        json_object_set_new(tp, "type", json_string(t->time_partitioning));
+        if (t->partition_field)
+            json_object_set_new(tp, "field", json_string(t->partition_field));
+        if (t->partition_expiration_ms) {
+            char ms[32];
+            snprintf(ms, sizeof ms, "%llu", (unsigned long long)t->partition_expiration_ms);
+            json_object_set_new(tp, "expirationMs", json_string(ms));
+        }
+        json_object_set_new(body, "timePartitioning", tp);
+    }
+    if (t->clustering) {
+        json_t *cl = json_object(), *cf = json_array();
+        char *copy = strdup(t->clustering), *save = NULL;
+        for (char *c = copy ? strtok_r(copy, ", ", &save) : NULL; c; c = strtok_r(NULL, ", ", &save))
+            json_array_append_new(cf, json_string(c));
+        free(copy);
+        json_object_set_new(cl, "fields", cf);
+        json_object_set_new(body, "clustering", cl);
+    }
+    char *text = json_dumps(body, JSON_COMPACT);
+    json_decref(body);
+    json_decref(schema);
+    int rc = text ? buf_puts(out, text) : -1;
+    free(text);
+    if (rc != 0)
+        util_set_err(err, errlen, "out of memory");
+    return rc;
 }
 
 int bqrest_dataset_path(struct buf *out, const char *project, const char *dataset)

@@ -95,14 +95,19 @@ int bqwrite_create(const struct bqwrite_opts *o, struct bqwrite **out, char *err
     }
     grpc_channel_credentials *creds = grpc_ssl_credentials_create(roots, NULL, NULL, NULL);
     free(roots);
-    grpc_arg args[2];
+    grpc_arg args[3];
     args[0].type = GRPC_ARG_INTEGER;
     args[0].key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
     args[0].value.integer = MAX_RECV;
     args[1].type = GRPC_ARG_INTEGER;
     args[1].key = (char *)GRPC_ARG_MAX_SEND_MESSAGE_LENGTH;
     args[1].value.integer = -1;
-    grpc_channel_args ca = { 2, args };
+    /* its own TCP connection, not one shared with the process's other
+     * channels to the same target (connections = N spreads the load) */
+    args[2].type = GRPC_ARG_INTEGER;
+    args[2].key = (char *)GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL;
+    args[2].value.integer = 1;
+    grpc_channel_args ca = { o->own_connection ? 3 : 2, args };
     w->channel = grpc_channel_create(o->target, creds, &ca);
     grpc_channel_credentials_release(creds);
     if (!w->channel) {

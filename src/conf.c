@@ -94,6 +94,8 @@ static const struct key_def dest_keys[] = {
     { "destination", "batch_bytes",           T_SIZE,     DOFF(batch_bytes), 1024, 9961472 },
     { "destination", "flush_interval",        T_DURATION, DOFF(flush_interval_ms), 0, 3600000 },
     { "destination", "max_inflight",          T_UINT,     DOFF(max_inflight), 1, 64 },
+    { "destination", "max_inflight_bytes",    T_SIZE,     DOFF(max_inflight_bytes), 1024, 1ULL << 40 },
+    { "destination", "connections",           T_UINT,     DOFF(connections), 1, CONF_MAX_CONNECTIONS },
     { "destination", "request_timeout",       T_DURATION, DOFF(request_timeout_ms), 1000, 3600000 },
     { "destination", "retry_base",            T_DURATION, DOFF(retry_base_ms), 1, 3600000 },
     { "destination", "retry_cap",             T_DURATION, DOFF(retry_cap_ms), 1, 86400000 },
@@ -167,6 +169,8 @@ static void dest_defaults(struct conf_dest *d)
     d->batch_bytes = 9961472;   /* 9.5 MiB: under the 10 MB request limit with room for the envelope */
     d->flush_interval_ms = 200;
     d->max_inflight = 4;
+    d->max_inflight_bytes = 64ULL << 20;
+    d->connections = 1;
     d->request_timeout_ms = 60000;
     d->retry_base_ms = 1000;
     d->retry_cap_ms = 300000;
@@ -641,6 +645,10 @@ static int parse_line(struct parser *p, struct conf *c, char *raw)
                     d->ca_file_line = p->line;
                 else if (strcmp(key, "schema_file") == 0)
                     d->schema_file_line = p->line;
+                else if (strcmp(key, "table") == 0)
+                    d->table_line = p->line;
+                else if (strcmp(key, "connections") == 0)
+                    d->connections_line = p->line;
                 return set_key(p, c, d, &dest_keys[i], val);
             }
         return perr(p, key, "unknown key");
@@ -661,7 +669,32 @@ static int parse_line(struct parser *p, struct conf *c, char *raw)
     return perr(p, key, "unknown key");
 }
 
+/* A cross-key error about one key of a destination: "FILE:LINE: [destination
+ * NAME] KEY: ..." when the key was set in file, else "[destination NAME] KEY:
+ * ..." (conf_load prefixes the file). */
+static void verr(char *err, size_t errlen, const char *file, unsigned line, const char *dest,
+                 const char *key, const char *fmt, ...) __attribute__((format(printf, 7, 8)));
+static void verr(char *err, size_t errlen, const char *file, unsigned line, const char *dest,
+                 const char *key, const char *fmt, ...)
+{
+    int n = file && line ? snprintf(err, errlen, "%s:%u: [destination %s] %s: ", file, line, dest, key)
+                         : snprintf(err, errlen, "[destination %s] %s: ", dest, key);
+    if (n < 0 || (size_t)n >= errlen)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err + n, errlen - (size_t)n, fmt, ap);
+    va_end(ap);
+}
+
+static int validate(const struct conf *c, const char *file, char *err, size_t errlen);
+
 int conf_validate(const struct conf *c, char *err, size_t errlen)
+{
+    return validate(c, c->path, err, errlen);
+}
+
+static int validate(const struct conf *c, const char *file, char *err, size_t errlen)
 {
     if (c->metrics_listen && !metrics_valid_listen(c->metrics_listen)) {
         snprintf(err, errlen, "[relayd] metrics_listen: '%s': expected 127.0.0.1:PORT, "
@@ -716,9 +749,22 @@ int conf_validate(const struct conf *c, char *err, size_t errlen)
             return -1;
         }
         const char *tbl = d->table ? d->table : d->name;
-        if (d->api == API_STORAGE && (strchr(tbl, '%') || strchr(tbl, '$') || d->create_table)) {
-            snprintf(err, errlen, "[destination %s]: time-sharded tables, partition decorators and "
-                     "create_table are available with api = insertall only", d->name);
+        if (d->api == API_STORAGE && strchr(tbl, '$')) {
+            /* docs/delivery.md: BigQuery's Storage Write API documentation says
+             * "The Storage Write API does not support the use of partition decorators." */
+            verr(err, errlen, file, d->table_line, d->name, "table",
+                 "'%s': the Storage Write API does not accept partition decorators ($...): rows "
+                 "go to the partition of their partitioning column (or of their arrival, for "
+                 "ingestion-time partitioning) by themselves, so drop the decorator; or shard by "
+                 "table name (events_%%Y%%m%%d); or use api = insertall, which accepts decorators",
+                 tbl);
+            return -1;
+        }
+        if (d->api != API_STORAGE && d->connections > 1) {
+            verr(err, errlen, file, d->connections_line, d->name, "connections",
+                 "%llu connections apply to api = storage (parallel AppendRows connections); "
+                 "insertAll already sends max_inflight requests at once over kept-alive "
+                 "connections: raise max_inflight instead", (unsigned long long)d->connections);
             return -1;
         }
         if (d->create_table && !d->schema_file) {
@@ -806,10 +852,13 @@ int conf_load(const char *path, struct conf *c, char *err, size_t errlen)
         rc = perr(&p, NULL, "read error: %s", strerror(errno));
     fclose(f);
     if (rc == 0) {
-        char verr[768];
-        rc = conf_validate(c, verr, sizeof verr);
-        if (rc)
-            snprintf(err, errlen, "%s: %s", path, verr);
+        char vmsg[1024];
+        rc = validate(c, path, vmsg, sizeof vmsg);
+        size_t pl = strlen(path);
+        if (rc && strncmp(vmsg, path, pl) == 0 && vmsg[pl] == ':')
+            snprintf(err, errlen, "%s", vmsg);   /* names its own line */
+        else if (rc)
+            snprintf(err, errlen, "%s: %s", path, vmsg);
     }
     if (rc == 0) {
         free(c->path);

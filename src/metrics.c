@@ -105,6 +105,10 @@ static void delivery_series(struct buf *b, json_t *dests)
         { "relayd_requests_total", "counter", "requests", "insertAll requests or AppendRows appends sent." },
         { "relayd_failed_requests_total", "counter", "failed_requests", "Requests that failed." },
         { "relayd_in_flight_requests", "gauge", "in_flight", "Requests awaiting an answer." },
+        { "relayd_in_flight_bytes", "gauge", "in_flight_bytes",
+          "Row bytes taken from the queue and not yet settled (sent, or waiting to be resent)." },
+        { "relayd_in_flight_bytes_max", "gauge", "max_inflight_bytes",
+          "The bound on relayd_in_flight_bytes (max_inflight_bytes)." },
         { "relayd_backoff_seconds", "gauge", "backoff_s", "Seconds until the next attempt (0: not waiting)." },
         { "relayd_token_refreshes_total", "counter", "token_refreshes", "OAuth access tokens fetched." },
     };

@@ -17,7 +17,9 @@
 #include "delivstate.h"
 #include "dlq.h"
 #include "bqrest.h"
+#include "budget.h"
 #include "log.h"
+#include "route.h"
 #include "util.h"
 #include "version.h"
 
@@ -55,7 +57,9 @@ struct chunk {
     uint32_t attempts;
     uint64_t first_attempt_ms, last_attempt_ms;
     bool auth_retried;        /* a 401 gets one immediate retry with a new token */
-    char table[320];          /* the table id its rows go to (sharding resolved) */
+    struct budget *budget;    /* charged with data_len (max_inflight_bytes), or NULL */
+    uint64_t charged;
+    char table[ROUTE_TABLE_MAX];   /* the table id its rows go to (sharding resolved) */
 };
 
 struct request {
@@ -69,7 +73,7 @@ struct request {
     long retry_after_s;
     uint64_t start_us;
     bool create;                  /* a tables.insert (create_table), not an insertAll */
-    char create_base[320];        /* the table it creates */
+    char create_base[ROUTE_TABLE_MAX];   /* the table it creates */
     char errbuf[CURL_ERROR_SIZE];
 };
 
@@ -79,7 +83,7 @@ static const char *const dstate_names[] = { "idle", "sending", "backoff", "parke
 struct dest {
     const struct conf_dest *cd;
     uint32_t id;
-    char table[512];          /* project.dataset.table (pattern), for messages */
+    char table[ROUTE_TABLE_MAX + 300];   /* project.dataset.table (pattern), for messages */
     struct auth *auth;
     uint64_t read_seq;
     struct chunk *retry, **retry_tail;
@@ -88,14 +92,14 @@ struct dest {
     unsigned fail_streak;     /* consecutive failed requests, for the backoff */
     enum dstate state;
     uint64_t flush_at_ms;     /* when the partial batch at the head is due */
-    const char *pattern;      /* table id, maybe with strftime escapes (sharding) */
-    bool sharded;
-    struct { char table[320]; uint64_t created_us; } created[8];   /* recent tables.insert */
+    struct route route;       /* table id, maybe with strftime escapes (sharding) */
+    struct { char table[ROUTE_TABLE_MAX]; uint64_t created_us; } created[8];   /* recent tables.insert */
     unsigned n_created;
     bool creating;            /* a tables.insert is in flight */
     bool removed;             /* no longer in the config: its rows wait in the queue */
     bool more;                /* the last read filled a batch: more rows may be waiting */
     struct chunk *held;       /* rows to dead-letter while the store is full: kept */
+    struct budget budget;     /* bytes taken from the queue, not yet settled */
     /* counters and state for status (under sender->stats_lock) */
     uint64_t delivered, retried, dead_lettered, requests, failed, bytes_raw, bytes_sent;
     struct counts dead_by_reason;
@@ -163,12 +167,23 @@ static void chunk_free(struct chunk *ch)
 {
     if (!ch)
         return;
+    if (ch->budget && ch->charged)
+        budget_give(ch->budget, ch->charged);
     free(ch->rows);
     free(ch->data);
     free(ch);
 }
 
-/* A new chunk holding rows [from, from+n) of src. */
+/* Charges ch's bytes to b whatever the bound: ch replaces bytes already held. */
+static void chunk_charge(struct chunk *ch, struct budget *b)
+{
+    ch->budget = b;
+    ch->charged = ch->data_len;
+    if (b)
+        budget_force(b, ch->charged);
+}
+
+/* A new chunk holding rows [from, from+n) of src (charged like src). */
 static struct chunk *chunk_slice(const struct chunk *src, size_t from, size_t n)
 {
     struct chunk *ch = calloc(1, sizeof *ch);
@@ -195,6 +210,7 @@ static struct chunk *chunk_slice(const struct chunk *src, size_t from, size_t n)
     ch->first_attempt_ms = src->first_attempt_ms;
     ch->last_attempt_ms = src->last_attempt_ms;
     memcpy(ch->table, src->table, sizeof ch->table);
+    chunk_charge(ch, src->budget);
     return ch;
 }
 
@@ -405,7 +421,9 @@ struct reader {
     struct chunk *ch;
     size_t cap_rows, cap_data;
     size_t body_bytes;        /* estimated request body */
+    size_t cap;               /* its bound: batch_bytes, or less under max_inflight_bytes */
     bool full;                /* stopped because the next row would not fit */
+    bool blocked;             /* the first row does not fit under max_inflight_bytes */
     uint64_t last_seq;
     bool any;
 };
@@ -424,8 +442,8 @@ static int read_row(const struct spool_record *r, void *arg)
         return 0;
     }
     /* the table: the same for every row unless sharded (then from the row's time) */
-    char table[320];
-    bool sharded = rd->d->sharded;
+    char table[ROUTE_TABLE_MAX];
+    bool sharded = rd->d->route.sharded;
     if (sharded && row_table(rd->d, r, table, sizeof table) != 0) {
         struct chunk one = { .rows = &(struct row){ .seq = r->seq }, .n = 1 };
         dead_letter(rd->s, rd->d, &one, 0, "routing", 0, "table_time_field '%s' is missing or "
@@ -435,7 +453,11 @@ static int read_row(const struct spool_record *r, void *arg)
         return 0;
     }
     size_t cost = r->len + BQREST_ROW_OVERHEAD(ID_MAX);
-    if (ch->n > 0 && (ch->n >= cd->batch_rows || rd->body_bytes + cost > cd->batch_bytes ||
+    if (ch->n == 0 && cost > rd->cap && rd->cap < cd->batch_bytes) {
+        rd->blocked = true;   /* bytes in flight: wait for answers */
+        return 1;
+    }
+    if (ch->n > 0 && (ch->n >= cd->batch_rows || rd->body_bytes + cost > rd->cap ||
                       (sharded && strcmp(ch->table, table) != 0))) {
         rd->full = true;   /* full, or the next row goes to another table */
         return 1;
@@ -473,56 +495,10 @@ static int read_row(const struct spool_record *r, void *arg)
     return 0;
 }
 
-/* The time a row is sharded by: its table_time_field (RFC 3339 string or
- * epoch seconds) or, by default, when relayd received it. */
-static int row_time(const struct dest *d, const struct spool_record *r, time_t *t)
-{
-    if (!d->cd->table_time_field) {
-        *t = (time_t)(r->time_ms / 1000);
-        return 0;
-    }
-    json_t *o = json_loadb(r->row, r->len, 0, NULL);
-    json_t *v = o ? json_object_get(o, d->cd->table_time_field) : NULL;
-    int rc = -1;
-    if (json_is_number(v)) {
-        *t = (time_t)json_number_value(v);
-        rc = 0;
-    } else if (json_is_string(v)) {
-        struct tm tm;
-        memset(&tm, 0, sizeof tm);
-        const char *s = json_string_value(v);
-        const char *end = strptime(s, "%Y-%m-%dT%H:%M:%S", &tm);
-        if (!end)
-            end = strptime(s, "%Y-%m-%d %H:%M:%S", &tm);
-        if (!end)
-            end = strptime(s, "%Y-%m-%d", &tm);
-        if (end) {   /* fractions and a Z suffix are fine; offsets are taken as UTC */
-            *t = timegm(&tm);
-            rc = 0;
-        }
-    }
-    json_decref(o);
-    return rc;
-}
-
-/* The table a row goes to: the destination's table, with strftime escapes
- * expanded from the row's time when it is sharded (events_%Y%m%d). */
+/* The table a row goes to (route.h: the same rule on both APIs). */
 static int row_table(const struct dest *d, const struct spool_record *r, char *out, size_t n)
 {
-    if (!d->sharded) {
-        snprintf(out, n, "%s", d->pattern);
-        return 0;
-    }
-    time_t t;
-    if (row_time(d, r, &t) != 0)
-        return -1;
-    struct tm tm;
-    gmtime_r(&t, &tm);
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wformat-nonliteral"
-    size_t len = strftime(out, n, d->pattern, &tm);   /* the user's pattern, checked at load */
-#pragma GCC diagnostic pop
-    return len ? 0 : -1;
+    return route_table(&d->route, r->row, r->len, r->time_ms, out, n);
 }
 
 /* Reads the next batch at the head of d's queue. Returns NULL when there is
@@ -531,11 +507,23 @@ static struct chunk *read_batch(struct sender *s, struct dest *d, uint64_t now_m
 {
     const struct conf_dest *cd = d->cd;
     struct reader rd = { .s = s, .d = d };
+    rd.cap = (size_t)budget_room(&d->budget, cd->batch_bytes);
+    if (rd.cap == 0) {   /* max_inflight_bytes held: answers free room */
+        d->more = false;
+        return NULL;
+    }
     rd.ch = calloc(1, sizeof *rd.ch);
     if (!rd.ch)
         return NULL;
     spool_read(s->spool, d->id, d->read_seq, cd->batch_rows + 1, SIZE_MAX, read_row, &rd);
     struct chunk *ch = rd.ch;
+    if (rd.blocked && ch->n == 0) {
+        if (rd.any)   /* corrupt or unroutable records before it are dealt with */
+            d->read_seq = rd.last_seq + 1;
+        chunk_free(ch);
+        d->more = false;
+        return NULL;
+    }
     if (ch->n == 0) {
         if (rd.any)   /* only corrupt records: they are dealt with */
             d->read_seq = rd.last_seq + 1;
@@ -553,6 +541,13 @@ static struct chunk *read_batch(struct sender *s, struct dest *d, uint64_t now_m
         chunk_free(ch);
         return NULL;
     }
+    if (!budget_take(&d->budget, ch->data_len)) {   /* cannot happen: one thread */
+        chunk_free(ch);
+        d->more = false;
+        return NULL;
+    }
+    ch->budget = &d->budget;
+    ch->charged = ch->data_len;
     d->flush_at_ms = 0;
     d->more = rd.full || ch->n >= cd->batch_rows;
     d->read_seq = ch->rows[ch->n - 1].seq + 1;
@@ -826,7 +821,7 @@ static void park(struct sender *s, struct dest *d, const char *why)
 static int ensure_table(struct sender *s, struct dest *d, const char *table, char *why, size_t wl)
 {
     const struct conf_dest *cd = d->cd;
-    char base[320];
+    char base[ROUTE_TABLE_MAX];
     snprintf(base, sizeof base, "%.*s", (int)strcspn(table, "$"), table);
     uint64_t now = util_mono_us();
     for (unsigned i = 0; i < d->n_created && i < 8; i++) {
@@ -834,50 +829,28 @@ static int ensure_table(struct sender *s, struct dest *d, const char *table, cha
             now - d->created[i].created_us < 60ull * 1000000)
             return 0;   /* created within the last minute: still propagating */
     }
+    struct buf schema = { 0 }, body = { 0 };
+    char err[512];
     FILE *f = fopen(cd->schema_file, "rb");
-    json_t *schema = f ? json_loadf(f, 0, NULL) : NULL;
-    if (f)
+    if (f) {
+        char blk[8192];
+        size_t n;
+        while ((n = fread(blk, 1, sizeof blk, f)) > 0)
+            buf_append(&schema, blk, n);
         fclose(f);
-    json_t *fields = json_is_array(schema) ? schema : json_object_get(schema, "fields");
-    if (!fields && schema)
-        fields = json_object_get(json_object_get(schema, "schema"), "fields");
-    if (!json_is_array(fields)) {
-        snprintf(why, wl, "create_table: %s holds no schema fields", cd->schema_file);
-        json_decref(schema);
+    }
+    struct bq_table_spec spec = { cd->project, cd->dataset, base, schema.data, schema.len,
+                                  cd->time_partitioning, cd->partition_field,
+                                  cd->partition_expiration_ms, cd->clustering };
+    int brc = bqrest_table_insert_body(&spec, &body, err, sizeof err);
+    buf_free(&schema);
+    if (brc != 0) {
+        snprintf(why, wl, "create_table: %s: %s", cd->schema_file, err);
+        buf_free(&body);
         return -1;
     }
-    json_t *body = json_object(), *ref = json_object(), *sch = json_object();
-    json_object_set_new(ref, "projectId", json_string(cd->project));
-    json_object_set_new(ref, "datasetId", json_string(cd->dataset));
-    json_object_set_new(ref, "tableId", json_string(base));
-    json_object_set_new(body, "tableReference", ref);
-    json_object_set(sch, "fields", fields);
-    json_object_set_new(body, "schema", sch);
-    if (cd->time_partitioning) {
-        json_t *tp = json_object();
-        json_object_set_new(tp, "type", json_string(cd->time_partitioning));
-        if (cd->partition_field)
-            json_object_set_new(tp, "field", json_string(cd->partition_field));
-        if (cd->partition_expiration_ms) {
-            char ms[32];
-            snprintf(ms, sizeof ms, "%llu", (unsigned long long)cd->partition_expiration_ms);
-            json_object_set_new(tp, "expirationMs", json_string(ms));
-        }
-        json_object_set_new(body, "timePartitioning", tp);
-    }
-    if (cd->clustering) {
-        json_t *cl = json_object(), *cf = json_array();
-        char *copy = strdup(cd->clustering), *save = NULL;
-        for (char *t = copy ? strtok_r(copy, ", ", &save) : NULL; t; t = strtok_r(NULL, ", ", &save))
-            json_array_append_new(cf, json_string(t));
-        free(copy);
-        json_object_set_new(cl, "fields", cf);
-        json_object_set_new(body, "clustering", cl);
-    }
-    char *text = json_dumps(body, JSON_COMPACT);
-    json_decref(body);
-    json_decref(schema);
-    char token[4096], err[512];
+    char *text = body.data;
+    char token[4096];
     int trc = text ? auth_token_nowait(d->auth, token, sizeof token, err, sizeof err) : -1;
     if (trc == AUTH_PENDING) {
         free(text);
@@ -1117,6 +1090,7 @@ static void handle_done(struct sender *s, struct request *rq, CURLcode res)
                 rc->first_attempt_ms = ch->first_attempt_ms;
                 rc->last_attempt_ms = ch->last_attempt_ms;
                 memcpy(rc->table, ch->table, sizeof rc->table);
+                chunk_charge(rc, ch->budget);
                 retry_push_front(d, rc);
             } else {
                 chunk_free(rc);
@@ -1452,6 +1426,9 @@ void sender_status(void *sender, void *rootp)
         json_object_set_new(dl, "retried", json_integer((json_int_t)d->retried));
         json_object_set_new(dl, "dead_lettered", json_integer((json_int_t)d->dead_lettered));
         json_object_set_new(dl, "in_flight", json_integer(d->inflight));
+        json_object_set_new(dl, "in_flight_bytes", json_integer((json_int_t)budget_used(&d->budget)));
+        json_object_set_new(dl, "in_flight_bytes_peak", json_integer((json_int_t)budget_peak(&d->budget)));
+        json_object_set_new(dl, "max_inflight_bytes", json_integer((json_int_t)d->cd->max_inflight_bytes));
         json_object_set_new(dl, "requests", json_integer((json_int_t)d->requests));
         json_object_set_new(dl, "failed_requests", json_integer((json_int_t)d->failed));
         json_object_set_new(dl, "bytes_raw", json_integer((json_int_t)d->bytes_raw));
@@ -1488,14 +1465,14 @@ static int dest_init(struct sender *s, struct dest *d, const struct conf_dest *c
     memset(d, 0, sizeof *d);
     d->cd = cd;
     d->retry_tail = &d->retry;
+    budget_init(&d->budget, cd->max_inflight_bytes);
     if (spool_dest(s->spool, cd->name, true, &d->id) != SPOOL_OK) {
         snprintf(err, errlen, "[destination %s]: cannot open its queue: %s", cd->name,
                  spool_last_error());
         return -1;
     }
     const char *table = cd->table ? cd->table : cd->name;
-    d->pattern = table;
-    d->sharded = strchr(table, '%') != NULL;
+    route_init(&d->route, table, cd->table_time_field);
     snprintf(d->table, sizeof d->table, "%s.%s.%s", cd->project, cd->dataset, table);
     ds_init(&d->ds, &s->stats_lock, cd->name, "insertAll", d->table);
     struct auth_opts ao = { .credentials = cd->credentials, .ca_file = cd->ca_file,
@@ -1566,9 +1543,9 @@ static void apply_reload(struct sender *s, struct conf *nc)
             changed++;
         d->removed = false;
         d->cd = cd;
-        d->pattern = cd->table ? cd->table : cd->name;
-        d->sharded = strchr(d->pattern, '%') != NULL;
-        snprintf(d->table, sizeof d->table, "%s.%s.%s", cd->project, cd->dataset, d->pattern);
+        budget_set_max(&d->budget, cd->max_inflight_bytes);
+        route_init(&d->route, cd->table ? cd->table : cd->name, cd->table_time_field);
+        snprintf(d->table, sizeof d->table, "%s.%s.%s", cd->project, cd->dataset, d->route.pattern);
         ds_set_table(&d->ds, cd->name, d->table);
         if (na) {
             auth_free(d->auth);
@@ -1622,6 +1599,7 @@ static void apply_reload(struct sender *s, struct conf *nc)
         }
         pthread_mutex_lock(&s->stats_lock);
         s->dests[s->n_dests] = nd;
+        budget_init(&s->dests[s->n_dests].budget, cd->max_inflight_bytes);   /* its own mutex */
         s->dests[s->n_dests].retry_tail = &s->dests[s->n_dests].retry;
         s->n_dests++;
         pthread_mutex_unlock(&s->stats_lock);
@@ -1783,6 +1761,8 @@ void sender_free(struct sender *s)
         s->free_reqs = rq->next;
         request_destroy(rq);
     }
+    for (size_t i = 0; i < s->n_dests; i++)
+        budget_destroy(&s->dests[i].budget);   /* every chunk is freed */
     for (size_t i = 0; i < s->n_writers; i++)
         writer_free(s->writers[i]);
     free(s->writers);

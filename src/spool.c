@@ -923,6 +923,52 @@ int spool_get_meta(struct spool *s, const char *key, void *val, size_t cap, size
     return map_rc(rc, "read meta");
 }
 
+int spool_txn_del_meta(struct spool_txn *t, const char *key)
+{
+    char k[128];
+    int n = snprintf(k, sizeof k, "x.%s", key);
+    if (n <= 2 || (size_t)n >= sizeof k)
+        return SPOOL_INVAL;
+    MDB_val mk = { (size_t)n, k };
+    int rc = mdb_del(t->txn, t->s->meta, &mk, NULL);
+    return rc == MDB_NOTFOUND ? SPOOL_NOTFOUND : map_rc(rc, "delete meta");
+}
+
+int spool_meta_scan(struct spool *s, const char *prefix, spool_meta_cb cb, void *arg)
+{
+    char k[128];
+    int n = snprintf(k, sizeof k, "x.%s", prefix);
+    if (n < 2 || (size_t)n >= sizeof k)
+        return SPOOL_INVAL;
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
+    if (rc)
+        return map_rc(rc, "begin read");
+    MDB_cursor *c;
+    if ((rc = mdb_cursor_open(txn, s->meta, &c)) != 0) {
+        mdb_txn_abort(txn);
+        return map_rc(rc, "cursor");
+    }
+    MDB_val mk = { (size_t)n, k }, mv;
+    int op = MDB_SET_RANGE;
+    while ((rc = mdb_cursor_get(c, &mk, &mv, op)) == 0) {
+        op = MDB_NEXT;
+        if (mk.mv_size < (size_t)n || memcmp(mk.mv_data, k, (size_t)n) != 0)
+            break;   /* past the prefix (keys are sorted) */
+        char key[128];
+        size_t kl = mk.mv_size - 2;
+        if (kl >= sizeof key)
+            continue;
+        memcpy(key, (const char *)mk.mv_data + 2, kl);
+        key[kl] = 0;
+        if (cb(key, mv.mv_data, mv.mv_size, arg))
+            break;
+    }
+    mdb_cursor_close(c);
+    mdb_txn_abort(txn);
+    return rc && rc != MDB_NOTFOUND ? map_rc(rc, "scan meta") : SPOOL_OK;
+}
+
 uint64_t spool_dlq_bytes(struct spool *s)
 {
     MDB_txn *txn;

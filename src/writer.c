@@ -1,25 +1,40 @@
 /*
  * writer.c -- Storage Write API delivery for one destination. See writer.h.
  *
- * Invariant for exactly-once: the rows in the queue, in seq order, are the
- * rows of offsets next_offset, next_offset + 1, ... of the stream. It holds
- * because a row leaves the queue only (a) in the transaction that moves
+ * A destination has `connections` lanes, each a thread with its own gRPC
+ * channel and credentials. A row belongs to lane route_lane(seq, n) for its
+ * whole life, so exactly one lane sends it, removes it or dead-letters it.
+ * A lane keeps a small cache of open tables (time-sharded table ids resolve
+ * per row, route.h): per table its schema, its stream and one AppendRows
+ * connection. A batch holds rows of one table, read in seq order.
+ *
+ * Invariant for exactly-once, per lane k and table T: the rows of the queue
+ * that lane k owns and that go to T, in seq order, are the rows of offsets
+ * next_offset, next_offset + 1, ... of stream (k, T). It holds because such
+ * a row leaves the queue only (a) in the transaction that moves (k, T)'s
  * next_offset past it, after its append was acknowledged, or (b) to the
- * dead-letter store before it was ever sent (it does not fit the schema, or
- * BigQuery listed it in row_errors, which means none of that append's rows
- * were written). So when the fate of appends is uncertain (a crash, a lost
- * connection), the writer knows which row belongs at each offset and can ask
- * the stream, one exact offset at a time, where it ends.
+ * dead-letter store before it was ever sent (it does not fit the schema, has
+ * no time to route it by, or BigQuery listed it in row_errors, which means
+ * none of that append's rows were written). A row's lane and table never
+ * change (they depend on the record only, and on the destination's layout:
+ * connections, table and table_time_field; when the layout changes, the
+ * streams of the old one are settled first). So when the fate of appends is
+ * uncertain (a crash, a lost connection), the lane knows which row belongs
+ * at each offset and can ask the stream, one exact offset at a time, where
+ * it ends.
  */
 #include "writer.h"
 #include "auth.h"
 #include "bqrest.h"
 #include "bqwrite.h"
+#include "budget.h"
 #include "delivstate.h"
 #include "https.h"
 #include "log.h"
+#include "route.h"
 #include "rowenc.h"
 #include "sender.h"
+#include "tcache.h"
 #include "util.h"
 #include "version.h"
 
@@ -30,11 +45,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <unistd.h>
 
 #define POLL_MS 50
 #define SCHEMA_REFRESH_US (5ull * 1000000)   /* at most one tables.get per 5 s on unknown columns */
+#define TABLE_IDLE_US (60ull * 1000000)      /* a sharded table unused this long is closed */
+#define CREATED_FRESH_US (60ull * 1000000)   /* a table we created may still be propagating */
+#define LANE_TABLES 8                        /* open tables per connection */
+#define PATH_MAX_LEN (ROUTE_TABLE_MAX + 400)
 
 struct wrow {
     uint64_t seq, time_ms;
@@ -51,52 +69,92 @@ struct wchunk {
     uint32_t attempts;
     uint64_t first_ms, last_ms;
     uint64_t sent_us;         /* monotonic, for the latency histogram */
+    struct budget *budget;    /* charged with `charged` bytes (max_inflight_bytes) */
+    uint64_t charged;
+};
+
+/* One table of one lane: its schema, stream and AppendRows connection. */
+struct wtable {
+    char id[ROUTE_TABLE_MAX];         /* the table id rows resolve to */
+    char path[PATH_MAX_LEN];          /* projects/P/datasets/D/tables/T */
+    char fq[PATH_MAX_LEN];            /* P.D.T, for people */
+    char stream[PATH_MAX_LEN];        /* (guarded by the writer's lock) */
+    char key[128];                    /* exactly-once: spool meta key of its state */
+    int64_t next_offset;              /* exactly-once: offset of its first queued row */
+    bool offsets;                     /* an explicit stream with offsets (exactly-once) */
+    bool uncertain;                   /* appends may have landed without our knowing */
+    struct bqw_conn *conn;
+    struct rowenc_schema *schema;
+    struct buf desc;
+    uint64_t refetched_us;            /* when an unknown column last made us fetch the schema */
+    uint64_t created_us;              /* create_table: when relayd created it */
+    struct wchunk *inflight, **inflight_tail;   /* sent, oldest first */
+    size_t n_inflight;
+    struct wchunk *retry;             /* to resend, in order, before new rows of this table */
+};
+
+/* The rows a lane owns: route_lane(seq, n) == k, going by route. */
+struct part {
+    unsigned k, n;
+    struct route route;
+};
+
+struct writer;
+
+/* One connection: a thread draining its share of the queue. */
+struct lane {
+    struct writer *w;
+    struct part part;
+    pthread_t thread;
+    bool started;
+    struct auth *auth;
+    struct bqwrite *bw;
+    struct tcache tables;             /* id -> struct wtable * (changed under the writer's lock) */
+    uint64_t read_seq;
+    uint64_t not_before_us;
+    unsigned fail_streak;
+    size_t n_inflight;                /* appends in flight over all its tables */
+    char want[ROUTE_TABLE_MAX];       /* the reader stopped at a row of this table (not open) */
+    /* status (under the writer's lock) */
+    char state[16], why[300];
+    struct delivstate ds;
 };
 
 struct writer {
     const struct conf_dest *cd;
     struct spool *sp;
     uint32_t id;
-    char table_path[600];     /* projects/P/datasets/D/tables/T */
-    char table[320];          /* P.D.T, for people */
-    char stream[1024];
-    char state_key[64];       /* spool meta key for the exactly-once state */
-    int64_t next_offset;      /* exactly-once: offset of the queue's first row */
-    bool uncertain;           /* appends may have landed without our knowing */
-    struct auth *auth;
-    struct bqwrite *bw;
-    struct bqw_conn *conn;
-    struct rowenc_schema *schema;
-    struct buf desc;
-    struct wchunk *inflight, **inflight_tail;   /* sent, oldest first */
-    struct wchunk *retry;                       /* to resend, before new rows */
-    uint64_t read_seq;
-    uint64_t refetched_us;    /* when an unknown column last made us fetch the schema */
-    uint64_t not_before_us;
-    unsigned fail_streak;
-    pthread_t thread;
-    bool started;
+    char table[PATH_MAX_LEN];         /* P.D.<table or pattern>, for people */
+    struct route route;
+    unsigned n_lanes;
+    struct lane *lanes;
+    struct budget budget;             /* max_inflight_bytes, shared by the lanes */
     volatile int stop;
+    volatile int settled;             /* streams of an earlier layout are settled */
     volatile int woken;
-    pthread_mutex_t lock;     /* guards the status fields below */
+    pthread_mutex_t lock;             /* guards the status fields below and the lanes' */
     uint64_t delivered, retried, dead_lettered, appends, failed;
     struct counts dead_by_reason;
     struct histo latency;
-    char state[16], why[300], last_error[512];
+    char last_error[512];
     uint64_t last_error_ms;
-    struct delivstate ds;     /* state changes: logs and the status reason */
 };
 
 const char *writer_name(const struct writer *w) { return w->cd->name; }
 const struct conf_dest *writer_conf(const struct writer *w) { return w->cd; }
 
-static void set_state(struct writer *w, const char *state, const char *why)
+static bool stopping(const struct writer *w)
 {
-    pthread_mutex_lock(&w->lock);
-    snprintf(w->state, sizeof w->state, "%s", state);
+    return __atomic_load_n(&w->stop, __ATOMIC_ACQUIRE) != 0;
+}
+
+static void set_state(struct lane *l, const char *state, const char *why)
+{
+    pthread_mutex_lock(&l->w->lock);
+    snprintf(l->state, sizeof l->state, "%s", state);
     if (why)
-        snprintf(w->why, sizeof w->why, "%s", why);
-    pthread_mutex_unlock(&w->lock);
+        snprintf(l->why, sizeof l->why, "%s", why);
+    pthread_mutex_unlock(&l->w->lock);
 }
 
 static void note_error(struct writer *w, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -120,33 +178,49 @@ static void count(struct writer *w, uint64_t *field, uint64_t n)
 }
 
 /* Full-jitter backoff (equal jitter for throttling), as for insertAll. */
-static void backoff(struct writer *w, bool throttled, const char *fmt, ...)
+static void backoff(struct lane *l, bool throttled, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-static void backoff(struct writer *w, bool throttled, const char *fmt, ...)
+static void backoff(struct lane *l, bool throttled, const char *fmt, ...)
 {
+    const struct conf_dest *cd = l->w->cd;
     char why[600];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(why, sizeof why, fmt, ap);
     va_end(ap);
-    uint64_t base = throttled && w->cd->rate_limit_wait_ms ? w->cd->rate_limit_wait_ms
-                                                          : w->cd->retry_base_ms;
-    uint64_t delay = util_backoff_ms(base, w->cd->retry_cap_ms, w->fail_streak++,
+    uint64_t base = throttled && cd->rate_limit_wait_ms ? cd->rate_limit_wait_ms : cd->retry_base_ms;
+    uint64_t delay = util_backoff_ms(base, cd->retry_cap_ms, l->fail_streak++,
                                      throttled ? UTIL_JITTER_EQUAL : UTIL_JITTER_FULL);
-    w->not_before_us = util_mono_us() + delay * 1000;
-    set_state(w, "backoff", why);
-    ds_wait(&w->ds, DS_BACKOFF, NULL, why, delay);
+    l->not_before_us = util_mono_us() + delay * 1000;
+    set_state(l, "backoff", why);
+    ds_wait(&l->ds, DS_BACKOFF, NULL, why, delay);
 }
 
-/* The table (or stream) is missing: wait park_wait. */
-static void park(struct writer *w, const char *what)
+/* A short wait that is not a failure of the way (a table just created). */
+static void wait_a_moment(struct lane *l, uint64_t ms, const char *why)
 {
-    char why[800];
-    snprintf(why, sizeof why, "table %s not found (%s): create it; retrying every %llu s", w->table,
-             what, (unsigned long long)w->cd->park_wait_ms / 1000);
-    w->not_before_us = util_mono_us() + w->cd->park_wait_ms * 1000;
-    set_state(w, "parked", why);
-    ds_wait(&w->ds, DS_PARKED, "not_found", why, w->cd->park_wait_ms);
+    l->not_before_us = util_mono_us() + ms * 1000;
+    set_state(l, "backoff", why);
+    ds_wait(&l->ds, DS_BACKOFF, NULL, why, ms);
+}
+
+/* The table is missing: wait park_wait (insertAll's words and rule). */
+static void park_why(struct lane *l, const char *why)
+{
+    const struct conf_dest *cd = l->w->cd;
+    l->not_before_us = util_mono_us() + cd->park_wait_ms * 1000;
+    set_state(l, "parked", why);
+    ds_wait(&l->ds, DS_PARKED, "not_found", why, cd->park_wait_ms);
+}
+
+static void park(struct lane *l, const struct wtable *t, const char *what)
+{
+    const struct conf_dest *cd = l->w->cd;
+    char why[PATH_MAX_LEN + 800];
+    snprintf(why, sizeof why, "table %s not found (%s): create it%s; retrying every %llu s", t->fq,
+             what, cd->create_table ? "" : " (or set create_table = yes)",
+             (unsigned long long)cd->park_wait_ms / 1000);
+    park_why(l, why);
 }
 
 /* ---- chunks ---- */
@@ -155,10 +229,21 @@ static void chunk_free(struct wchunk *c)
 {
     if (!c)
         return;
+    if (c->budget && c->charged)
+        budget_give(c->budget, c->charged);
     free(c->rows);
     buf_free(&c->json);
     buf_free(&c->proto);
     free(c);
+}
+
+static void free_list(struct wchunk *c)
+{
+    while (c) {
+        struct wchunk *n = c->next;
+        chunk_free(c);
+        c = n;
+    }
 }
 
 static int chunk_add(struct wchunk *c, uint64_t seq, uint64_t time_ms, const char *json,
@@ -185,13 +270,25 @@ static int chunk_add(struct wchunk *c, uint64_t seq, uint64_t time_ms, const cha
     return 0;
 }
 
-/* A new chunk with rows [from, from + n) of src. */
-static struct wchunk *chunk_slice(const struct wchunk *src, size_t from, size_t n)
+/* Charges c's row bytes to b whatever the bound (c replaces held bytes). */
+static void chunk_charge(struct wchunk *c, struct budget *b)
+{
+    c->budget = b;
+    c->charged = c->json.len;
+    if (b)
+        budget_force(b, c->charged);
+}
+
+/* A new chunk with the rows of src for which keep[i] (all when keep is NULL)
+ * among [from, from + n). NULL when out of memory. */
+static struct wchunk *chunk_pick(const struct wchunk *src, size_t from, size_t n, const bool *keep)
 {
     struct wchunk *c = calloc(1, sizeof *c);
     if (!c)
         return NULL;
     for (size_t i = from; i < from + n; i++) {
+        if (keep && !keep[i])
+            continue;
         const struct wrow *r = &src->rows[i];
         if (chunk_add(c, r->seq, r->time_ms, src->json.data + r->joff, r->jlen,
                       src->proto.data + r->poff, r->plen)) {
@@ -202,18 +299,27 @@ static struct wchunk *chunk_slice(const struct wchunk *src, size_t from, size_t 
     c->attempts = src->attempts;
     c->first_ms = src->first_ms;
     c->last_ms = src->last_ms;
+    chunk_charge(c, src->budget);
     return c;
 }
 
-/* Puts every chunk in flight back in front of the retry list, in order. */
-static void requeue_inflight(struct writer *w)
+/* Puts every chunk in flight on t back in front of its retry list, in order. */
+static void requeue_inflight(struct lane *l, struct wtable *t)
 {
-    if (!w->inflight)
+    if (!t->inflight)
         return;
-    *w->inflight_tail = w->retry;
-    w->retry = w->inflight;
-    w->inflight = NULL;
-    w->inflight_tail = &w->inflight;
+    *t->inflight_tail = t->retry;
+    t->retry = t->inflight;
+    t->inflight = NULL;
+    t->inflight_tail = &t->inflight;
+    l->n_inflight -= t->n_inflight;
+    t->n_inflight = 0;
+}
+
+static void push_retry(struct wtable *t, struct wchunk *c)
+{
+    c->next = t->retry;
+    t->retry = c;
 }
 
 /* ---- outcomes ---- */
@@ -225,16 +331,17 @@ struct dead {
 };
 
 /* Records, in one transaction: rows delivered (removed; exactly-once also
- * moves next_offset past them) and rows dead-lettered. */
-static int record(struct writer *w, const uint64_t *done, size_t n_done, const struct dead *dead,
-                  size_t n_dead, const struct wchunk *hist)
+ * moves t's next_offset past them) and rows dead-lettered. */
+static int record(struct lane *l, struct wtable *t, const uint64_t *done, size_t n_done,
+                  const struct dead *dead, size_t n_dead, const struct wchunk *hist)
 {
+    struct writer *w = l->w;
     if (!n_done && !n_dead)
         return 0;
-    struct spool_txn *t = NULL;
-    int rc = spool_txn_begin(w->sp, &t);
+    struct spool_txn *txn = NULL;
+    int rc = spool_txn_begin(w->sp, &txn);
     for (size_t i = 0; rc == SPOOL_OK && i < n_done; i++) {
-        rc = spool_txn_remove(t, w->id, done[i]);
+        rc = spool_txn_remove(txn, w->id, done[i]);
         if (rc == SPOOL_NOTFOUND)
             rc = SPOOL_OK;
     }
@@ -243,31 +350,31 @@ static int record(struct writer *w, const uint64_t *done, size_t n_done, const s
                                       .attempts = hist ? hist->attempts : 0,
                                       .first_attempt_ms = hist ? hist->first_ms : 0,
                                       .last_attempt_ms = hist ? hist->last_ms : 0 };
-        rc = spool_txn_dead_letter_info(t, w->id, dead[i].seq, &info);
+        rc = spool_txn_dead_letter_info(txn, w->id, dead[i].seq, &info);
         if (rc == SPOOL_NOTFOUND)
             rc = SPOOL_OK;
     }
-    if (rc == SPOOL_OK && w->cd->exactly_once && n_done) {
-        char state[1100];
-        int len = snprintf(state, sizeof state, "%lld %s", (long long)(w->next_offset + (int64_t)n_done),
-                           w->stream);
-        rc = spool_txn_put_meta(t, w->state_key, state, (size_t)len);
+    if (rc == SPOOL_OK && t && t->offsets && n_done) {
+        char state[PATH_MAX_LEN + 32];
+        int len = snprintf(state, sizeof state, "%lld %s",
+                           (long long)(t->next_offset + (int64_t)n_done), t->stream);
+        rc = spool_txn_put_meta(txn, t->key, state, (size_t)len);
     }
     if (rc == SPOOL_OK)
-        rc = spool_txn_commit(t);
+        rc = spool_txn_commit(txn);
     else
-        spool_txn_abort(t);
+        spool_txn_abort(txn);
     if (rc == SPOOL_IO) {
         log_error("%s: recording outcomes failed: %s; stopping", w->cd->name, spool_last_error());
         _exit(5);
     }
     if (rc != SPOOL_OK)
         return -1;
-    if (w->cd->exactly_once)
-        w->next_offset += (int64_t)n_done;
-    count(w, &w->delivered, n_done);
-    count(w, &w->dead_lettered, n_dead);
     pthread_mutex_lock(&w->lock);
+    if (t && t->offsets)
+        t->next_offset += (int64_t)n_done;
+    w->delivered += n_done;
+    w->dead_lettered += n_dead;
     for (size_t i = 0; i < n_dead; i++)
         counts_add(&w->dead_by_reason, dead[i].reason, 1);
     pthread_mutex_unlock(&w->lock);
@@ -276,69 +383,71 @@ static int record(struct writer *w, const uint64_t *done, size_t n_done, const s
     return 0;
 }
 
-static int record_chunk_done(struct writer *w, const struct wchunk *c)
+static int record_chunk_done(struct lane *l, struct wtable *t, const struct wchunk *c)
 {
     uint64_t *seqs = malloc((c->n ? c->n : 1) * sizeof *seqs);
     if (!seqs)
         return -1;
     for (size_t i = 0; i < c->n; i++)
         seqs[i] = c->rows[i].seq;
-    int rc = record(w, seqs, c->n, NULL, 0, c);
+    int rc = record(l, t, seqs, c->n, NULL, 0, c);
     free(seqs);
     return rc;
 }
 
-/* ---- schema ---- */
+/* ---- tables: schema, creation ---- */
 
-/* tables.get over the REST endpoint. */
-static int fetch_schema(struct writer *w, struct buf *out, char *err, size_t errlen)
+static int read_text(const char *path, struct buf *out, char *err, size_t errlen)
 {
-    const struct conf_dest *cd = w->cd;
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        snprintf(err, errlen, "schema_file %s: %s", path, strerror(errno));
+        return -1;
+    }
+    char chunk[8192];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
+        buf_append(out, chunk, n);
+    fclose(f);
+    return 0;
+}
+
+/* tables.get over the REST endpoint. Returns 0, -1, or -2 (no such table). */
+static int fetch_schema(struct lane *l, const struct wtable *t, struct buf *out, char *err,
+                        size_t errlen)
+{
+    const struct conf_dest *cd = l->w->cd;
     char token[4096];
-    if (auth_token(w->auth, token, sizeof token, err, errlen) != 0)
+    if (auth_token(l->auth, token, sizeof token, err, errlen) != 0)
         return -1;
     struct buf url = { 0 };
     buf_puts(&url, cd->endpoint);
-    bqrest_table_path(&url, cd->project, cd->dataset, cd->table ? cd->table : cd->name);
+    bqrest_table_path(&url, cd->project, cd->dataset, t->id);
     long http = 0;
     int rc = https_call("GET", url.data, token, cd->ca_file, NULL, 30000, out, &http, err, errlen);
     memset(token, 0, sizeof token);
     if (rc == 0 && http != 200) {
         struct bq_error be;
         bqrest_classify(http, out->data, out->len, &be);
-        snprintf(err, errlen, "tables.get %s.%s.%s: HTTP %ld: %s", cd->project, cd->dataset,
-                 cd->table ? cd->table : cd->name, http, be.message);
+        snprintf(err, errlen, "tables.get %s: HTTP %ld: %s", t->fq, http, be.message);
         rc = http == 404 ? -2 : -1;
     }
     buf_free(&url);
     return rc;
 }
 
-/* (Re)loads the schema and rebuilds the writer schema. Returns 0, -1, -2 (no table). */
-static int load_schema(struct writer *w, char *err, size_t errlen)
+/* (Re)loads t's schema and rebuilds its writer schema. Returns 0, -1, -2 (no table). */
+static int load_schema(struct lane *l, struct wtable *t, char *err, size_t errlen)
 {
+    const struct conf_dest *cd = l->w->cd;
     struct buf text = { 0 };
-    int rc = 0;
-    if (w->cd->schema_file) {
-        FILE *f = fopen(w->cd->schema_file, "rb");
-        if (!f) {
-            snprintf(err, errlen, "schema_file %s: %s", w->cd->schema_file, strerror(errno));
-            return -1;
-        }
-        char chunk[8192];
-        size_t n;
-        while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
-            buf_append(&text, chunk, n);
-        fclose(f);
-    } else {
-        rc = fetch_schema(w, &text, err, errlen);
-    }
+    int rc = cd->schema_file ? read_text(cd->schema_file, &text, err, errlen)
+                             : fetch_schema(l, t, &text, err, errlen);
     if (rc == 0) {
         struct rowenc_schema *s;
         struct rowenc_error re;
         if (rowenc_schema_parse(text.data ? text.data : "", text.len, &s, &re) != ROWENC_OK) {
-            snprintf(err, errlen, "%s: %s", w->cd->schema_file ? w->cd->schema_file : "tables.get",
-                     re.msg);
+            snprintf(err, errlen, "%s: %s", cd->schema_file ? cd->schema_file : "tables.get", re.msg);
             rc = -1;
         } else {
             struct buf d = { 0 };
@@ -348,10 +457,10 @@ static int load_schema(struct writer *w, char *err, size_t errlen)
                 buf_free(&d);
                 rc = -1;
             } else {
-                rowenc_schema_free(w->schema);
-                w->schema = s;
-                buf_free(&w->desc);
-                w->desc = d;
+                rowenc_schema_free(t->schema);
+                t->schema = s;
+                buf_free(&t->desc);
+                t->desc = d;
             }
         }
     }
@@ -359,81 +468,274 @@ static int load_schema(struct writer *w, char *err, size_t errlen)
     return rc;
 }
 
-/* ---- the connection ---- */
-
-static void drop_conn(struct writer *w)
+/* create_table: tables.insert with the destination's schema_file and
+ * partitioning, as insertAll does (bqrest_table_insert_body). 200, or 409
+ * (another writer created it first), counts as created. Blocking: this is
+ * the lane's own thread. Returns 0, or -1 with err. */
+static int create_table(struct lane *l, struct wtable *t, char *err, size_t errlen)
 {
-    if (w->conn) {
-        bqw_conn_close(w->conn);
-        w->conn = NULL;
+    const struct conf_dest *cd = l->w->cd;
+    struct buf schema = { 0 }, body = { 0 }, url = { 0 }, resp = { 0 };
+    char token[4096], e2[512];
+    int rc = read_text(cd->schema_file, &schema, err, errlen);
+    if (rc == 0) {
+        struct bq_table_spec spec = { cd->project, cd->dataset, t->id, schema.data, schema.len,
+                                      cd->time_partitioning, cd->partition_field,
+                                      cd->partition_expiration_ms, cd->clustering };
+        if (bqrest_table_insert_body(&spec, &body, e2, sizeof e2) != 0) {
+            snprintf(err, errlen, "%s: %s", cd->schema_file, e2);
+            rc = -1;
+        }
     }
-    requeue_inflight(w);
-    if (w->cd->exactly_once)
-        w->uncertain = true;   /* appends in flight may or may not have landed */
+    if (rc == 0 && auth_token(l->auth, token, sizeof token, err, errlen) != 0)
+        rc = -1;
+    long http = 0;
+    if (rc == 0) {
+        if (buf_puts(&url, cd->endpoint) || bqrest_tables_path(&url, cd->project, cd->dataset)) {
+            snprintf(err, errlen, "out of memory");
+            rc = -1;
+        } else {
+            rc = https_call("POST", url.data, token, cd->ca_file, body.data, cd->request_timeout_ms,
+                            &resp, &http, err, errlen);
+        }
+        memset(token, 0, sizeof token);
+    }
+    if (rc == 0 && http != 200 && http != 409) {
+        struct bq_error be;
+        bqrest_classify(http, resp.data, resp.len, &be);
+        snprintf(err, errlen, "HTTP %ld: %s", http, be.message);
+        rc = -1;
+    }
+    if (rc == 0)
+        log_info("destination %s: table %s %s", cd->name, t->fq,
+                 http == 200 ? "created" : "already exists (created by another writer)");
+    buf_free(&schema);
+    buf_free(&body);
+    buf_free(&url);
+    buf_free(&resp);
+    return rc;
 }
 
-static int open_conn(struct writer *w)
+/* t does not exist (tables.get 404, NOT_FOUND from CreateWriteStream or
+ * AppendRows): create it when create_table says so, else park, exactly as
+ * insertAll does on a 404. */
+static void table_missing(struct lane *l, struct wtable *t, const char *what)
 {
-    char token[4096], err[512];
-    if (auth_token(w->auth, token, sizeof token, err, sizeof err) != 0) {
+    const struct conf_dest *cd = l->w->cd;
+    if (!cd->create_table) {
+        park(l, t, what);
+        return;
+    }
+    uint64_t now = util_mono_us();
+    if (t->created_us && now - t->created_us < CREATED_FRESH_US) {
+        /* a new table can take a moment to accept rows: come back soon */
+        wait_a_moment(l, 1000, "table just created: waiting for it to accept rows");
+        return;
+    }
+    char err[600];
+    set_state(l, "parked", "creating the table (create_table = yes)");
+    if (create_table(l, t, err, sizeof err) == 0) {
+        t->created_us = util_mono_us();
+        wait_a_moment(l, 1000, "table just created: waiting for it to accept rows");
+        return;
+    }
+    char why[PATH_MAX_LEN + 1200];
+    snprintf(why, sizeof why, "table %s not found and create_table failed: %s; retrying every %llu s",
+             t->fq, err, (unsigned long long)cd->park_wait_ms / 1000);
+    note_error(l->w, "%s", why);
+    park_why(l, why);
+}
+
+/* ---- exactly-once state keys and the layout ---- */
+
+static uint64_t fnv64(const char *s)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (; *s; s++) {
+        h ^= (unsigned char)*s;
+        h *= 0x100000001b3ull;
+    }
+    return h;
+}
+
+/* The spool meta key of lane k's stream for table id: "wstream.<dest>" for
+ * the one stream of an unsharded single-connection destination (what relayd
+ * always used), else "wstream.<dest>.<k>.<hash of the id>". The value is
+ * "<next_offset> <stream name>", and the stream name holds the table. */
+static void state_key(const struct writer *w, const struct part *p, const char *id, char *out,
+                      size_t n)
+{
+    if (p->k == 0 && !p->route.sharded)
+        snprintf(out, n, "wstream.%u", w->id);
+    else
+        snprintf(out, n, "wstream.%u.%u.%016llx", w->id, p->k, (unsigned long long)fnv64(id));
+}
+
+/* ---- the connection of a table ---- */
+
+static void drop_conn(struct lane *l, struct wtable *t)
+{
+    if (t->conn) {
+        bqw_conn_close(t->conn);
+        t->conn = NULL;
+    }
+    requeue_inflight(l, t);
+    if (t->offsets && t->stream[0])
+        t->uncertain = true;   /* appends in flight may or may not have landed */
+}
+
+static struct wtable *table_new(struct lane *l, const struct part *p, const char *id)
+{
+    const struct writer *w = l->w;
+    const struct conf_dest *cd = w->cd;
+    struct wtable *t = calloc(1, sizeof *t);
+    if (!t)
+        return NULL;
+    snprintf(t->id, sizeof t->id, "%s", id);
+    snprintf(t->path, sizeof t->path, "projects/%s/datasets/%s/tables/%s", cd->project,
+             cd->dataset, id);
+    snprintf(t->fq, sizeof t->fq, "%s.%s.%s", cd->project, cd->dataset, id);
+    t->inflight_tail = &t->inflight;
+    state_key(w, p, id, t->key, sizeof t->key);
+    t->offsets = cd->exactly_once;
+    if (!cd->exactly_once) {
+        snprintf(t->stream, sizeof t->stream, "%s/streams/_default", t->path);
+        return t;
+    }
+    /* a stream we had before (a restart): settle what was in flight first */
+    char state[PATH_MAX_LEN + 32];
+    size_t len = 0;
+    if (spool_get_meta(w->sp, t->key, state, sizeof state - 1, &len) == SPOOL_OK &&
+        len < sizeof state) {
+        state[len] = 0;
+        long long off;
+        int pos = 0;
+        if (sscanf(state, "%lld %n", &off, &pos) == 1 && pos > 0 &&
+            strncmp(state + pos, t->path, strlen(t->path)) == 0 &&
+            strncmp(state + pos + strlen(t->path), "/streams/", 9) == 0) {
+            t->next_offset = off;
+            snprintf(t->stream, sizeof t->stream, "%s", state + pos);
+            t->uncertain = true;
+        }
+    }
+    return t;
+}
+
+static void table_free(struct lane *l, struct wtable *t)
+{
+    if (!t)
+        return;
+    drop_conn(l, t);
+    free_list(t->retry);
+    rowenc_schema_free(t->schema);
+    buf_free(&t->desc);
+    free(t);
+}
+
+static int resync(struct lane *l, const struct part *p, struct wtable *t);
+
+/* Makes t ready to take appends: schema, stream (exactly-once: created and
+ * recorded), an open AppendRows call, and uncertain appends settled.
+ * Returns 0, or -1 after arranging a wait (backoff or park). */
+static int table_open(struct lane *l, struct wtable *t)
+{
+    struct writer *w = l->w;
+    const struct conf_dest *cd = w->cd;
+    char err[600];
+    if (!t->schema) {
+        int rc = load_schema(l, t, err, sizeof err);
+        if (rc == -2) {
+            note_error(w, "%s", err);
+            table_missing(l, t, err);
+            return -1;
+        }
+        if (rc != 0) {
+            note_error(w, "%s", err);
+            backoff(l, false, "%s", err);
+            return -1;
+        }
+    }
+    char token[4096];
+    if (auth_token(l->auth, token, sizeof token, err, sizeof err) != 0) {
         note_error(w, "credentials: %s", err);
-        backoff(w, false, "%s", err);
+        backoff(l, false, "%s", err);
         return -1;
     }
     struct bqw_status st;
-    if (w->cd->exactly_once && !w->stream[0]) {
-        if (bqwrite_create_stream(w->bw, token, w->table_path, false, w->stream,
-                                  sizeof w->stream, &st) != BQW_OK) {
+    if (cd->exactly_once && !t->stream[0]) {
+        char name[PATH_MAX_LEN];
+        if (bqwrite_create_stream(l->bw, token, t->path, false, name, sizeof name, &st) != BQW_OK) {
+            memset(token, 0, sizeof token);
             note_error(w, "CreateWriteStream: %s: %s", bqw_code_name(st.code), st.message);
             if (st.code == BQW_NOT_FOUND)
-                park(w, "CreateWriteStream: NOT_FOUND");
+                table_missing(l, t, "CreateWriteStream: NOT_FOUND");
             else
-                backoff(w, st.code == BQW_RESOURCE_EXHAUSTED, "CreateWriteStream: %s: %s",
+                backoff(l, st.code == BQW_RESOURCE_EXHAUSTED, "CreateWriteStream: %s: %s",
                         bqw_code_name(st.code), st.message);
-            memset(token, 0, sizeof token);
             return -1;
         }
-        /* a new stream starts at offset 0 at the queue's head */
-        w->next_offset = 0;
-        struct spool_txn *t = NULL;
-        char state[1100];
-        int len = snprintf(state, sizeof state, "0 %s", w->stream);
-        if (spool_txn_begin(w->sp, &t) != SPOOL_OK ||
-            spool_txn_put_meta(t, w->state_key, state, (size_t)len) != SPOOL_OK ||
-            spool_txn_commit(t) != SPOOL_OK) {
-            w->stream[0] = 0;
+        /* a new stream starts at offset 0 at the head of (this lane, this table) */
+        struct spool_txn *txn = NULL;
+        char state[PATH_MAX_LEN + 32];
+        int len = snprintf(state, sizeof state, "0 %s", name);
+        if (spool_txn_begin(w->sp, &txn) != SPOOL_OK ||
+            spool_txn_put_meta(txn, t->key, state, (size_t)len) != SPOOL_OK ||
+            spool_txn_commit(txn) != SPOOL_OK) {
             memset(token, 0, sizeof token);
+            backoff(l, false, "cannot record the new write stream in the spool");
             return -1;
         }
-        log_info("%s: created write stream %s", w->cd->name, w->stream);
+        pthread_mutex_lock(&w->lock);
+        snprintf(t->stream, sizeof t->stream, "%s", name);
+        t->next_offset = 0;
+        pthread_mutex_unlock(&w->lock);
+        t->uncertain = false;
+        log_info("%s: created write stream %s", cd->name, t->stream);
     }
-    int rc = bqw_conn_open(w->bw, token, w->stream, &w->conn, &st);
+    int rc = bqw_conn_open(l->bw, token, t->stream, &t->conn, &st);
     memset(token, 0, sizeof token);
     if (rc != BQW_OK) {
+        t->conn = NULL;
         note_error(w, "AppendRows: %s: %s", bqw_code_name(st.code), st.message);
-        backoff(w, false, "AppendRows: %s: %s", bqw_code_name(st.code), st.message);
+        backoff(l, false, "AppendRows: %s: %s", bqw_code_name(st.code), st.message);
         return -1;
     }
-    set_state(w, "sending", "");
+    if (t->uncertain && resync(l, &l->part, t) != 0) {
+        note_error(w, "could not settle appends of uncertain fate; retrying");
+        drop_conn(l, t);
+        backoff(l, false, "could not settle appends of uncertain fate (resynchronising the stream)");
+        return -1;
+    }
+    set_state(l, "sending", "");
     return 0;
+}
+
+static bool table_ready(const struct wtable *t)
+{
+    return t->conn && !t->uncertain && t->schema;
 }
 
 /* ---- reading and encoding ---- */
 
 struct reader {
-    struct writer *w;
+    struct lane *l;
     struct wchunk *c;
+    struct wtable *t;         /* the chunk's table */
     struct dead *dead;
     size_t n_dead, cap_dead;
-    uint64_t *dseqs;
-    size_t bytes, seen;
-    uint64_t last_seq;
-    bool full;
+    size_t bytes, cap;
+    uint64_t now_ms;
+    uint64_t stop_seq;        /* the row that stopped the read (not consumed) */
+    bool stopped, full, blocked;
+    uint64_t last_seen;       /* the last record looked at */
+    bool seen;
     bool unknown;             /* a row named a column the schema lacks */
     struct buf proto;
 };
 
-static void add_dead(struct reader *r, uint64_t seq, const char *reason, const char *detail)
+static void add_dead(struct reader *r, uint64_t seq, const char *reason, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void add_dead(struct reader *r, uint64_t seq, const char *reason, const char *fmt, ...)
 {
     if (r->n_dead == r->cap_dead) {
         size_t nc = r->cap_dead ? r->cap_dead * 2 : 16;
@@ -446,92 +748,141 @@ static void add_dead(struct reader *r, uint64_t seq, const char *reason, const c
     struct dead *d = &r->dead[r->n_dead++];
     d->seq = seq;
     snprintf(d->reason, sizeof d->reason, "%s", reason);
-    snprintf(d->detail, sizeof d->detail, "%s", detail);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(d->detail, sizeof d->detail, fmt, ap);
+    va_end(ap);
+}
+
+static int stop_at(struct reader *r, uint64_t seq)
+{
+    r->stopped = true;
+    r->stop_seq = seq;
+    return 1;
 }
 
 static int read_row(const struct spool_record *rec, void *arg)
 {
     struct reader *r = arg;
-    const struct conf_dest *cd = r->w->cd;
-    r->seen++;
+    struct lane *l = r->l;
+    const struct conf_dest *cd = l->w->cd;
+    if (route_lane(rec->seq, l->part.n) != l->part.k)
+        goto seen;                /* another connection's row */
     if (rec->corrupt) {
-        add_dead(r, rec->seq, "corrupt", rec->problem);
-        r->last_seq = rec->seq;
-        return 0;
+        add_dead(r, rec->seq, "corrupt", "%s", rec->problem);
+        goto seen;
     }
-    if (r->c->n > 0 && (r->c->n >= cd->batch_rows || r->bytes + rec->len > cd->batch_bytes)) {
-        r->full = true;
-        return 1;
+    if (cd->max_age_ms && rec->time_ms + cd->max_age_ms < r->now_ms) {
+        add_dead(r, rec->seq, "expired", "older than max_age (%llu s) after 0 attempt(s)",
+                 (unsigned long long)cd->max_age_ms / 1000);
+        goto seen;
+    }
+    char table[ROUTE_TABLE_MAX];
+    if (route_table(&l->part.route, rec->row, rec->len, rec->time_ms, table, sizeof table) != 0) {
+        add_dead(r, rec->seq, "routing", "table_time_field '%s' is missing or not a time "
+                 "(RFC 3339 string or epoch seconds)", cd->table_time_field);
+        goto seen;
+    }
+    if (r->c->n == 0) {
+        struct wtable *t = tcache_get(&l->tables, table, util_mono_us());
+        if (!t || !table_ready(t) || t->retry) {
+            snprintf(l->want, sizeof l->want, "%s", table);   /* open it first */
+            return stop_at(r, rec->seq);
+        }
+        if (rec->len + 16 > r->cap && r->cap < cd->batch_bytes) {
+            r->blocked = true;    /* bytes in flight: wait for answers */
+            return stop_at(r, rec->seq);
+        }
+        r->t = t;
+    } else if (strcmp(r->t->id, table) != 0 || r->c->n >= cd->batch_rows ||
+               r->bytes + rec->len + 16 > r->cap) {
+        r->full = true;           /* full, or the next row goes to another table */
+        return stop_at(r, rec->seq);
     }
     buf_reset(&r->proto);
     struct rowenc_error re;
-    int rc = rowenc_encode(r->w->schema, rec->row, rec->len,
+    int rc = rowenc_encode(r->t->schema, rec->row, rec->len,
                            cd->ignore_unknown_values ? ROWENC_IGNORE_UNKNOWN : 0, &r->proto, &re);
-    r->last_seq = rec->seq;
     if (rc == ROWENC_NOMEM)
-        return 1;
+        return stop_at(r, rec->seq);
     if (rc != ROWENC_OK) {   /* does not fit the schema: never sent */
         if (rc == ROWENC_UNKNOWN)
             r->unknown = true;
-        add_dead(r, rec->seq, "invalid", re.msg);
-        return 0;
+        add_dead(r, rec->seq, "invalid", "%s", re.msg);
+        goto seen;
     }
     if (chunk_add(r->c, rec->seq, rec->time_ms, rec->row, rec->len, r->proto.data, r->proto.len))
-        return 1;
+        return stop_at(r, rec->seq);
     r->bytes += rec->len + 16;
+seen:
+    r->last_seen = rec->seq;
+    r->seen = true;
     return 0;
 }
 
-/* The next batch at the head of the queue, or NULL (nothing due). Rows that
- * do not fit the schema are dead-lettered first (before anything is sent). */
-static struct wchunk *read_batch(struct writer *w, uint64_t now_ms)
+/* The next batch of the lane (rows of one table, that table ready), or NULL:
+ * nothing due, or l->want names a table to open first, or the bytes bound is
+ * reached. Rows that cannot be sent (corrupt, unroutable, expired, not
+ * fitting the schema) are dead-lettered first, before anything is sent. */
+static struct wchunk *read_batch(struct lane *l, uint64_t now_ms, struct wtable **tp)
 {
-    struct reader r = { .w = w };
+    struct writer *w = l->w;
+    const struct conf_dest *cd = w->cd;
+    struct reader r = { .l = l, .now_ms = now_ms };
+    r.cap = (size_t)budget_room(&w->budget, cd->batch_bytes);
+    if (r.cap == 0)
+        return NULL;
     r.c = calloc(1, sizeof *r.c);
     if (!r.c)
         return NULL;
-    spool_read(w->sp, w->id, w->read_seq, w->cd->batch_rows + 1, SIZE_MAX, read_row, &r);
+    size_t span = (size_t)(cd->batch_rows + 1) * l->part.n * 2 + 64;
+    spool_read(w->sp, w->id, l->read_seq, span, SIZE_MAX, read_row, &r);
     buf_free(&r.proto);
-    if (r.unknown && !w->cd->schema_file &&
-        (!w->refetched_us || util_mono_us() - w->refetched_us >= SCHEMA_REFRESH_US)) {
+    if (r.unknown && !cd->schema_file && r.t &&
+        (!r.t->refetched_us || util_mono_us() - r.t->refetched_us >= SCHEMA_REFRESH_US)) {
         /* a column we do not know: the table may have gained it since we
          * fetched its schema. Look again before calling the row invalid. */
         char err[512];
-        w->refetched_us = util_mono_us();
-        if (load_schema(w, err, sizeof err) == 0)
-            log_info("%s: a row names a column missing from the cached schema: schema "
-                     "fetched again", w->cd->name);
+        r.t->refetched_us = util_mono_us();
+        if (load_schema(l, r.t, err, sizeof err) == 0)
+            log_info("%s: a row names a column missing from the cached schema of %s: schema "
+                     "fetched again", cd->name, r.t->fq);
         free(r.dead);
         chunk_free(r.c);
         return NULL;   /* read again next turn with the fresh schema */
     }
-    if (r.n_dead) {
-        if (record(w, NULL, 0, r.dead, r.n_dead, NULL) != 0) {   /* try again next turn */
-            free(r.dead);
-            chunk_free(r.c);
-            return NULL;
-        }
+    if (r.n_dead && record(l, NULL, NULL, 0, r.dead, r.n_dead, NULL) != 0) {
+        free(r.dead);    /* try again next turn */
+        chunk_free(r.c);
+        return NULL;
     }
     free(r.dead);
     struct wchunk *c = r.c;
+    uint64_t resume = r.stopped ? r.stop_seq : r.seen ? r.last_seen + 1 : l->read_seq;
     if (c->n == 0) {
         chunk_free(c);
+        if (resume > l->read_seq)
+            l->read_seq = resume;   /* past rows of others and rows dealt with */
         return NULL;
     }
-    bool due = r.full || c->n >= w->cd->batch_rows ||
-               now_ms >= c->rows[0].time_ms + w->cd->flush_interval_ms || w->stop;
-    if (!due) {
-        chunk_free(c);
+    bool due = r.full || c->n >= cd->batch_rows ||
+               now_ms >= c->rows[0].time_ms + cd->flush_interval_ms || stopping(w);
+    if (!due || !budget_take(&w->budget, c->json.len)) {
+        chunk_free(c);   /* read again later (another connection took the room meanwhile) */
         return NULL;
     }
-    w->read_seq = c->rows[c->n - 1].seq + 1;
+    c->budget = &w->budget;
+    c->charged = c->json.len;
+    l->read_seq = resume;
+    *tp = r.t;
     return c;
 }
 
 /* ---- appending ---- */
 
-static int send_chunk(struct writer *w, struct wchunk *c)
+static int send_chunk(struct lane *l, struct wtable *t, struct wchunk *c)
 {
+    struct writer *w = l->w;
     const char **rows = malloc(c->n * sizeof *rows);
     size_t *lens = malloc(c->n * sizeof *lens);
     if (!rows || !lens) {
@@ -544,13 +895,13 @@ static int send_chunk(struct writer *w, struct wchunk *c)
         lens[i] = c->rows[i].plen;
     }
     int64_t off = -1;
-    if (w->cd->exactly_once) {
+    if (t->offsets) {
         /* the offset of the first row: next_offset plus the rows in flight before it */
-        off = w->next_offset;
-        for (struct wchunk *f = w->inflight; f; f = f->next)
+        off = t->next_offset;
+        for (struct wchunk *f = t->inflight; f; f = f->next)
             off += (int64_t)f->n;
     }
-    int rc = bqw_conn_append(w->conn, w->desc.data, w->desc.len, rows, lens, c->n, off);
+    int rc = bqw_conn_append(t->conn, t->desc.data, t->desc.len, rows, lens, c->n, off);
     free(rows);
     free(lens);
     if (rc != 0)
@@ -563,30 +914,28 @@ static int send_chunk(struct writer *w, struct wchunk *c)
     c->sent_us = util_mono_us();
     c->attempts++;
     c->next = NULL;
-    *w->inflight_tail = c;
-    w->inflight_tail = &c->next;
+    if (strcmp(l->state, "sending") != 0)
+        set_state(l, "sending", "");
+    *t->inflight_tail = c;
+    t->inflight_tail = &c->next;
+    t->n_inflight++;
+    l->n_inflight++;
     count(w, &w->appends, 1);
     return 0;
 }
 
-static struct wchunk *pop_inflight(struct writer *w)
+static struct wchunk *pop_inflight(struct lane *l, struct wtable *t)
 {
-    struct wchunk *c = w->inflight;
+    struct wchunk *c = t->inflight;
     if (c) {
-        w->inflight = c->next;
-        if (!w->inflight)
-            w->inflight_tail = &w->inflight;
+        t->inflight = c->next;
+        if (!t->inflight)
+            t->inflight_tail = &t->inflight;
         c->next = NULL;
+        t->n_inflight--;
+        l->n_inflight--;
     }
     return c;
-}
-
-static size_t n_inflight(const struct writer *w)
-{
-    size_t n = 0;
-    for (const struct wchunk *c = w->inflight; c; c = c->next)
-        n++;
-    return n;
 }
 
 /* ---- exactly-once: settle uncertain appends by asking the stream ---- */
@@ -596,18 +945,24 @@ struct probe_rows {
     char **rows;
     size_t *lens;
     size_t n, cap;
-    struct writer *w;
+    const struct part *p;
+    const struct wtable *t;
+    const struct conf_dest *cd;
 };
 
 static int probe_read(const struct spool_record *rec, void *arg)
 {
     struct probe_rows *p = arg;
-    if (rec->corrupt)
+    if (rec->corrupt || route_lane(rec->seq, p->p->n) != p->p->k)
         return 0;
+    char table[ROUTE_TABLE_MAX];
+    if (route_table(&p->p->route, rec->row, rec->len, rec->time_ms, table, sizeof table) != 0 ||
+        strcmp(table, p->t->id) != 0)
+        return 0;   /* another table's row (or one dead-lettered before anything was sent) */
     struct buf b = { 0 };
     struct rowenc_error re;
-    if (rowenc_encode(p->w->schema, rec->row, rec->len,
-                      p->w->cd->ignore_unknown_values ? ROWENC_IGNORE_UNKNOWN : 0, &b, &re) != ROWENC_OK) {
+    if (rowenc_encode(p->t->schema, rec->row, rec->len,
+                      p->cd->ignore_unknown_values ? ROWENC_IGNORE_UNKNOWN : 0, &b, &re) != ROWENC_OK) {
         buf_free(&b);
         return 0;   /* such a row was dead-lettered before anything after it was sent */
     }
@@ -620,54 +975,87 @@ static int probe_read(const struct spool_record *rec, void *arg)
 
 /* One single-row append at offset off. Returns the gRPC code of its result
  * (BQW_OK: the row is now at off), or -1 if the connection failed. */
-static int probe(struct writer *w, const char *row, size_t len, int64_t off)
+static int probe(struct lane *l, struct wtable *t, const char *row, size_t len, int64_t off)
 {
     const char *rows[1] = { row };
     size_t lens[1] = { len };
-    if (bqw_conn_append(w->conn, w->desc.data, w->desc.len, rows, lens, 1, off) != 0)
+    if (bqw_conn_append(t->conn, t->desc.data, t->desc.len, rows, lens, 1, off) != 0)
         return -1;
     for (;;) {
         struct bqw_result r;
-        bqw_conn_next(w->conn, 30000, &r);
+        bqw_conn_next(t->conn, 30000, &r);
         if (r.event == BQW_EV_RESULT)
             return r.ok ? BQW_OK : r.error.code;
-        if (r.event == BQW_EV_CLOSED || w->stop)
+        if (r.event == BQW_EV_CLOSED || stopping(l->w))
             return -1;
     }
 }
 
-/* Finds where the stream ends, between next_offset and what could have been
- * sent, and records the rows found written as delivered. */
-static int resync(struct writer *w)
+/* Drops the rows with seq <= last from t's chunks to resend (they are in
+ * the stream now); their order is kept. */
+static void trim_retry(struct wtable *t, uint64_t last)
 {
+    struct wchunk **pp = &t->retry;
+    while (*pp) {
+        struct wchunk *c = *pp;
+        size_t skip = 0;
+        while (skip < c->n && c->rows[skip].seq <= last)
+            skip++;
+        if (skip == 0) {
+            pp = &c->next;
+            continue;
+        }
+        struct wchunk *rest = skip < c->n ? chunk_pick(c, skip, c->n - skip, NULL) : NULL;
+        if (skip < c->n && !rest) {   /* out of memory: keep it, the resend meets ALREADY_EXISTS */
+            pp = &c->next;
+            continue;
+        }
+        if (rest) {
+            rest->next = c->next;
+            *pp = rest;
+            pp = &rest->next;
+        } else {
+            *pp = c->next;
+        }
+        chunk_free(c);
+    }
+}
+
+/* Finds where stream (p's lane, t) ends, between next_offset and what could
+ * have been sent, and records the rows found written as delivered. t->conn
+ * must be open. Rows of t waiting to be resent that turn out written are
+ * dropped from its retry list. */
+static int resync(struct lane *l, const struct part *p, struct wtable *t)
+{
+    struct writer *w = l->w;
     size_t span = (size_t)(w->cd->max_inflight * w->cd->batch_rows);
-    struct probe_rows p = { .w = w, .cap = span };
-    p.seqs = calloc(span, sizeof *p.seqs);
-    p.rows = calloc(span, sizeof *p.rows);
-    p.lens = calloc(span, sizeof *p.lens);
+    struct probe_rows pr = { .p = p, .t = t, .cd = w->cd, .cap = span };
+    pr.seqs = calloc(span, sizeof *pr.seqs);
+    pr.rows = calloc(span, sizeof *pr.rows);
+    pr.lens = calloc(span, sizeof *pr.lens);
     int rc = -1;
-    if (!p.seqs || !p.rows || !p.lens)
+    if (!pr.seqs || !pr.rows || !pr.lens)
         goto out;
-    spool_read(w->sp, w->id, 0, span * 2, SIZE_MAX, probe_read, &p);
-    if (p.n == 0) {
+    spool_read(w->sp, w->id, 0, SIZE_MAX, SIZE_MAX, probe_read, &pr);
+    if (pr.n == 0) {
+        t->uncertain = false;
         rc = 0;
         goto out;
     }
     /* end is in [base, base + n]: probe the first row first (the usual case:
      * nothing of it landed, and the probe itself appends it) */
-    int64_t base = w->next_offset;
-    int code = probe(w, p.rows[0], p.lens[0], base);
+    int64_t base = t->next_offset;
+    int code = probe(l, t, pr.rows[0], pr.lens[0], base);
     size_t written = 0;   /* rows of the queue found in the stream */
     if (code == BQW_OK) {
         written = 1;
     } else if (code == BQW_ALREADY_EXISTS) {
-        /* end > base; end <= base + n. lo: known written index; hi: bound */
-        size_t lo = 0, hi = p.n;   /* rows [0, lo] written; rows >= hi not written */
+        size_t lo = 0, hi = pr.n;   /* rows [0, lo] written; rows >= hi not written */
         while (lo + 1 < hi) {
             size_t mid = (lo + 1 + hi) / 2;
             if (mid >= hi)
                 mid = hi - 1;
-            code = probe(w, p.rows[mid], p.lens[mid], base + (int64_t)mid);
+            code = probe(l, t, pr.rows[mid], pr.lens[mid], base + (int64_t)mid);
             if (code == BQW_ALREADY_EXISTS) {
                 lo = mid;
             } else if (code == BQW_OUT_OF_RANGE) {
@@ -682,44 +1070,38 @@ static int resync(struct writer *w)
         written = lo + 1;   /* rows [0, lo] are in the stream; lo + 1 is its end */
     } else if (code == BQW_OUT_OF_RANGE) {
         log_error("%s: stream %s ends before offset %lld that relayd recorded as written; "
-                  "starting a new stream", w->cd->name, w->stream, (long long)base);
-        w->stream[0] = 0;
-        rc = -1;
+                  "starting a new stream", w->cd->name, t->stream, (long long)base);
+        pthread_mutex_lock(&w->lock);
+        t->stream[0] = 0;
+        pthread_mutex_unlock(&w->lock);
         goto out;
     } else {
         goto out;
     }
-    uint64_t *seqs = p.seqs;
-    if (written && record(w, seqs, written, NULL, 0, NULL) != 0)
+    if (written && record(l, t, pr.seqs, written, NULL, 0, NULL) != 0)
         goto out;
-    if (written)
+    if (written) {
         log_info("%s: %zu row(s) were already in stream %s: recorded as delivered",
-                 w->cd->name, written, w->stream);
-    /* Start again from the queue's (new) head: its first row belongs at the
-     * stream's end. Chunks kept for resending were built before we knew what
-     * landed; the queue is now the truth, so they go. */
-    while (w->retry) {
-        struct wchunk *c = w->retry;
-        w->retry = c->next;
-        chunk_free(c);
+                 w->cd->name, written, t->stream);
+        trim_retry(t, pr.seqs[written - 1]);
     }
-    w->read_seq = 0;
-    w->uncertain = false;
+    t->uncertain = false;
     rc = 0;
 out:
-    for (size_t i = 0; p.rows && i < p.n; i++)
-        free(p.rows[i]);
-    free(p.seqs);
-    free(p.rows);
-    free(p.lens);
+    for (size_t i = 0; pr.rows && i < pr.n; i++)
+        free(pr.rows[i]);
+    free(pr.seqs);
+    free(pr.rows);
+    free(pr.lens);
     return rc;
 }
 
 /* ---- results ---- */
 
-static void on_result(struct writer *w, const struct bqw_result *r)
+static void on_result(struct lane *l, struct wtable *t, const struct bqw_result *r)
 {
-    struct wchunk *c = pop_inflight(w);
+    struct writer *w = l->w;
+    struct wchunk *c = pop_inflight(l, t);
     if (!c)
         return;
     pthread_mutex_lock(&w->lock);
@@ -727,28 +1109,25 @@ static void on_result(struct writer *w, const struct bqw_result *r)
     pthread_mutex_unlock(&w->lock);
     if (r->schema_changed) {
         char err[512];
-        if (load_schema(w, err, sizeof err) == 0)
-            log_info("%s: the table's schema changed: writer schema rebuilt", w->cd->name);
+        if (load_schema(l, t, err, sizeof err) == 0)
+            log_info("%s: the schema of %s changed: writer schema rebuilt", w->cd->name, t->fq);
     }
     if (r->ok) {
-        if (w->cd->exactly_once && r->offset >= 0 && r->offset != c->offset) {
+        if (t->offsets && r->offset >= 0 && r->offset != c->offset) {
             /* the server put them elsewhere than asked: stop trusting our count */
             log_error("%s: append landed at offset %lld, expected %lld; resynchronising",
                       w->cd->name, (long long)r->offset, (long long)c->offset);
-            c->next = w->retry;
-            w->retry = c;
-            drop_conn(w);
+            drop_conn(l, t);
+            push_retry(t, c);
             return;
         }
-        if (record_chunk_done(w, c) != 0) {
-            c->next = w->retry;   /* could not record: resend (insertIds do not exist
-                                   * here; exactly-once resync will find them written) */
-            w->retry = c;
-            drop_conn(w);
+        if (record_chunk_done(l, t, c) != 0) {
+            drop_conn(l, t);    /* could not record: resend (exactly-once resync finds them) */
+            push_retry(t, c);
             return;
         }
-        w->fail_streak = 0;
-        ds_ok(&w->ds, w->sp, w->id);
+        l->fail_streak = 0;
+        ds_ok(&l->ds, w->sp, w->id);
         chunk_free(c);
         return;
     }
@@ -757,206 +1136,573 @@ static void on_result(struct writer *w, const struct bqw_result *r)
     if (r->n_row_errors) {
         /* none of the rows was written: dead-letter the named ones, resend the rest */
         struct dead *dead = calloc(r->n_row_errors, sizeof *dead);
-        bool *bad = calloc(c->n, sizeof *bad);
+        bool *keep = malloc(c->n * sizeof *keep);
         size_t nd = 0;
-        for (size_t i = 0; dead && bad && i < r->n_row_errors; i++) {
+        for (size_t i = 0; keep && i < c->n; i++)
+            keep[i] = true;
+        for (size_t i = 0; dead && keep && i < r->n_row_errors; i++) {
             int64_t ix = r->row_errors[i].index;
-            if (ix < 0 || (size_t)ix >= c->n || bad[ix])
+            if (ix < 0 || (size_t)ix >= c->n || !keep[ix])
                 continue;
-            bad[ix] = true;
+            keep[ix] = false;
             dead[nd].seq = c->rows[ix].seq;
             snprintf(dead[nd].reason, sizeof dead[nd].reason, "invalid");
             snprintf(dead[nd].detail, sizeof dead[nd].detail, "%s", r->row_errors[i].message);
             nd++;
         }
-        struct wchunk *rest = calloc(1, sizeof *rest);
-        for (size_t i = 0; rest && bad && i < c->n; i++)
-            if (!bad[i])
-                chunk_add(rest, c->rows[i].seq, c->rows[i].time_ms, c->json.data + c->rows[i].joff,
-                          c->rows[i].jlen, c->proto.data + c->rows[i].poff, c->rows[i].plen);
-        if (nd && record(w, NULL, 0, dead, nd, c) == 0 && rest) {
-            rest->attempts = c->attempts;
-            rest->first_ms = c->first_ms;
-            rest->last_ms = c->last_ms;
-            /* later appends were sent at offsets that counted the bad rows:
-             * start over on a fresh connection */
-            if (rest->n) {
-                rest->next = w->retry;
-                w->retry = rest;
-            } else {
+        struct wchunk *rest = keep ? chunk_pick(c, 0, c->n, keep) : NULL;
+        /* later appends were sent at offsets that counted the bad rows (beyond
+         * the stream's end: none of them is written either): start over on a
+         * fresh connection, the oldest rows first */
+        drop_conn(l, t);
+        if (nd && rest && record(l, NULL, NULL, 0, dead, nd, c) == 0) {
+            if (rest->n)
+                push_retry(t, rest);
+            else
                 chunk_free(rest);
-            }
             chunk_free(c);
         } else {
             chunk_free(rest);
-            c->next = w->retry;
-            w->retry = c;
+            push_retry(t, c);
         }
         free(dead);
-        free(bad);
-        drop_conn(w);
-        w->uncertain = false;   /* the server said exactly what happened */
+        free(keep);
+        t->uncertain = false;   /* the server said exactly what happened */
         return;
     }
     switch (e->code) {
     case BQW_ALREADY_EXISTS:
     case BQW_OUT_OF_RANGE:
-        c->next = w->retry;
-        w->retry = c;
-        drop_conn(w);            /* resync on reconnect settles it */
+        drop_conn(l, t);            /* resync on reconnect settles it */
+        push_retry(t, c);
         return;
     case BQW_INVALID_ARGUMENT:
-        if (c->n > 1) {          /* something in it is malformed: bisect */
+        drop_conn(l, t);            /* the answers after it are not waited for */
+        if (c->n > 1) {             /* something in it is malformed: bisect */
             size_t half = c->n / 2;
-            struct wchunk *a = chunk_slice(c, 0, half), *b = chunk_slice(c, half, c->n - half);
+            struct wchunk *a = chunk_pick(c, 0, half, NULL), *b = chunk_pick(c, half, c->n - half, NULL);
             if (a && b) {
-                b->next = w->retry;
-                a->next = b;
-                w->retry = a;
+                push_retry(t, b);
+                push_retry(t, a);
                 chunk_free(c);
             } else {
                 chunk_free(a);
                 chunk_free(b);
-                c->next = w->retry;
-                w->retry = c;
+                push_retry(t, c);
             }
         } else {
             struct dead d = { .seq = c->rows[0].seq };
             snprintf(d.reason, sizeof d.reason, "invalid");
             snprintf(d.detail, sizeof d.detail, "%s: %s", bqw_code_name(e->code), e->message);
-            if (record(w, NULL, 0, &d, 1, c) == 0) {
+            if (record(l, NULL, NULL, 0, &d, 1, c) == 0)
                 chunk_free(c);
-            } else {
-                c->next = w->retry;
-                w->retry = c;
-            }
+            else
+                push_retry(t, c);
         }
-        drop_conn(w);
         return;
     case BQW_PERMISSION_DENIED: {
+        drop_conn(l, t);
         struct dead *d = calloc(c->n, sizeof *d);
         for (size_t i = 0; d && i < c->n; i++) {
             d[i].seq = c->rows[i].seq;
             snprintf(d[i].reason, sizeof d[i].reason, "permission-denied");
             snprintf(d[i].detail, sizeof d[i].detail, "%s", e->message);
         }
-        if (d && record(w, NULL, 0, d, c->n, c) == 0) {
+        if (d && record(l, NULL, NULL, 0, d, c->n, c) == 0)
             chunk_free(c);
-        } else {
-            c->next = w->retry;
-            w->retry = c;
-        }
+        else
+            push_retry(t, c);
         free(d);
-        drop_conn(w);
         return;
     }
     case BQW_NOT_FOUND:
-        c->next = w->retry;
-        w->retry = c;
-        drop_conn(w);
-        park(w, w->cd->exactly_once ? "append: NOT_FOUND: the table or its write stream"
-                                    : "append: NOT_FOUND");
-        if (w->cd->exactly_once)
-            w->stream[0] = 0;    /* the stream is gone: a new one, after a resync */
+        drop_conn(l, t);
+        push_retry(t, c);
+        if (t->offsets) {
+            pthread_mutex_lock(&w->lock);
+            t->stream[0] = 0;    /* the stream is gone: a new one, after a resync */
+            pthread_mutex_unlock(&w->lock);
+        }
+        table_missing(l, t, w->cd->exactly_once ? "append: NOT_FOUND: the table or its write stream"
+                                                : "append: NOT_FOUND");
         return;
     default:                     /* RESOURCE_EXHAUSTED, INTERNAL, UNAVAILABLE, ABORTED ... */
-        c->next = w->retry;
-        w->retry = c;
+        drop_conn(l, t);
+        push_retry(t, c);
         count(w, &w->retried, c->n);
-        drop_conn(w);
-        backoff(w, e->code == BQW_RESOURCE_EXHAUSTED, "append: %s: %s", bqw_code_name(e->code),
+        backoff(l, e->code == BQW_RESOURCE_EXHAUSTED, "append: %s: %s", bqw_code_name(e->code),
                 e->message);
         return;
     }
 }
 
+/* The AppendRows call of t ended. */
+static void on_closed(struct lane *l, struct wtable *t, const struct bqw_status *st)
+{
+    struct writer *w = l->w;
+    note_error(w, "connection closed: %s: %s", bqw_code_name(st->code), st->message);
+    bool idle = st->code == BQW_ABORTED && strstr(st->message, "inactive");
+    if (st->code == BQW_UNAUTHENTICATED)
+        auth_invalidate(l->auth);
+    drop_conn(l, t);
+    if (st->code == BQW_NOT_FOUND) {   /* the table (or the stream) is missing */
+        if (t->offsets) {
+            pthread_mutex_lock(&w->lock);
+            t->stream[0] = 0;
+            pthread_mutex_unlock(&w->lock);
+        }
+        table_missing(l, t, "AppendRows: NOT_FOUND");
+        return;
+    }
+    if (!idle && l->fail_streak > 0) {
+        backoff(l, st->code == BQW_RESOURCE_EXHAUSTED, "AppendRows: %s: %s",
+                bqw_code_name(st->code), st->message);
+    } else {
+        char why[600];
+        snprintf(why, sizeof why, "AppendRows: %s: %s", bqw_code_name(st->code), st->message);
+        ds_event(&l->ds, idle ? LOG_INFO : LOG_WARN, "reconnect", NULL, why,
+                 idle ? "cause=idle next=at_once" : "cause=closed next=at_once");
+        if (!idle)
+            l->fail_streak++;   /* reconnect at once the first time */
+    }
+}
+
+/* ---- the lane's tables ---- */
+
+static bool table_busy(void *val, void *arg)
+{
+    (void)arg;
+    const struct wtable *t = val;
+    return t->inflight || t->retry || t->uncertain;
+}
+
+/* Closes a table nobody sends to any more. Exactly-once: nothing of it is in
+ * flight or uncertain, so its queued rows were never sent; its stream state
+ * goes, and later rows start a new stream. */
+static void table_evict(struct lane *l, struct wtable *t)
+{
+    struct writer *w = l->w;
+    if (w->cd->exactly_once && t->stream[0]) {
+        struct spool_txn *txn = NULL;
+        if (spool_txn_begin(w->sp, &txn) == SPOOL_OK) {
+            int rc = spool_txn_del_meta(txn, t->key);
+            if (rc == SPOOL_OK || rc == SPOOL_NOTFOUND)
+                spool_txn_commit(txn);
+            else
+                spool_txn_abort(txn);
+        }
+    }
+    table_free(l, t);
+}
+
+/* The table for id, opened in the cache (an idle one is closed to make
+ * room). NULL when there is no room yet. */
+static struct wtable *table_get(struct lane *l, const char *id)
+{
+    struct writer *w = l->w;
+    uint64_t now = util_mono_us();
+    struct wtable *t = tcache_get(&l->tables, id, now);
+    if (t)
+        return t;
+    if (tcache_count(&l->tables) == l->tables.cap) {
+        pthread_mutex_lock(&w->lock);
+        struct wtable *old = tcache_evict(&l->tables, now, 0, table_busy, NULL);
+        pthread_mutex_unlock(&w->lock);
+        if (!old)
+            return NULL;
+        table_evict(l, old);
+    }
+    if (!(t = table_new(l, &l->part, id)))
+        return NULL;
+    pthread_mutex_lock(&w->lock);
+    int rc = tcache_put(&l->tables, id, t, now);
+    pthread_mutex_unlock(&w->lock);
+    if (rc != 0) {
+        table_free(l, t);
+        return NULL;
+    }
+    return t;
+}
+
+/* ---- settling the streams of an earlier layout ---- */
+
+/* What decides a row's stream: connections, and for a sharded table its
+ * pattern and table_time_field. Stored as "wlayout.<dest>" =
+ * "1 <connections>\n<table>\n<table_time_field>". */
+struct layout {
+    unsigned n;
+    char pattern[ROUTE_TABLE_MAX];
+    char field[320];
+    bool known;
+};
+
+static void layout_of(const struct writer *w, struct layout *lo)
+{
+    memset(lo, 0, sizeof *lo);
+    lo->n = w->n_lanes;
+    snprintf(lo->pattern, sizeof lo->pattern, "%s", w->route.pattern);
+    if (w->route.sharded && w->route.time_field)
+        snprintf(lo->field, sizeof lo->field, "%s", w->route.time_field);
+    lo->known = true;
+}
+
+static int layout_text(const struct layout *lo, char *out, size_t n)
+{
+    return snprintf(out, n, "1 %u\n%s\n%s", lo->n, lo->pattern, lo->field);
+}
+
+static bool layout_same(const struct layout *a, const struct layout *b)
+{
+    return a->n == b->n && strcmp(a->pattern, b->pattern) == 0 && strcmp(a->field, b->field) == 0;
+}
+
+static void layout_read(const struct writer *w, struct layout *lo)
+{
+    memset(lo, 0, sizeof *lo);
+    char key[64], text[ROUTE_TABLE_MAX + 400];
+    size_t len = 0;
+    snprintf(key, sizeof key, "wlayout.%u", w->id);
+    if (spool_get_meta(w->sp, key, text, sizeof text - 1, &len) != SPOOL_OK || len >= sizeof text)
+        return;
+    text[len] = 0;
+    unsigned n;
+    int pos = 0;
+    if (sscanf(text, "1 %u\n%n", &n, &pos) != 1 || pos == 0 || n == 0)
+        return;
+    const char *p = text + pos, *nl = strchr(p, '\n');
+    if (!nl)
+        return;
+    snprintf(lo->pattern, sizeof lo->pattern, "%.*s", (int)(nl - p), p);
+    snprintf(lo->field, sizeof lo->field, "%s", nl + 1);
+    lo->n = n;
+    lo->known = true;
+}
+
+struct stored {
+    char key[128];
+    int64_t offset;
+    char stream[PATH_MAX_LEN];
+    unsigned k;
+};
+
+struct stored_list {
+    const struct writer *w;
+    struct stored *v;
+    size_t n, cap;
+};
+
+static int collect_state(const char *key, const void *val, size_t len, void *arg)
+{
+    struct stored_list *sl = arg;
+    char exact[64], prefix[64];
+    snprintf(exact, sizeof exact, "wstream.%u", sl->w->id);
+    snprintf(prefix, sizeof prefix, "wstream.%u.", sl->w->id);
+    unsigned k = 0;
+    if (strcmp(key, exact) != 0) {
+        if (strncmp(key, prefix, strlen(prefix)) != 0 ||
+            sscanf(key + strlen(prefix), "%u.", &k) != 1)
+            return 0;   /* another destination's (wstream.12 for dest 1) */
+    }
+    if (sl->n == sl->cap) {
+        size_t nc = sl->cap ? sl->cap * 2 : 8;
+        struct stored *v = realloc(sl->v, nc * sizeof *v);
+        if (!v)
+            return 1;
+        sl->v = v;
+        sl->cap = nc;
+    }
+    struct stored *s = &sl->v[sl->n];
+    char text[PATH_MAX_LEN + 32];
+    size_t tl = len < sizeof text - 1 ? len : sizeof text - 1;
+    memcpy(text, val, tl);
+    text[tl] = 0;
+    long long off;
+    int pos = 0;
+    if (sscanf(text, "%lld %n", &off, &pos) != 1 || pos == 0)
+        return 0;
+    snprintf(s->key, sizeof s->key, "%s", key);
+    snprintf(s->stream, sizeof s->stream, "%s", text + pos);
+    s->offset = off;
+    s->k = k;
+    sl->n++;
+    return 0;
+}
+
+/* The table id in a stream name .../tables/<id>/streams/<s>. */
+static int stream_table(const char *stream, char *out, size_t n)
+{
+    const char *p = strstr(stream, "/tables/"), *e = p ? strstr(p + 8, "/streams/") : NULL;
+    if (!e)
+        return -1;
+    snprintf(out, n, "%.*s", (int)(e - (p + 8)), p + 8);
+    return 0;
+}
+
+static int del_meta(struct writer *w, const char *key)
+{
+    struct spool_txn *txn = NULL;
+    int rc = spool_txn_begin(w->sp, &txn);
+    if (rc == SPOOL_OK) {
+        rc = spool_txn_del_meta(txn, key);
+        if (rc == SPOOL_OK || rc == SPOOL_NOTFOUND)
+            rc = spool_txn_commit(txn);
+        else
+            spool_txn_abort(txn);
+    }
+    return rc;
+}
+
+/* Settles one stream of the old layout: rows found written are recorded as
+ * delivered; the rest were never written and go out on the new layout's
+ * streams. Returns 0 (done: the state can go), -1 (try again later). */
+static int settle_one(struct lane *l, const struct layout *old, const struct stored *s)
+{
+    struct writer *w = l->w;
+    char id[ROUTE_TABLE_MAX];
+    if (stream_table(s->stream, id, sizeof id) != 0)
+        return 0;   /* not a stream name: nothing to settle */
+    struct part p = { .k = s->k, .n = old->n };
+    /* an old state without a layout: the single stream of an unsharded table */
+    const char *pattern = old->known ? old->pattern : id;
+    route_init(&p.route, pattern, old->field[0] ? old->field : NULL);
+    if (s->k >= p.n)
+        return 0;
+    struct wtable *t = table_new(l, &p, id);
+    if (!t)
+        return -1;
+    snprintf(t->key, sizeof t->key, "%s", s->key);
+    snprintf(t->stream, sizeof t->stream, "%s", s->stream);
+    t->next_offset = s->offset;
+    t->offsets = true;
+    t->uncertain = true;
+    char err[600], token[4096];
+    int rc = -1;
+    int lr = load_schema(l, t, err, sizeof err);
+    if (lr == -2) {
+        log_error("%s: settling stream %s: the table is gone; its rows of uncertain fate are "
+                  "sent again (at least once for them)", w->cd->name, s->stream);
+        rc = 0;
+    } else if (lr != 0) {
+        note_error(w, "settling stream %s: %s", s->stream, err);
+    } else if (auth_token(l->auth, token, sizeof token, err, sizeof err) != 0) {
+        note_error(w, "credentials: %s", err);
+    } else {
+        struct bqw_status st;
+        int orc = bqw_conn_open(l->bw, token, t->stream, &t->conn, &st);
+        memset(token, 0, sizeof token);
+        if (orc != BQW_OK) {
+            t->conn = NULL;
+            note_error(w, "settling stream %s: AppendRows: %s: %s", s->stream,
+                       bqw_code_name(st.code), st.message);
+        } else if (resync(l, &p, t) == 0) {
+            rc = 0;
+        } else if (!t->stream[0]) {
+            rc = 0;   /* the stream ended before what we recorded: nothing more to learn */
+        } else {
+            note_error(w, "settling stream %s: could not reach its end", s->stream);
+        }
+    }
+    if (t->conn) {
+        bqw_conn_close(t->conn);
+        t->conn = NULL;
+    }
+    t->uncertain = false;
+    table_free(l, t);
+    return rc;
+}
+
+/* Before the lanes start: when the layout (connections, table pattern,
+ * table_time_field, or the delivery mode) changed since the streams in the
+ * spool were used, settle each of them under the layout that wrote it, then
+ * forget them. Runs on lane 0's thread; the other lanes wait for it. */
+static void settle_layout(struct lane *l)
+{
+    struct writer *w = l->w;
+    struct layout cur, old;
+    layout_of(w, &cur);
+    layout_read(w, &old);
+    struct stored_list sl = { .w = w };
+    char prefix[64];
+    snprintf(prefix, sizeof prefix, "wstream.%u", w->id);
+    spool_meta_scan(w->sp, prefix, collect_state, &sl);
+    bool legacy_same = !old.known && sl.n == 1 && strcmp(sl.v[0].key, prefix) == 0 && cur.n == 1 &&
+                       !w->route.sharded;
+    if (legacy_same) {   /* relayd before layouts: one stream of this unsharded table */
+        char id[ROUTE_TABLE_MAX];
+        legacy_same = stream_table(sl.v[0].stream, id, sizeof id) == 0 &&
+                      strcmp(id, w->route.pattern) == 0;
+    }
+    bool keep = w->cd->exactly_once && ((old.known && layout_same(&old, &cur)) || legacy_same);
+    if (!keep && sl.n)
+        log_info("%s: %s since the last run: settling %zu write stream(s) of the old one first",
+                 w->cd->name, w->cd->exactly_once ? "the layout (connections, table, "
+                 "table_time_field) changed" : "delivery is at_least_once now", sl.n);
+    for (size_t i = 0; !keep && i < sl.n && !stopping(w);) {
+        if (settle_one(l, &old, &sl.v[i]) == 0) {
+            if (del_meta(w, sl.v[i].key) == SPOOL_OK) {
+                i++;
+                continue;
+            }
+        }
+        backoff(l, false, "settling the write streams of the previous layout");
+        while (!stopping(w) && util_mono_us() < l->not_before_us)
+            usleep(POLL_MS * 1000);
+    }
+    free(sl.v);
+    if (!stopping(w) && w->cd->exactly_once && !(old.known && layout_same(&old, &cur))) {
+        char key[64], text[ROUTE_TABLE_MAX + 400];
+        snprintf(key, sizeof key, "wlayout.%u", w->id);
+        int len = layout_text(&cur, text, sizeof text);
+        struct spool_txn *txn = NULL;
+        if (spool_txn_begin(w->sp, &txn) == SPOOL_OK) {
+            if (spool_txn_put_meta(txn, key, text, (size_t)len) == SPOOL_OK)
+                spool_txn_commit(txn);
+            else
+                spool_txn_abort(txn);
+        }
+    }
+    set_state(l, "idle", "");
+}
+
 /* ---- the thread ---- */
 
-static void *writer_main(void *arg)
+/* Reads the answers of every open table of the lane: without waiting first,
+ * then, if none came, waiting up to POLL_MS on one with appends in flight. */
+static void poll_results(struct lane *l)
 {
-    struct writer *w = arg;
-    char err[512];
-    uint64_t stop_deadline = 0;
-    while (!w->schema && !w->stop) {
-        int rc = load_schema(w, err, sizeof err);
-        if (rc == 0)
-            break;
-        note_error(w, "%s", err);
-        uint64_t wait = rc == -2 ? w->cd->park_wait_ms : w->cd->retry_cap_ms / 4 + 1000;
-        if (rc == -2) {
-            park(w, err);
-        } else {
-            w->not_before_us = util_mono_us() + wait * 1000;
-            set_state(w, "backoff", err);
-            ds_wait(&w->ds, DS_BACKOFF, NULL, err, wait);
+    struct writer *w = l->w;
+    bool any = false;
+    struct wtable *wait_on = NULL;
+    size_t busy = 0;
+    for (size_t i = 0; i < tcache_count(&l->tables); i++) {
+        struct wtable *t = tcache_at(&l->tables, i);
+        for (int rounds = 0; t->conn && rounds < 64; rounds++) {
+            struct bqw_result r;
+            bqw_conn_next(t->conn, 0, &r);
+            if (r.event == BQW_EV_NONE)
+                break;
+            any = true;
+            if (r.event == BQW_EV_RESULT) {
+                on_result(l, t, &r);
+            } else {
+                on_closed(l, t, &r.status);
+                break;
+            }
         }
-        for (uint64_t t = 0; t < wait && !w->stop; t += POLL_MS)
-            usleep(POLL_MS * 1000);
-        if (!w->stop)
-            ds_probe(&w->ds);
+        if (t->conn && t->inflight) {
+            busy++;
+            if (!wait_on)
+                wait_on = t;
+        }
     }
-    if (w->schema)
-        ds_ok(&w->ds, w->sp, w->id);   /* the table is there (rows may still wait) */
-    while (!w->stop || (w->inflight && util_mono_us() < stop_deadline)) {
-        if (w->stop && !stop_deadline)
+    if (any)
+        return;
+    if (!wait_on) {
+        usleep(POLL_MS * 1000);
+        return;
+    }
+    struct bqw_result r;
+    bqw_conn_next(wait_on->conn, busy > 1 ? 5 : POLL_MS, &r);
+    if (r.event == BQW_EV_RESULT)
+        on_result(l, wait_on, &r);
+    else if (r.event == BQW_EV_CLOSED)
+        on_closed(l, wait_on, &r.status);
+    (void)w;
+}
+
+/* Sends what may go now: chunks to resend first (a table's new rows never
+ * overtake its resends), then new batches. */
+static void pump(struct lane *l)
+{
+    struct writer *w = l->w;
+    const struct conf_dest *cd = w->cd;
+    size_t limit = l->fail_streak ? 1 : (size_t)cd->max_inflight;
+    if (l->want[0]) {
+        struct wtable *t = table_get(l, l->want);
+        if (!t)
+            return;   /* no room among the open tables yet */
+        if (!table_ready(t) && table_open(l, t) != 0)
+            return;
+        l->want[0] = 0;
+    }
+    bool pending = false;
+    for (size_t i = 0; i < tcache_count(&l->tables) && util_mono_us() >= l->not_before_us; i++) {
+        struct wtable *t = tcache_at(&l->tables, i);
+        if (!t->retry)
+            continue;
+        if (!table_ready(t) && table_open(l, t) != 0)
+            return;
+        while (t->retry && table_ready(t) && l->n_inflight < limit) {
+            struct wchunk *c = t->retry;
+            t->retry = c->next;
+            if (send_chunk(l, t, c) != 0) {
+                push_retry(t, c);
+                drop_conn(l, t);
+                break;
+            }
+        }
+        pending |= t->retry != NULL;
+    }
+    while (!pending && !l->want[0] && l->n_inflight < limit && util_mono_us() >= l->not_before_us) {
+        struct wtable *t = NULL;
+        struct wchunk *c = read_batch(l, util_now_ms(), &t);
+        if (!c)
+            break;
+        if (send_chunk(l, t, c) != 0) {
+            push_retry(t, c);
+            drop_conn(l, t);
+            break;
+        }
+    }
+}
+
+static void *lane_main(void *arg)
+{
+    struct lane *l = arg;
+    struct writer *w = l->w;
+    if (l->part.k == 0) {
+        settle_layout(l);
+        __atomic_store_n(&w->settled, 1, __ATOMIC_RELEASE);
+    } else {
+        while (!stopping(w) && !__atomic_load_n(&w->settled, __ATOMIC_ACQUIRE))
+            usleep(POLL_MS * 1000);
+    }
+    uint64_t stop_deadline = 0;
+    while (!stopping(w) || (l->n_inflight && util_mono_us() < stop_deadline)) {
+        if (stopping(w) && !stop_deadline)
             stop_deadline = util_mono_us() + 5000000;
         uint64_t now_us = util_mono_us();
-        if (!w->stop && now_us >= w->not_before_us) {
-            if (!w->conn)
-                ds_probe(&w->ds);   /* after a wait: logged once per change */
-            if (!w->conn && open_conn(w) == 0 && w->uncertain && resync(w) != 0) {
-                note_error(w, "could not settle appends of uncertain fate; retrying");
-                drop_conn(w);
-                backoff(w, false, "could not settle appends of uncertain fate (resynchronising "
-                        "the stream)");
-            }
-            size_t limit = w->fail_streak ? 1 : (size_t)w->cd->max_inflight;
-            while (w->conn && n_inflight(w) < limit) {
-                struct wchunk *c = w->retry;
-                if (c)
-                    w->retry = c->next;
-                else if (!(c = read_batch(w, util_now_ms())))
-                    break;
-                if (send_chunk(w, c) != 0) {
-                    c->next = w->retry;
-                    w->retry = c;
-                    drop_conn(w);
-                    break;
-                }
-            }
+        if (!stopping(w) && now_us >= l->not_before_us) {
+            if (strcmp(l->state, "backoff") == 0 || strcmp(l->state, "parked") == 0)
+                ds_probe(&l->ds);   /* after a wait: logged once per change */
+            pump(l);
         }
-        if (!w->conn) {
-            usleep(POLL_MS * 1000);
-            continue;
+        poll_results(l);
+        if (l->part.route.sharded) {   /* close tables nobody writes to any more */
+            pthread_mutex_lock(&w->lock);
+            struct wtable *old = tcache_evict(&l->tables, util_mono_us(), TABLE_IDLE_US,
+                                              table_busy, NULL);
+            pthread_mutex_unlock(&w->lock);
+            if (old)
+                table_evict(l, old);
         }
-        struct bqw_result r;
-        bqw_conn_next(w->conn, w->inflight ? POLL_MS : POLL_MS, &r);
-        if (r.event == BQW_EV_RESULT) {
-            on_result(w, &r);
-        } else if (r.event == BQW_EV_CLOSED) {
-            note_error(w, "connection closed: %s: %s", bqw_code_name(r.status.code),
-                       r.status.message);
-            bool idle = r.status.code == BQW_ABORTED && strstr(r.status.message, "inactive");
-            if (r.status.code == BQW_UNAUTHENTICATED)
-                auth_invalidate(w->auth);
-            drop_conn(w);
-            if (!idle && w->fail_streak > 0) {
-                backoff(w, r.status.code == BQW_RESOURCE_EXHAUSTED, "AppendRows: %s: %s",
-                        bqw_code_name(r.status.code), r.status.message);
-            } else {
-                char why[600];
-                snprintf(why, sizeof why, "AppendRows: %s: %s", bqw_code_name(r.status.code),
-                         r.status.message);
-                ds_event(&w->ds, idle ? LOG_INFO : LOG_WARN, "reconnect", NULL, why,
-                         idle ? "cause=idle next=at_once" : "cause=closed next=at_once");
-                if (!idle)
-                    w->fail_streak++;   /* reconnect at once the first time */
-            }
+        if (!l->n_inflight && util_mono_us() >= l->not_before_us && !l->want[0]) {
+            bool retry = false;
+            for (size_t i = 0; i < tcache_count(&l->tables); i++)
+                retry |= ((struct wtable *)tcache_at(&l->tables, i))->retry != NULL;
+            if (!retry)
+                set_state(l, "idle", "");
         }
-        if (!w->inflight && !w->retry && w->conn)
-            set_state(w, "idle", "");
     }
-    drop_conn(w);
+    pthread_mutex_lock(&w->lock);
+    while (tcache_count(&l->tables)) {
+        struct wtable *t = tcache_at(&l->tables, 0);
+        tcache_remove(&l->tables, t);
+        pthread_mutex_unlock(&w->lock);
+        table_free(l, t);
+        pthread_mutex_lock(&w->lock);
+    }
+    pthread_mutex_unlock(&w->lock);
     return NULL;
 }
 
@@ -972,64 +1718,66 @@ int writer_create(const struct conf_dest *cd, struct spool *sp, struct writer **
     }
     w->cd = cd;
     w->sp = sp;
-    w->inflight_tail = &w->inflight;
     pthread_mutex_init(&w->lock, NULL);
-    snprintf(w->state, sizeof w->state, "idle");
+    budget_init(&w->budget, cd->max_inflight_bytes);
+    route_init(&w->route, cd->table ? cd->table : cd->name, cd->table_time_field);
+    snprintf(w->table, sizeof w->table, "%s.%s.%s", cd->project, cd->dataset, w->route.pattern);
+    w->n_lanes = cd->connections ? (unsigned)cd->connections : 1;
+    w->lanes = calloc(w->n_lanes, sizeof *w->lanes);
+    if (!w->lanes) {
+        snprintf(err, errlen, "out of memory");
+        writer_free(w);
+        return -1;
+    }
     if (spool_dest(sp, cd->name, true, &w->id) != SPOOL_OK) {
         snprintf(err, errlen, "[destination %s]: cannot open its queue", cd->name);
         writer_free(w);
         return -1;
     }
-    snprintf(w->table_path, sizeof w->table_path, "projects/%s/datasets/%s/tables/%s",
-             cd->project, cd->dataset, cd->table ? cd->table : cd->name);
-    snprintf(w->table, sizeof w->table, "%s.%s.%s", cd->project, cd->dataset,
-             cd->table ? cd->table : cd->name);
-    ds_init(&w->ds, &w->lock, cd->name, "storage", w->table);
-    snprintf(w->state_key, sizeof w->state_key, "wstream.%u", w->id);
-    if (!cd->exactly_once) {
-        snprintf(w->stream, sizeof w->stream, "%s/streams/_default", w->table_path);
-    } else {
-        char state[1100];
-        size_t len = 0;
-        if (spool_get_meta(sp, w->state_key, state, sizeof state - 1, &len) == SPOOL_OK &&
-            len < sizeof state) {
-            state[len] = 0;
-            long long off;
-            int pos = 0;
-            if (sscanf(state, "%lld %n", &off, &pos) == 1 && pos > 0) {
-                w->next_offset = off;
-                snprintf(w->stream, sizeof w->stream, "%s", state + pos);
-            }
+    for (unsigned k = 0; k < w->n_lanes; k++) {
+        struct lane *l = &w->lanes[k];
+        l->w = w;
+        l->part.k = k;
+        l->part.n = w->n_lanes;
+        l->part.route = w->route;
+        snprintf(l->state, sizeof l->state, "idle");
+        ds_init(&l->ds, &w->lock, cd->name, "storage", w->table);
+        if (tcache_init(&l->tables, LANE_TABLES) != 0) {
+            snprintf(err, errlen, "out of memory");
+            writer_free(w);
+            return -1;
         }
-        w->uncertain = w->stream[0] != 0;   /* after a restart: settle what was in flight */
+        struct auth_opts ao = { .credentials = cd->credentials, .ca_file = cd->ca_file,
+                                .timeout_ms = 10000 };
+        char aerr[512];
+        if (auth_create(&ao, &l->auth, aerr, sizeof aerr) != 0) {
+            snprintf(err, errlen, "[destination %s] credentials: %s", cd->name, aerr);
+            writer_free(w);
+            return -1;
+        }
+        struct bqwrite_opts bo = { .target = cd->storage_endpoint, .ca_file = cd->ca_file,
+                                   .quota_project = auth_quota_project(l->auth),
+                                   .own_connection = w->n_lanes > 1 };
+        if (bqwrite_create(&bo, &l->bw, aerr, sizeof aerr) != 0) {
+            snprintf(err, errlen, "[destination %s] storage_endpoint: %s", cd->name, aerr);
+            writer_free(w);
+            return -1;
+        }
     }
-    struct auth_opts ao = { .credentials = cd->credentials, .ca_file = cd->ca_file,
-                            .timeout_ms = 10000 };
-    char aerr[512];
-    if (auth_create(&ao, &w->auth, aerr, sizeof aerr) != 0) {
-        snprintf(err, errlen, "[destination %s] credentials: %s", cd->name, aerr);
-        writer_free(w);
-        return -1;
-    }
-    struct bqwrite_opts bo = { .target = cd->storage_endpoint, .ca_file = cd->ca_file,
-                               .quota_project = auth_quota_project(w->auth) };
-    if (bqwrite_create(&bo, &w->bw, aerr, sizeof aerr) != 0) {
-        snprintf(err, errlen, "[destination %s] storage_endpoint: %s", cd->name, aerr);
-        writer_free(w);
-        return -1;
-    }
-    log_info("destination %s -> %s via the Storage Write API (%s, %s, %s)", cd->name,
-             w->table, cd->exactly_once ? "exactly once" : "at least once",
-             cd->storage_endpoint, auth_describe(w->auth));
+    log_info("destination %s -> %s via the Storage Write API (%s, %u connection(s), %s, %s)",
+             cd->name, w->table, cd->exactly_once ? "exactly once" : "at least once", w->n_lanes,
+             cd->storage_endpoint, auth_describe(w->lanes[0].auth));
     *out = w;
     return 0;
 }
 
 int writer_start(struct writer *w)
 {
-    if (pthread_create(&w->thread, NULL, writer_main, w) != 0)
-        return -1;
-    w->started = true;
+    for (unsigned k = 0; k < w->n_lanes; k++) {
+        if (pthread_create(&w->lanes[k].thread, NULL, lane_main, &w->lanes[k]) != 0)
+            return -1;
+        w->lanes[k].started = true;
+    }
     return 0;
 }
 
@@ -1037,6 +1785,12 @@ void writer_wake(struct writer *w)
 {
     if (w)
         w->woken = 1;
+}
+
+static int state_rank(const char *s)
+{
+    return strcmp(s, "parked") == 0 ? 4 : strcmp(s, "backoff") == 0 ? 3
+         : strcmp(s, "sending") == 0 ? 2 : 1;
 }
 
 void writer_status(struct writer *w, void *destp)
@@ -1047,19 +1801,53 @@ void writer_status(struct writer *w, void *destp)
     json_object_set_new(dl, "table", json_string(w->table));
     json_object_set_new(dl, "api", json_string("storage"));
     json_object_set_new(dl, "delivery", json_string(w->cd->exactly_once ? "exactly_once" : "at_least_once"));
-    const char *state = w->state;
-    if (strcmp(state, "sending") == 0 && ds_in_episode(&w->ds))
+    /* the destination's state is its worst connection's */
+    struct lane *worst = &w->lanes[0];
+    size_t inflight = 0;
+    uint64_t not_before = 0;
+    json_t *conns = json_array();
+    for (unsigned k = 0; k < w->n_lanes; k++) {
+        struct lane *l = &w->lanes[k];
+        if (state_rank(l->state) > state_rank(worst->state))
+            worst = l;
+        inflight += l->n_inflight;
+        if (l->not_before_us > not_before)
+            not_before = l->not_before_us;
+        json_t *c = json_object(), *tabs = json_array();
+        json_object_set_new(c, "connection", json_integer(k));
+        json_object_set_new(c, "state", json_string(l->state));
+        json_object_set_new(c, "in_flight", json_integer((json_int_t)l->n_inflight));
+        for (size_t i = 0; i < tcache_count(&l->tables); i++) {
+            const struct wtable *t = tcache_at(&l->tables, i);
+            json_t *o = json_object();
+            json_object_set_new(o, "table", json_string(t->fq));
+            if (w->cd->exactly_once) {
+                json_object_set_new(o, "stream", json_string(t->stream));
+                json_object_set_new(o, "next_offset", json_integer((json_int_t)t->next_offset));
+            }
+            json_array_append_new(tabs, o);
+        }
+        json_object_set_new(c, "tables", tabs);
+        json_array_append_new(conns, c);
+    }
+    const char *state = worst->state;
+    if (strcmp(state, "sending") == 0 && ds_in_episode(&worst->ds))
         state = "probing";   /* after failures: one append tests the way */
-    char why[800];
-    ds_why(&w->ds, state, "appending over an open AppendRows call", why, sizeof why);
+    char why[800], sending[96];
+    snprintf(sending, sizeof sending, "appending over %u AppendRows connection(s)", w->n_lanes);
+    ds_why(&worst->ds, state, sending, why, sizeof why);
     json_object_set_new(dl, "state", json_string(state));
     json_object_set_new(dl, "delivered", json_integer((json_int_t)w->delivered));
     json_object_set_new(dl, "retried", json_integer((json_int_t)w->retried));
     json_object_set_new(dl, "dead_lettered", json_integer((json_int_t)w->dead_lettered));
     json_object_set_new(dl, "requests", json_integer((json_int_t)w->appends));
     json_object_set_new(dl, "failed_requests", json_integer((json_int_t)w->failed));
-    json_object_set_new(dl, "in_flight", json_integer(0));
-    double wait = w->not_before_us > now_us ? (double)(w->not_before_us - now_us) / 1e6 : 0;
+    json_object_set_new(dl, "in_flight", json_integer((json_int_t)inflight));
+    json_object_set_new(dl, "in_flight_bytes", json_integer((json_int_t)budget_used(&w->budget)));
+    json_object_set_new(dl, "in_flight_bytes_peak", json_integer((json_int_t)budget_peak(&w->budget)));
+    json_object_set_new(dl, "max_inflight_bytes", json_integer((json_int_t)w->cd->max_inflight_bytes));
+    json_object_set_new(dl, "connections", json_integer(w->n_lanes));
+    double wait = not_before > now_us ? (double)(not_before - now_us) / 1e6 : 0;
     json_object_set_new(dl, "backoff_s", json_real(wait));
     json_object_set_new(dl, "why", json_string(why));
     json_object_set_new(dl, "last_error", json_string(w->last_error));
@@ -1067,11 +1855,21 @@ void writer_status(struct writer *w, void *destp)
                         (double)(now_ms - w->last_error_ms) / 1000 : -1));
     json_object_set_new(dl, "dead_lettered_by_reason", counts_json(&w->dead_by_reason));
     json_object_set_new(dl, "latency", histo_json(&w->latency));
-    json_object_set_new(dl, "token_refreshes", json_integer((json_int_t)auth_refreshes(w->auth)));
-    if (w->cd->exactly_once) {
-        json_object_set_new(dl, "stream", json_string(w->stream));
-        json_object_set_new(dl, "next_offset", json_integer((json_int_t)w->next_offset));
+    uint64_t refreshes = 0;
+    for (unsigned k = 0; k < w->n_lanes; k++)
+        refreshes += w->lanes[k].auth ? auth_refreshes(w->lanes[k].auth) : 0;
+    json_object_set_new(dl, "token_refreshes", json_integer((json_int_t)refreshes));
+    if (w->cd->exactly_once) {   /* the first connection's stream of the destination's table */
+        const struct wtable *t0 = NULL;
+        for (size_t i = 0; i < tcache_count(&w->lanes[0].tables); i++) {
+            const struct wtable *t = tcache_at(&w->lanes[0].tables, i);
+            if (!t0 || strcmp(t->id, w->route.pattern) == 0)
+                t0 = t;
+        }
+        json_object_set_new(dl, "stream", json_string(t0 ? t0->stream : ""));
+        json_object_set_new(dl, "next_offset", json_integer(t0 ? (json_int_t)t0->next_offset : 0));
     }
+    json_object_set_new(dl, "connection_details", conns);
     pthread_mutex_unlock(&w->lock);
     json_object_set_new((json_t *)destp, "delivery", dl);
 }
@@ -1079,11 +1877,15 @@ void writer_status(struct writer *w, void *destp)
 void writer_stop(struct writer *w, unsigned wait_ms)
 {
     (void)wait_ms;
-    if (!w || !w->started)
+    if (!w)
         return;
     __atomic_store_n(&w->stop, 1, __ATOMIC_RELEASE);
-    pthread_join(w->thread, NULL);
-    w->started = false;
+    for (unsigned k = 0; w->lanes && k < w->n_lanes; k++) {
+        if (w->lanes[k].started) {
+            pthread_join(w->lanes[k].thread, NULL);
+            w->lanes[k].started = false;
+        }
+    }
 }
 
 void writer_free(struct writer *w)
@@ -1091,16 +1893,19 @@ void writer_free(struct writer *w)
     if (!w)
         return;
     writer_stop(w, 0);
-    drop_conn(w);
-    while (w->retry) {
-        struct wchunk *c = w->retry;
-        w->retry = c->next;
-        chunk_free(c);
+    for (unsigned k = 0; w->lanes && k < w->n_lanes; k++) {
+        struct lane *l = &w->lanes[k];
+        while (l->tables.e && tcache_count(&l->tables)) {
+            struct wtable *t = tcache_at(&l->tables, 0);
+            tcache_remove(&l->tables, t);
+            table_free(l, t);
+        }
+        tcache_free(&l->tables);
+        bqwrite_free(l->bw);
+        auth_free(l->auth);
     }
-    bqwrite_free(w->bw);
-    auth_free(w->auth);
-    rowenc_schema_free(w->schema);
-    buf_free(&w->desc);
+    free(w->lanes);
+    budget_destroy(&w->budget);
     pthread_mutex_destroy(&w->lock);
     free(w);
 }

@@ -1229,9 +1229,55 @@ static void test_action_names(void **state)
     assert_string_equal(bqrest_action_name((enum bq_action)99), "unknown");
 }
 
+static void test_table_insert_body(void **state)
+{
+    (void)state;
+    static const char schema[] = "{\"fields\":[{\"name\":\"ts\",\"type\":\"TIMESTAMP\"},"
+                                 "{\"name\":\"p\",\"type\":\"INTEGER\"}]}";
+    struct bq_table_spec t = { "proj", "logs", "ev_20261122$20261122", schema, strlen(schema),
+                               "DAY", "ts", 86400000, "p, q" };
+    struct buf b = { 0 };
+    char err[256];
+    assert_int_equal(bqrest_table_insert_body(&t, &b, err, sizeof err), 0);
+    assert_string_equal(b.data,
+        "{\"tableReference\":{\"projectId\":\"proj\",\"datasetId\":\"logs\",\"tableId\":\"ev_20261122\"},"
+        "\"schema\":{\"fields\":[{\"name\":\"ts\",\"type\":\"TIMESTAMP\"},{\"name\":\"p\",\"type\":\"INTEGER\"}]},"
+        "\"timePartitioning\":{\"type\":\"DAY\",\"field\":\"ts\",\"expirationMs\":\"86400000\"},"
+        "\"clustering\":{\"fields\":[\"p\",\"q\"]}}");
+    buf_free(&b);
+    /* a bare list of fields, or a table resource; no partitioning */
+    static const char list[] = "[{\"name\":\"a\",\"type\":\"STRING\"}]";
+    static const char res[] = "{\"schema\":{\"fields\":[{\"name\":\"a\",\"type\":\"STRING\"}]}}";
+    struct bq_table_spec u = { "p", "d", "t", list, strlen(list), NULL, NULL, 0, NULL };
+    assert_int_equal(bqrest_table_insert_body(&u, &b, err, sizeof err), 0);
+    assert_string_equal(b.data, "{\"tableReference\":{\"projectId\":\"p\",\"datasetId\":\"d\","
+                                "\"tableId\":\"t\"},\"schema\":{\"fields\":[{\"name\":\"a\","
+                                "\"type\":\"STRING\"}]}}");
+    buf_reset(&b);
+    u.schema_json = res;
+    u.schema_len = strlen(res);
+    assert_int_equal(bqrest_table_insert_body(&u, &b, err, sizeof err), 0);
+    assert_non_null(strstr(b.data, "\"schema\":{\"fields\":[{\"name\":\"a\""));
+    buf_reset(&b);
+    /* no fields: refused, out untouched */
+    static const char *const bad[] = { "", "[]", "{\"fields\":{}}", "not json", "{\"x\":1}" };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        u.schema_json = bad[i];
+        u.schema_len = strlen(bad[i]);
+        assert_int_equal(bqrest_table_insert_body(&u, &b, err, sizeof err), -1);
+        assert_non_null(strstr(err, "no fields"));
+        assert_int_equal(b.len, 0);
+    }
+    buf_free(&b);
+    assert_int_equal(bqrest_tables_path(&b, "p", "d"), 0);
+    assert_string_equal(b.data, "/bigquery/v2/projects/p/datasets/d/tables");
+    buf_free(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_table_insert_body),
         cmocka_unit_test(test_body_exact_bytes),
         cmocka_unit_test(test_body_unicode_and_escapes),
         cmocka_unit_test(test_body_roundtrip_mixed),

@@ -735,6 +735,45 @@ static void test_validate_rules(void **state)
     conf_free(&c);
 }
 
+static void test_storage_parity_keys(void **state)
+{
+    (void)state;
+    struct conf c;
+    /* defaults */
+    LOAD_OK(DEST, &c);
+    assert_int_equal(c.dests[0].max_inflight_bytes, 64ULL << 20);
+    assert_int_equal(c.dests[0].connections, 1);
+    conf_free(&c);
+    LOAD_OK(DEST "api = storage\nconnections = 16\nmax_inflight_bytes = 1K\n", &c);
+    assert_int_equal(c.dests[0].connections, 16);
+    assert_int_equal(c.dests[0].max_inflight_bytes, 1024);
+    conf_free(&c);
+    /* out of range, malformed: the key's line */
+    LOAD_BAD(DEST "api = storage\nconnections = 17\n", 3, "[destination events] connections: ",
+             "out of range [1, 16]");
+    LOAD_BAD(DEST "connections = 0\n", 2, "connections: ", "out of range");
+    LOAD_BAD(DEST "max_inflight_bytes = 1000\n", 2, "[destination events] max_inflight_bytes: ",
+             "out of range");
+    LOAD_BAD(DEST "max_inflight_bytes = lots\n", 2, "max_inflight_bytes: ", "'lots'");
+    /* connections apply to api = storage: refused on insertAll, naming its line */
+    LOAD_BAD(DEST "project = p\ndataset = d\n\nconnections = 4\n", 5,
+             "[destination events] connections: ", "api = storage", "max_inflight");
+    /* time-sharded tables and create_table now work on storage */
+    LOAD_OK(DEST "api = storage\ntable = ev_%Y%m%d\ntable_time_field = ts\n"
+            "create_table = yes\nschema_file = /etc/relayd/s.json\ntime_partitioning = DAY\n", &c);
+    assert_int_equal(c.dests[0].api, API_STORAGE);
+    assert_true(c.dests[0].create_table);
+    conf_free(&c);
+    /* partition decorators do not: the Storage Write API refuses them */
+    LOAD_BAD(DEST "api = storage\n\ntable = ev$20261206\n", 4, "[destination events] table: ",
+             "'ev$20261206'", "does not accept partition decorators", "api = insertall");
+    LOAD_BAD(DEST "table = ev$%Y%m%d\napi = storage\n", 2, "table: ", "partition decorators");
+    /* the decorator check names the destination when table is the default */
+    LOAD_BAD("[destination ev$x]\napi = storage\n", 1, "invalid destination name");
+    LOAD_OK(DEST "table = ev$20261206\n", &c);   /* insertAll accepts them */
+    conf_free(&c);
+}
+
 static void test_missing_file(void **state)
 {
     (void)state;
@@ -911,6 +950,7 @@ int main(void)
         cmocka_unit_test(test_default_table),
         cmocka_unit_test(test_no_destination),
         cmocka_unit_test(test_validate_rules),
+        cmocka_unit_test(test_storage_parity_keys),
         cmocka_unit_test(test_missing_file),
         cmocka_unit_test(test_valid_name),
         cmocka_unit_test(test_peer_allowed),

@@ -1603,6 +1603,66 @@ static void test_upkeep(void **state)
     assert_int_equal(spool_sync(s), SPOOL_OK);
 }
 
+struct metas { int n; char keys[8][64]; char vals[8][64]; int stop_after; };
+
+static int collect_meta(const char *key, const void *val, size_t len, void *arg)
+{
+    struct metas *m = arg;
+    snprintf(m->keys[m->n], sizeof m->keys[0], "%s", key);
+    snprintf(m->vals[m->n], sizeof m->vals[0], "%.*s", (int)len, (const char *)val);
+    m->n++;
+    return m->stop_after && m->n == m->stop_after;
+}
+
+static void test_meta_put_scan_delete(void **state)
+{
+    struct fixture *f = *state;
+    struct spool *s = open_spool(f, 8u << 20);
+    struct spool_txn *t;
+    assert_int_equal(spool_txn_begin(s, &t), SPOOL_OK);
+    assert_int_equal(spool_txn_put_meta(t, "wstream.1", "a", 1), SPOOL_OK);
+    assert_int_equal(spool_txn_put_meta(t, "wstream.1.2.x", "b", 1), SPOOL_OK);
+    assert_int_equal(spool_txn_put_meta(t, "wstream.1.0.y", "c", 1), SPOOL_OK);
+    assert_int_equal(spool_txn_put_meta(t, "wstream.12", "d", 1), SPOOL_OK);
+    assert_int_equal(spool_txn_put_meta(t, "wlayout.1", "e", 1), SPOOL_OK);
+    assert_int_equal(spool_txn_commit(t), SPOOL_OK);
+    /* by prefix, in key order, without the internal "x." */
+    struct metas m = { 0 };
+    assert_int_equal(spool_meta_scan(s, "wstream.1.", collect_meta, &m), SPOOL_OK);
+    assert_int_equal(m.n, 2);
+    assert_string_equal(m.keys[0], "wstream.1.0.y");
+    assert_string_equal(m.vals[0], "c");
+    assert_string_equal(m.keys[1], "wstream.1.2.x");
+    memset(&m, 0, sizeof m);
+    assert_int_equal(spool_meta_scan(s, "wstream.1", collect_meta, &m), SPOOL_OK);
+    assert_int_equal(m.n, 4);   /* wstream.1, .1.0.y, .1.2.x, wstream.12 */
+    assert_string_equal(m.keys[3], "wstream.12");
+    memset(&m, 0, sizeof m);
+    m.stop_after = 1;
+    assert_int_equal(spool_meta_scan(s, "w", collect_meta, &m), SPOOL_OK);
+    assert_int_equal(m.n, 1);
+    assert_string_equal(m.keys[0], "wlayout.1");
+    /* internal meta keys (version, next_seq...) are never shown */
+    memset(&m, 0, sizeof m);
+    assert_int_equal(spool_meta_scan(s, "", collect_meta, &m), SPOOL_OK);
+    assert_int_equal(m.n, 5);
+    /* delete, in a transaction that can abort */
+    assert_int_equal(spool_txn_begin(s, &t), SPOOL_OK);
+    assert_int_equal(spool_txn_del_meta(t, "wstream.1.2.x"), SPOOL_OK);
+    spool_txn_abort(t);
+    char v[8];
+    size_t len = 0;
+    assert_int_equal(spool_get_meta(s, "wstream.1.2.x", v, sizeof v, &len), SPOOL_OK);
+    assert_int_equal(spool_txn_begin(s, &t), SPOOL_OK);
+    assert_int_equal(spool_txn_del_meta(t, "wstream.1.2.x"), SPOOL_OK);
+    assert_int_equal(spool_txn_del_meta(t, "wstream.1.2.x"), SPOOL_NOTFOUND);
+    assert_int_equal(spool_txn_commit(t), SPOOL_OK);
+    assert_int_equal(spool_get_meta(s, "wstream.1.2.x", v, sizeof v, &len), SPOOL_NOTFOUND);
+    memset(&m, 0, sizeof m);
+    assert_int_equal(spool_meta_scan(s, "wstream.1.", collect_meta, &m), SPOOL_OK);
+    assert_int_equal(m.n, 1);
+}
+
 static void test_strerror(void **state)
 {
     (void)state;
@@ -1650,6 +1710,7 @@ int main(void)
         T(test_has_room_tiny_bound),
         T(test_has_room_page_sized_rows),
         T(test_upkeep),
+        T(test_meta_put_scan_delete),
         T(test_strerror),
     };
 #undef T
