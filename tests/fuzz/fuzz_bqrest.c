@@ -26,6 +26,13 @@
  *    unreserved bytes, '/' and %XX, and its last segments must decode back
  *    to the input (up to its first NUL).
  *
+ *  - the input itself for util_crc32() (hand-written, PCLMULQDQ-folded):
+ *    the CRC of the whole and of two parts split at a point the input picks
+ *    must equal zlib's crc32(); and for bqrest_gzip() (raw deflate framed by
+ *    our own gzip header and trailer) at a level the input picks: zlib's
+ *    gzip inflate must give the input back and find the trailer's CRC and
+ *    length right.
+ *
  * Only LLVMFuzzerTestOneInput is defined: the Makefile links this with every
  * library source under src/.
  */
@@ -35,8 +42,10 @@
 #include <string.h>
 
 #include <jansson.h>
+#include <zlib.h>
 
 #include "bqrest.h"
+#include "util.h"
 
 #define CHECK(cond) do {                                                         \
         if (!(cond)) {                                                           \
@@ -243,6 +252,33 @@ out:
     free(t);
 }
 
+static void check_crc_gzip(const uint8_t *data, size_t size)
+{
+    uint32_t want = (uint32_t)crc32(0L, data, (uInt)size);
+    CHECK(util_crc32(0, data, size) == want);
+    size_t cut = size ? data[size - 1] % (size + 1) : 0;
+    CHECK(util_crc32(util_crc32(0, data, cut), data + cut, size - cut) == want);
+
+    struct buf z = { 0 };
+    int level = size ? data[0] % 10 : 0;
+    CHECK(bqrest_gzip(data, size, &z, level) == 0);
+    CHECK(z.len >= 18 && (uint8_t)z.data[0] == 0x1f && (uint8_t)z.data[1] == 0x8b);
+    unsigned char *back = malloc(size + 1);
+    CHECK(back != NULL);
+    z_stream st = { 0 };
+    CHECK(inflateInit2(&st, 16 + MAX_WBITS) == Z_OK);   /* gzip wrapper: checks CRC and ISIZE */
+    st.next_in = (unsigned char *)z.data;
+    st.avail_in = (uInt)z.len;
+    st.next_out = back;
+    st.avail_out = (uInt)(size + 1);
+    CHECK(inflate(&st, Z_FINISH) == Z_STREAM_END);
+    CHECK(st.total_out == size && st.avail_in == 0);
+    CHECK(size == 0 || memcmp(back, data, size) == 0);
+    inflateEnd(&st);
+    free(back);
+    buf_free(&z);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -251,5 +287,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     check_classify(data, size);
     check_body(data, size);
     check_path(data, size);
+    check_crc_gzip(data, size);
     return 0;
 }
