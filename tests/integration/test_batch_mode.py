@@ -239,3 +239,45 @@ class KillTest(BatchBase):
         self.assertIn("finishing the batch of pending stream", log)
         self.assertIn("already committed", log)
         self.assertEqual(d.stop(), 0)
+
+
+class SwitchTest(BatchBase):
+    def test_switching_modes_across_kill9_settles_the_old_mode_first(self):
+        """Killed mid-delivery in exactly-once stream mode, restarted in batch
+        mode: the committed stream's appends of uncertain fate are settled
+        before the batch takes the rest. Killed with a batch finalized but not
+        committed, restarted in stream mode: the batch is committed first.
+        Every row once."""
+        self.emu.fault(latency_ms=20, path="write", count=None)
+        stream = [("events", write_to(self.emu, delivery="exactly_once", batch_rows=20,
+                                      max_inflight=3))]
+        d = self.daemon(dests=stream)
+        d.start()
+        self.send(d, rows(400))
+        wait_for(lambda: self.emu.count(TABLE) >= 60, 30, "delivery under way", interval=0.01)
+        d.kill9()
+        d.dests = self.batch_dest(batch_commit_idle="200ms")
+        d.write_config()
+        d.start()
+        self.send(d, rows(100, start=400))
+        wait_for(lambda: self.emu.count(TABLE) >= 500, 30, "500 rows", interval=0.05)
+        wait_for(lambda: d.status()["spool"]["records"] == 0, 30, "the queue to drain")
+        self.assertEqual(self.ids(), list(range(500)))
+        self.assertIn("settling 1 write stream(s)", d.read_log())
+        # a batch cut and finalized, killed while committing (slow commits)
+        self.emu.fault(latency_ms=1500, path="write", count=None, method="BatchCommitWriteStreams")
+        self.send(d, rows(100, start=500))
+        wait_for(lambda: self.batch(d)["state"] == "committing", 30, "a commit under way",
+                 interval=0.01)
+        d.kill9()
+        self.emu.clear_faults()
+        d.dests = stream
+        d.write_config()
+        d.start()
+        self.send(d, rows(50, start=600))
+        wait_for(lambda: self.emu.count(TABLE) >= 650, 30, "650 rows", interval=0.05)
+        wait_for(lambda: d.status()["spool"]["records"] == 0, 30, "the queue to drain")
+        self.assertEqual(self.ids(), list(range(650)))
+        self.assertIn("the destination is in mode = stream now", d.read_log())
+        self.assertEqual(self.delivery(d)["mode"], "stream")
+        self.assertEqual(d.stop(), 0)
