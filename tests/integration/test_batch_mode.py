@@ -89,6 +89,8 @@ class CommitTest(BatchBase):
         self.assertEqual(self.delivery(d)["delivered"], 1000)
         log = d.read_log()
         self.assertEqual(log.count("committed batch: 1000 row(s) in stream"), 1, log)
+        human = d.relayctl("status").stdout.decode()
+        self.assertIn("batch mode: idle, 1 commit(s) of 1000 row(s), last ", human)
         self.assertEqual(d.stop(), 0)
 
     def test_commit_by_interval_and_when_idle(self):
