@@ -68,6 +68,7 @@ struct wchunk {
     struct buf json, proto;
     int64_t offset;           /* exactly-once: the offset of its first row */
     uint32_t attempts;
+    uint32_t sends;           /* times this very chunk was sent (chunk_pick starts at 0) */
     uint64_t first_ms, last_ms;
     uint64_t sent_us;         /* monotonic, for the latency histogram */
     struct budget *budget;    /* charged with `charged` bytes (max_inflight_bytes) */
@@ -919,6 +920,7 @@ static int send_chunk(struct lane *l, struct wtable *t, struct wchunk *c)
     c->last_ms = now;
     c->sent_us = util_mono_us();
     c->attempts++;
+    c->sends++;
     c->next = NULL;
     if (strcmp(l->state, "sending") != 0)
         set_state(l, "sending", "");
@@ -1594,9 +1596,12 @@ static void settle_layout(struct lane *l)
  * A row leaves the queue only in that transaction, or to the dead-letter
  * store before it is in the stream (it does not fit the schema, or BigQuery
  * named it in row_errors: none of that append was written, and the rest of
- * it goes again at the same offset). An append of uncertain fate (the
- * connection lost with appends in flight, an unexpected error) abandons the
- * stream: its rows go again on a new one, so nothing is written twice. */
+ * it goes again at the same offset). Appends of uncertain fate (the call
+ * lost with appends in flight, a transient error) go again as the same
+ * chunks at the same offsets: ALREADY_EXISTS for a chunk sent before means
+ * it was written. Anything that does not fit (OUT_OF_RANGE, an unexpected
+ * offset, a restart while appending) abandons the stream: its rows go again
+ * on a new one, so nothing is written twice. */
 
 #define BATCH_LOG_GAP_US (1000000ull)   /* at most one commit line a second (others summed) */
 
@@ -1885,6 +1890,17 @@ static void batch_drop_inflight(struct lane *l, struct wtable *t)
     t->retry = NULL;
 }
 
+/* Closes t's call and puts its appends in flight back in front of its
+ * chunks to resend, in order (they go again at the same offsets). */
+static void batch_requeue(struct lane *l, struct wtable *t)
+{
+    if (t->conn) {
+        bqw_conn_close(t->conn);
+        t->conn = NULL;
+    }
+    requeue_inflight(l, t);
+}
+
 /* The open stream cannot be trusted (an append of uncertain fate): forget
  * it; the rows go again on a new one. */
 static void batch_abandon(struct lane *l, struct wtable *t, const char *why)
@@ -1938,8 +1954,12 @@ static void batch_on_result(struct lane *l, struct wtable *t, const struct bqw_r
         if (load_schema(l, t, err, sizeof err) == 0)
             log_info("%s: the schema of %s changed: writer schema rebuilt", w->cd->name, t->fq);
     }
-    if (r->ok) {
-        if (r->offset >= 0 && r->offset != c->offset) {
+    /* a chunk sent again (same rows, same offset) after its answer was lost:
+     * ALREADY_EXISTS means its first send was written (appends are atomic and
+     * nothing else is ever sent at that offset of this stream) */
+    bool landed = !r->ok && r->error.code == BQW_ALREADY_EXISTS && !r->n_row_errors && c->sends > 1;
+    if (r->ok || landed) {
+        if (r->ok && r->offset >= 0 && r->offset != c->offset) {
             chunk_free(c);
             batch_abandon(l, t, "an append landed at an unexpected offset");
             return;
@@ -2010,14 +2030,25 @@ static void batch_on_result(struct lane *l, struct wtable *t, const struct bqw_r
         batch_abandon(l, t, "out of memory");
         return;
     }
-    chunk_free(c);
     if (e->code == BQW_NOT_FOUND) {
+        chunk_free(c);
         batch_abandon(l, t, "append: NOT_FOUND");
         table_missing(l, t, "append: NOT_FOUND: the table or its write stream");
         return;
     }
+    if (e->code == BQW_ALREADY_EXISTS || e->code == BQW_OUT_OF_RANGE) {
+        /* the stream is not where relayd counts: never guess */
+        chunk_free(c);
+        batch_abandon(l, t, e->message);
+        backoff(l, false, "append: %s: %s", bqw_code_name(e->code), e->message);
+        return;
+    }
+    /* transient (INTERNAL, UNAVAILABLE, RESOURCE_EXHAUSTED, ABORTED ...): none
+     * of c was written, and appends after it are beyond the stream's end.
+     * Send them all again, in order, at the same offsets on a new call. */
     count(w, &w->retried, c->n);
-    batch_abandon(l, t, e->message);
+    batch_requeue(l, t);
+    push_retry(t, c);
     backoff(l, e->code == BQW_RESOURCE_EXHAUSTED, "append: %s: %s", bqw_code_name(e->code),
             e->message);
 }
@@ -2043,9 +2074,16 @@ static void batch_on_closed(struct lane *l, struct wtable *t, const struct bqw_s
     char why[600];
     snprintf(why, sizeof why, "AppendRows closed with appends in flight: %s: %s",
              bqw_code_name(st->code), st->message);
-    batch_abandon(l, t, why);
-    if (st->code == BQW_NOT_FOUND)
+    if (st->code == BQW_NOT_FOUND) {
+        batch_abandon(l, t, why);
         table_missing(l, t, "AppendRows: NOT_FOUND");
+        return;
+    }
+    /* appends of unknown fate: the same chunks go again at the same offsets;
+     * ALREADY_EXISTS then tells which were written */
+    batch_requeue(l, t);
+    if (idle && l->fail_streak == 0)
+        l->fail_streak++;   /* reconnect at once the first time */
     else
         backoff(l, st->code == BQW_RESOURCE_EXHAUSTED, "%s", why);
 }

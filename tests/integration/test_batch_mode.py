@@ -283,3 +283,29 @@ class SwitchTest(BatchBase):
         self.assertIn("the destination is in mode = stream now", d.read_log())
         self.assertEqual(self.delivery(d)["mode"], "stream")
         self.assertEqual(d.stop(), 0)
+
+
+class FaultTest(BatchBase):
+    def test_lost_answers_and_transient_errors_keep_the_stream(self):
+        """Answers lost after the rows were appended, a dropped connection,
+        UNAVAILABLE and an in-stream INTERNAL while appending: the same chunks
+        go again at the same offsets (ALREADY_EXISTS = written), the batch
+        stays one stream and every row is committed once."""
+        self.emu.fault(latency_ms=20, path="write", count=None)
+        self.emu.fault(drop=1, after_commit=True, path="write", after=3)
+        self.emu.fault(grpc="UNAVAILABLE", path="write", after=6)
+        self.emu.fault(grpc="INTERNAL", in_stream=True, path="write", after=9)
+        self.emu.fault(drop=1, path="write", after=12)
+        d = self.daemon(dests=self.batch_dest(batch_rows=20, max_inflight=3, batch_commit_rows=600))
+        d.start()
+        self.send(d, rows(600))
+        wait_for(lambda: self.emu.count(TABLE) >= 600, 60, "the batch", interval=0.05)
+        wait_for(lambda: d.status()["spool"]["records"] == 0, 10, "the queue to drain")
+        got = self.emu.rows(TABLE)
+        self.assertEqual(sorted(r["json"]["i"] for r in got), list(range(600)))
+        self.assertEqual(len({r["stream"] for r in got}), 1, "no stream abandoned")
+        self.assertEqual(self.committed(), 1)
+        st = self.emu.stats()["write"]
+        self.assertGreaterEqual(st["append_requests"].get("ALREADY_EXISTS", 0), 1, st["append_requests"])
+        self.assertNotIn("abandoning", d.read_log())
+        self.assertEqual(d.stop(), 0)
