@@ -2325,6 +2325,22 @@ static void batch_main(struct lane *l)
         }
         batch_poll(l, t);
     }
+    if (l->bs.phase == BATCH_APPENDING && l->bs.rows && !l->n_inflight && !t->retry) {
+        /* a graceful stop: commit what is appended rather than send it all
+         * again after the restart (a failure leaves it to the restart) */
+        struct batch_state bs = l->bs;
+        bs.phase = BATCH_FINALIZING;
+        if (t->conn) {
+            bqw_conn_close(t->conn);
+            t->conn = NULL;
+        }
+        if (batch_put(w, &bs) == 0) {
+            batch_set(l, &bs);
+            log_info("%s: stopping: committing the open batch (%llu row(s)) first", cd->name,
+                     (unsigned long long)bs.rows);
+            batch_finish(l, &bs, t->path);
+        }
+    }
     batch_drop_inflight(l, t);
 }
 

@@ -309,3 +309,18 @@ class FaultTest(BatchBase):
         self.assertGreaterEqual(st["append_requests"].get("ALREADY_EXISTS", 0), 1, st["append_requests"])
         self.assertNotIn("abandoning", d.read_log())
         self.assertEqual(d.stop(), 0)
+
+    def test_a_graceful_stop_commits_the_open_batch(self):
+        d = self.daemon(dests=self.batch_dest())
+        d.start()
+        self.send(d, rows(100))
+        wait_for(lambda: self.batch(d)["rows"] == 100, 30, "100 rows appended", interval=0.05)
+        self.assertEqual(self.emu.count(TABLE), 0)
+        self.assertEqual(d.stop(), 0)
+        self.assertEqual(self.ids(), list(range(100)))
+        self.assertIn("stopping: committing the open batch (100 row(s)) first", d.read_log())
+        d.start()
+        wait_for(lambda: self.batch(d)["state"] == "idle", 10, "nothing left to do")
+        self.assertEqual(d.status()["spool"]["records"], 0)
+        self.assertEqual(self.committed(), 1)
+        self.assertEqual(d.stop(), 0)
