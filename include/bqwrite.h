@@ -62,6 +62,16 @@ int bqwrite_get_stream(struct bqwrite *w, const char *token, const char *name, i
 int bqwrite_finalize_stream(struct bqwrite *w, const char *token, const char *name,
                             int64_t *row_count, struct bqw_status *st);
 
+/* BatchCommitWriteStreams of one finalized PENDING stream of table_path.
+ * Returns the call's gRPC code. On BQW_OK, *stream_error is 0 when the
+ * stream was committed now, else the StorageError code the service gave for
+ * it (BQW_SE_STREAM_ALREADY_COMMITTED: committed earlier; -1: no code), with
+ * the message in st. */
+enum { BQW_SE_TABLE_NOT_FOUND = 1, BQW_SE_STREAM_ALREADY_COMMITTED = 2, BQW_SE_STREAM_NOT_FOUND = 3,
+       BQW_SE_INVALID_STREAM_TYPE = 4, BQW_SE_INVALID_STREAM_STATE = 5, BQW_SE_STREAM_FINALIZED = 6 };
+int bqwrite_batch_commit(struct bqwrite *w, const char *token, const char *table_path,
+                         const char *stream, int *stream_error, struct bqw_status *st);
+
 /* ---- AppendRows ---- */
 
 struct bqw_conn;

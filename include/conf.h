@@ -61,6 +61,12 @@ struct conf_dest {
     bool exactly_once;     /* delivery = exactly_once (committed stream + offsets) */
     char *schema_file;     /* BigQuery JSON schema; NULL: fetched with tables.get */
     char *storage_endpoint;/* host:port of the Storage Write API */
+    /* mode = batch (api = storage): PENDING streams committed atomically */
+    bool batch_mode;
+    uint64_t batch_commit_rows;        /* cut a batch at this many rows */
+    uint64_t batch_commit_interval_ms; /* ... or when its stream is this old */
+    uint64_t batch_commit_idle_ms;     /* ... or the queue was empty this long (0: off) */
+    unsigned mode_line, delivery_line, table_time_field_line;   /* where set (0: default) */
 };
 
 /* [forward] route = PATTERN DESTINATION */

@@ -378,6 +378,50 @@ int bqwrite_finalize_stream(struct bqwrite *w, const char *token, const char *na
     return code;
 }
 
+int bqwrite_batch_commit(struct bqwrite *w, const char *token, const char *table_path,
+                         const char *stream, int *stream_error, struct bqw_status *st)
+{
+    Google__Cloud__Bigquery__Storage__V1__BatchCommitWriteStreamsRequest req =
+        GOOGLE__CLOUD__BIGQUERY__STORAGE__V1__BATCH_COMMIT_WRITE_STREAMS_REQUEST__INIT;
+    char *names[1] = { (char *)stream };
+    req.parent = (char *)table_path;
+    req.n_write_streams = 1;
+    req.write_streams = names;
+    *stream_error = 0;
+    uint8_t buf[4096];
+    size_t len =
+        google__cloud__bigquery__storage__v1__batch_commit_write_streams_request__get_packed_size(&req);
+    if (len > sizeof buf) {
+        set_status(st, BQW_INVALID_ARGUMENT, "stream name too long", 20);
+        return st->code;
+    }
+    google__cloud__bigquery__storage__v1__batch_commit_write_streams_request__pack(&req, buf);
+    grpc_slice resp;
+    int code = unary(w, "BatchCommitWriteStreams", token, "parent", table_path, buf, len, &resp, st);
+    if (code == BQW_OK) {
+        Google__Cloud__Bigquery__Storage__V1__BatchCommitWriteStreamsResponse *r =
+            google__cloud__bigquery__storage__v1__batch_commit_write_streams_response__unpack(
+                NULL, GRPC_SLICE_LENGTH(resp), GRPC_SLICE_START_PTR(resp));
+        if (!r) {
+            set_status(st, BQW_INTERNAL, "BatchCommitWriteStreams: unreadable answer", 42);
+            code = st->code;
+        } else if (r->n_stream_errors) {
+            StorageError *se = r->stream_errors[0];
+            *stream_error = se->has_code ? (int)se->code : -1;
+            const char *m = se->error_message ? se->error_message : "stream error";
+            set_status(st, BQW_OK, m, strlen(m));
+            st->storage_code = *stream_error;
+        } else if (!r->commit_time) {
+            *stream_error = -1;
+            set_status(st, BQW_OK, "BatchCommitWriteStreams answered without a commit time", 55);
+        }
+        if (r)
+            google__cloud__bigquery__storage__v1__batch_commit_write_streams_response__free_unpacked(r, NULL);
+    }
+    grpc_slice_unref(resp);
+    return code;
+}
+
 /* ---- AppendRows ---- */
 
 struct pending {

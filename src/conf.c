@@ -32,7 +32,7 @@
 
 enum key_type { T_STR, T_PATH, T_SIZE, T_DURATION, T_UINT, T_MODE, T_LOGLEVEL,
                 T_DURABILITY, T_UIDS, T_GIDS, T_USER, T_GROUP, T_BOOL, T_API, T_URL,
-                T_DELIVERY, T_ROUTE, T_TIMEFMT };
+                T_DELIVERY, T_ROUTE, T_TIMEFMT, T_DMODE };
 
 struct key_def {
     const char *section;
@@ -112,6 +112,10 @@ static const struct key_def dest_keys[] = {
     { "destination", "partition_expiration",  T_DURATION, DOFF(partition_expiration_ms), 0, 0 },
     { "destination", "schema_file",           T_PATH,     DOFF(schema_file), 0, 0 },
     { "destination", "storage_endpoint",      T_STR,      DOFF(storage_endpoint), 0, 0 },
+    { "destination", "mode",                  T_DMODE,    DOFF(batch_mode), 0, 0 },
+    { "destination", "batch_commit_rows",     T_UINT,     DOFF(batch_commit_rows), 1, 1000000000 },
+    { "destination", "batch_commit_interval", T_DURATION, DOFF(batch_commit_interval_ms), 1000, 86400000 },
+    { "destination", "batch_commit_idle",     T_DURATION, DOFF(batch_commit_idle_ms), 0, 86400000 },
 };
 
 static char *xstrdup(const char *s)
@@ -178,6 +182,9 @@ static void dest_defaults(struct conf_dest *d)
     d->quota_wait_ms = 600000;
     d->park_wait_ms = 60000;
     d->storage_endpoint = xstrdup("bigquerystorage.googleapis.com:443");
+    d->batch_commit_rows = 1000000;
+    d->batch_commit_interval_ms = 60000;
+    d->batch_commit_idle_ms = 2000;
 }
 
 static void dest_free(struct conf_dest *d)
@@ -520,6 +527,14 @@ static int set_key(struct parser *p, struct conf *c, void *obj, const struct key
         *dst = xstrdup(v);
         return 0;
     }
+    case T_DMODE:
+        if (strcmp(v, "stream") == 0)
+            *(bool *)(void *)base = false;
+        else if (strcmp(v, "batch") == 0)
+            *(bool *)(void *)base = true;
+        else
+            return perr(p, k->name, "expected stream or batch, got '%s'", v);
+        return 0;
     case T_DELIVERY:
         if (strcmp(v, "at_least_once") == 0)
             *(bool *)(void *)base = false;
@@ -649,6 +664,12 @@ static int parse_line(struct parser *p, struct conf *c, char *raw)
                     d->table_line = p->line;
                 else if (strcmp(key, "connections") == 0)
                     d->connections_line = p->line;
+                else if (strcmp(key, "mode") == 0)
+                    d->mode_line = p->line;
+                else if (strcmp(key, "delivery") == 0)
+                    d->delivery_line = p->line;
+                else if (strcmp(key, "table_time_field") == 0)
+                    d->table_time_field_line = p->line;
                 return set_key(p, c, d, &dest_keys[i], val);
             }
         return perr(p, key, "unknown key");
@@ -795,6 +816,36 @@ static int validate(const struct conf *c, const char *file, char *err, size_t er
         if (d->exactly_once && d->api != API_STORAGE) {
             snprintf(err, errlen, "[destination %s] delivery = exactly_once needs api = storage "
                      "(insertAll is at least once)", d->name);
+            return -1;
+        }
+        if (d->batch_mode && d->api != API_STORAGE) {
+            verr(err, errlen, file, d->mode_line, d->name, "mode",
+                 "mode = batch writes PENDING streams of the Storage Write API: set api = storage "
+                 "(and storage_endpoint if not the default), or use mode = stream with insertAll");
+            return -1;
+        }
+        if (d->batch_mode && d->delivery_line && !d->exactly_once) {
+            verr(err, errlen, file, d->delivery_line, d->name, "delivery",
+                 "mode = batch is exactly once by construction (a batch is committed atomically, "
+                 "once): remove delivery = at_least_once (or set exactly_once), or use mode = stream "
+                 "for at-least-once delivery");
+            return -1;
+        }
+        if (d->batch_mode && (strchr(tbl, '%') || d->table_time_field)) {
+            verr(err, errlen, file, d->table_time_field && !strchr(tbl, '%') ?
+                 d->table_time_field_line : d->table_line, d->name,
+                 d->table_time_field && !strchr(tbl, '%') ? "table_time_field" : "table",
+                 "mode = batch writes one PENDING stream to one table and does not support "
+                 "time-sharded tables ('%s'%s): use a single table (partition it by a column with "
+                 "time_partitioning/partition_field instead), or use mode = stream", tbl,
+                 d->table_time_field ? " with table_time_field" : "");
+            return -1;
+        }
+        if (d->batch_mode && d->connections > 1) {
+            verr(err, errlen, file, d->connections_line, d->name, "connections",
+                 "mode = batch uses one AppendRows connection per destination (one PENDING stream, "
+                 "committed atomically); remove connections = %llu, or use mode = stream for "
+                 "parallel connections", (unsigned long long)d->connections);
             return -1;
         }
         if (d->retry_cap_ms < d->retry_base_ms) {

@@ -813,6 +813,18 @@ static int show_status(struct ctx *x)
                 printf("     waiting %.1f s: %s\n", jreal(dl, "backoff_s"), why ? why : "");
             else if (why && *why)
                 printf("     %s\n", why);
+            json_t *bt = json_object_get(dl, "batch");
+            if (bt) {
+                const char *bs = json_string_value(json_object_get(bt, "state"));
+                printf("     batch mode: %s", bs ? bs : "?");
+                if (bs && strcmp(bs, "idle") != 0)
+                    printf(", %lld row(s) in the open batch", (long long)jint(bt, "rows"));
+                printf(", %lld commit(s) of %lld row(s)", (long long)jint(bt, "commits"),
+                       (long long)jint(bt, "rows_committed"));
+                if (jreal(bt, "last_commit_age_s") >= 0)
+                    printf(", last %s ago", fmt_age(jreal(bt, "last_commit_age_s"), b3, sizeof b3));
+                printf("\n");
+            }
             const char *le = json_string_value(json_object_get(dl, "last_error"));
             if (le && *le)
                 printf("     last error %s ago: %s\n",

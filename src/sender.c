@@ -1503,7 +1503,10 @@ static bool storage_same(const struct conf_dest *a, const struct conf_dest *b)
            a->batch_bytes == b->batch_bytes && a->max_inflight == b->max_inflight &&
            a->ignore_unknown_values == b->ignore_unknown_values &&
            a->flush_interval_ms == b->flush_interval_ms && a->retry_base_ms == b->retry_base_ms &&
-           a->retry_cap_ms == b->retry_cap_ms && a->park_wait_ms == b->park_wait_ms;
+           a->retry_cap_ms == b->retry_cap_ms && a->park_wait_ms == b->park_wait_ms &&
+           a->batch_mode == b->batch_mode && a->batch_commit_rows == b->batch_commit_rows &&
+           a->batch_commit_interval_ms == b->batch_commit_interval_ms &&
+           a->batch_commit_idle_ms == b->batch_commit_idle_ms;
 }
 
 /* Applies a reloaded config on the sender thread: destinations added,
@@ -1568,12 +1571,17 @@ static void apply_reload(struct sender *s, struct conf *nc)
             if (old && storage_same(writer_conf(old), cd))
                 continue;   /* unchanged: its connection goes on */
             struct writer *w;
-            if (writer_create(cd, s->spool, &w, err, sizeof err) != 0 || writer_start(w) != 0) {
+            if (writer_create(cd, s->spool, &w, err, sizeof err) != 0) {
                 log_error("reload: %s", err);
                 continue;
             }
-            if (old) {
+            /* the old writer stops before the new one starts: never two
+             * writers on one queue (exactly-once and batch state) */
+            if (old)
                 writer_stop(old, 5000);   /* its rows wait in the queue for the new one */
+            if (writer_start(w) != 0)
+                log_error("reload: [destination %s]: cannot start its writer", cd->name);
+            if (old) {
                 pthread_mutex_lock(&s->stats_lock);
                 s->writers[k] = w;
                 pthread_mutex_unlock(&s->stats_lock);

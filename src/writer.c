@@ -26,6 +26,7 @@
 #include "writer.h"
 #include "auth.h"
 #include "bqrest.h"
+#include "batchstate.h"
 #include "bqwrite.h"
 #include "budget.h"
 #include "delivstate.h"
@@ -67,6 +68,7 @@ struct wchunk {
     struct buf json, proto;
     int64_t offset;           /* exactly-once: the offset of its first row */
     uint32_t attempts;
+    uint32_t sends;           /* times this very chunk was sent (chunk_pick starts at 0) */
     uint64_t first_ms, last_ms;
     uint64_t sent_us;         /* monotonic, for the latency histogram */
     struct budget *budget;    /* charged with `charged` bytes (max_inflight_bytes) */
@@ -118,6 +120,11 @@ struct lane {
     /* status (under the writer's lock) */
     char state[16], why[300];
     struct delivstate ds;
+    /* mode = batch (the status fields under the writer's lock) */
+    struct batch_state bs;
+    uint64_t b_first_seq, b_created_us, b_read_us;
+    uint64_t b_commits, b_rows_committed, b_last_commit_ms;
+    uint64_t b_logged_us, b_log_rows, b_log_commits;
 };
 
 struct writer {
@@ -913,6 +920,7 @@ static int send_chunk(struct lane *l, struct wtable *t, struct wchunk *c)
     c->last_ms = now;
     c->sent_us = util_mono_us();
     c->attempts++;
+    c->sends++;
     c->next = NULL;
     if (strcmp(l->state, "sending") != 0)
         set_state(l, "sending", "");
@@ -1532,10 +1540,11 @@ static void settle_layout(struct lane *l)
         legacy_same = stream_table(sl.v[0].stream, id, sizeof id) == 0 &&
                       strcmp(id, w->route.pattern) == 0;
     }
-    bool keep = w->cd->exactly_once && ((old.known && layout_same(&old, &cur)) || legacy_same);
+    bool keep = !w->cd->batch_mode && w->cd->exactly_once && ((old.known && layout_same(&old, &cur)) || legacy_same);
     if (!keep && sl.n)
         log_info("%s: %s since the last run: settling %zu write stream(s) of the old one first",
-                 w->cd->name, w->cd->exactly_once ? "the layout (connections, table, "
+                 w->cd->name, w->cd->batch_mode ? "the destination is in mode = batch now" :
+                 w->cd->exactly_once ? "the layout (connections, table, "
                  "table_time_field) changed" : "delivery is at_least_once now", sl.n);
     for (size_t i = 0; !keep && i < sl.n && !stopping(w);) {
         if (settle_one(l, &old, &sl.v[i]) == 0) {
@@ -1549,7 +1558,7 @@ static void settle_layout(struct lane *l)
             usleep(POLL_MS * 1000);
     }
     free(sl.v);
-    if (!stopping(w) && w->cd->exactly_once && !(old.known && layout_same(&old, &cur))) {
+    if (!stopping(w) && !w->cd->batch_mode && w->cd->exactly_once && !(old.known && layout_same(&old, &cur))) {
         char key[64], text[ROUTE_TABLE_MAX + 400];
         snprintf(key, sizeof key, "wlayout.%u", w->id);
         int len = layout_text(&cur, text, sizeof text);
@@ -1562,6 +1571,777 @@ static void settle_layout(struct lane *l)
         }
     }
     set_state(l, "idle", "");
+}
+
+/* ---- mode = batch: one PENDING stream at a time, committed atomically ----
+ *
+ * The destination has one connection and one (unsharded) table. Its open
+ * batch is a PENDING stream holding, at offsets 0, 1, ..., the queued rows
+ * from first_seq on, in seq order. Rows stay in the queue while they are
+ * appended; the spool records (batchstate.h, meta "wbatch.<dest>") the
+ * stream's phase, each change fsync-committed before the step it allows:
+ *
+ *   appending   recorded right after CreateWriteStream, before any append.
+ *               A restart abandons such a stream (never committed, so its
+ *               rows are invisible and BigQuery discards it) and writes the
+ *               rows again to a new one.
+ *   finalizing  recorded when the batch is cut (every append acknowledged,
+ *               so the queued rows in [first_seq, last_seq] are exactly the
+ *               stream's rows), then FinalizeWriteStream (again on restart).
+ *   committing  recorded before BatchCommitWriteStreams. Repeated on
+ *               restart: STREAM_ALREADY_COMMITTED is success. Then one
+ *               transaction removes the queued rows [first_seq, last_seq]
+ *               and the state.
+ *
+ * A row leaves the queue only in that transaction, or to the dead-letter
+ * store before it is in the stream (it does not fit the schema, or BigQuery
+ * named it in row_errors: none of that append was written, and the rest of
+ * it goes again at the same offset). Appends of uncertain fate (the call
+ * lost with appends in flight, a transient error) go again as the same
+ * chunks at the same offsets: ALREADY_EXISTS for a chunk sent before means
+ * it was written. Anything that does not fit (OUT_OF_RANGE, an unexpected
+ * offset, a restart while appending) abandons the stream: its rows go again
+ * on a new one, so nothing is written twice. */
+
+#define BATCH_LOG_GAP_US (1000000ull)   /* at most one commit line a second (others summed) */
+
+static void batch_key(const struct writer *w, char *out, size_t n)
+{
+    snprintf(out, n, "wbatch.%u", w->id);
+}
+
+static int batch_put(struct writer *w, const struct batch_state *bs)
+{
+    char key[64], text[BATCH_STREAM_MAX + 100];
+    batch_key(w, key, sizeof key);
+    int len = batch_state_encode(bs, text, sizeof text);
+    if (len < 0)
+        return -1;
+    struct spool_txn *txn = NULL;
+    int rc = spool_txn_begin(w->sp, &txn);
+    if (rc == SPOOL_OK) {
+        rc = spool_txn_put_meta(txn, key, text, (size_t)len);
+        if (rc == SPOOL_OK)
+            rc = spool_txn_commit(txn);
+        else
+            spool_txn_abort(txn);
+    }
+    if (rc == SPOOL_IO) {
+        log_error("%s: recording the batch state failed: %s; stopping", w->cd->name, spool_last_error());
+        _exit(5);
+    }
+    return rc == SPOOL_OK ? 0 : -1;
+}
+
+static int batch_get(struct writer *w, struct batch_state *bs)
+{
+    char key[64], text[BATCH_STREAM_MAX + 100];
+    size_t len = 0;
+    batch_key(w, key, sizeof key);
+    memset(bs, 0, sizeof *bs);
+    if (spool_get_meta(w->sp, key, text, sizeof text - 1, &len) != SPOOL_OK || len >= sizeof text)
+        return -1;
+    if (batch_state_decode(text, len, bs) != 0) {
+        log_error("%s: unreadable batch state '%.*s' in the spool: ignored", w->cd->name,
+                  (int)(len < 200 ? len : 200), text);
+        return -1;
+    }
+    return 0;
+}
+
+/* The batch status fields (under the writer's lock). */
+static void batch_set(struct lane *l, const struct batch_state *bs)
+{
+    pthread_mutex_lock(&l->w->lock);
+    l->bs = *bs;
+    pthread_mutex_unlock(&l->w->lock);
+}
+
+struct seq_list {
+    uint64_t *v;
+    size_t n, cap;
+    uint64_t last;
+};
+
+static int collect_seq(const struct spool_record *rec, void *arg)
+{
+    struct seq_list *sl = arg;
+    if (rec->seq > sl->last)
+        return 1;
+    if (sl->n == sl->cap) {
+        size_t nc = sl->cap ? sl->cap * 2 : 1024;
+        uint64_t *v = realloc(sl->v, nc * sizeof *v);
+        if (!v)
+            return 1;
+        sl->v = v;
+        sl->cap = nc;
+    }
+    sl->v[sl->n++] = rec->seq;
+    return 0;
+}
+
+/* The commit is confirmed: one transaction removes the stream's rows from
+ * the queue and forgets the state. Returns 0, or -1. */
+static int batch_settle_rows(struct lane *l, const struct batch_state *bs, size_t *removed)
+{
+    struct writer *w = l->w;
+    struct seq_list sl = { .last = bs->last_seq };
+    spool_read(w->sp, w->id, bs->first_seq, SIZE_MAX, SIZE_MAX, collect_seq, &sl);
+    char key[64];
+    batch_key(w, key, sizeof key);
+    struct spool_txn *txn = NULL;
+    int rc = spool_txn_begin(w->sp, &txn);
+    *removed = 0;
+    if (rc == SPOOL_OK && sl.n)
+        rc = spool_txn_remove_run(txn, w->id, sl.v, sl.n, removed);
+    if (rc == SPOOL_OK) {
+        rc = spool_txn_del_meta(txn, key);
+        if (rc == SPOOL_NOTFOUND)
+            rc = SPOOL_OK;
+    }
+    if (rc == SPOOL_OK)
+        rc = spool_txn_commit(txn);
+    else if (txn)
+        spool_txn_abort(txn);
+    free(sl.v);
+    if (rc == SPOOL_IO) {
+        log_error("%s: recording a committed batch failed: %s; stopping", w->cd->name,
+                  spool_last_error());
+        _exit(5);
+    }
+    return rc == SPOOL_OK ? 0 : -1;
+}
+
+static void batch_forget(struct lane *l)
+{
+    char key[64];
+    batch_key(l->w, key, sizeof key);
+    del_meta(l->w, key);
+    struct batch_state none = { 0 };
+    batch_set(l, &none);
+}
+
+/* One commit line, at most one a second (the others are summed into it). */
+static void batch_log_commit(struct lane *l, const struct batch_state *bs, size_t removed,
+                             const char *how)
+{
+    uint64_t now = util_mono_us();
+    l->b_log_rows += removed;
+    l->b_log_commits++;
+    if (l->b_logged_us && now - l->b_logged_us < BATCH_LOG_GAP_US)
+        return;
+    if (l->b_log_commits > 1)
+        log_info("%s: committed batch: %zu row(s) in stream %s (%s; %llu commit(s), %llu row(s) "
+                 "since the last line)", l->w->cd->name, removed, bs->stream, how,
+                 (unsigned long long)l->b_log_commits, (unsigned long long)l->b_log_rows);
+    else
+        log_info("%s: committed batch: %zu row(s) in stream %s (%s)", l->w->cd->name, removed,
+                 bs->stream, how);
+    l->b_logged_us = now;
+    l->b_log_commits = 0;
+    l->b_log_rows = 0;
+}
+
+/* Finalizes (phase finalizing) and commits (phase committing) bs, then
+ * removes its rows. Returns 0 when done (the state is gone), 1 when the
+ * stream is gone or unusable and was abandoned (its rows are still queued),
+ * -1 after arranging a wait (try again). */
+static int batch_finish(struct lane *l, struct batch_state *bs, const char *path)
+{
+    struct writer *w = l->w;
+    const struct conf_dest *cd = w->cd;
+    char token[4096], err[600];
+    struct bqw_status st;
+    if (auth_token(l->auth, token, sizeof token, err, sizeof err) != 0) {
+        note_error(w, "credentials: %s", err);
+        backoff(l, false, "%s", err);
+        return -1;
+    }
+    if (bs->phase == BATCH_FINALIZING) {
+        set_state(l, "sending", "finalizing the batch's write stream");
+        int64_t count = 0;
+        int rc = bqwrite_finalize_stream(l->bw, token, bs->stream, &count, &st);
+        if (rc == BQW_NOT_FOUND) {
+            memset(token, 0, sizeof token);
+            log_error("%s: pending stream %s is gone before its commit (expired?): its %llu row(s) "
+                      "go again on a new stream", cd->name, bs->stream, (unsigned long long)bs->rows);
+            batch_forget(l);
+            return 1;
+        }
+        if (rc != BQW_OK) {
+            memset(token, 0, sizeof token);
+            note_error(w, "FinalizeWriteStream: %s: %s", bqw_code_name(st.code), st.message);
+            backoff(l, st.code == BQW_RESOURCE_EXHAUSTED, "FinalizeWriteStream: %s: %s",
+                    bqw_code_name(st.code), st.message);
+            return -1;
+        }
+        if ((uint64_t)count != bs->rows) {
+            /* the stream does not hold what the spool says: never commit it */
+            memset(token, 0, sizeof token);
+            log_error("%s: pending stream %s holds %lld row(s), relayd appended %llu: abandoned "
+                      "(not committed); its rows go again on a new stream", cd->name, bs->stream,
+                      (long long)count, (unsigned long long)bs->rows);
+            note_error(w, "pending stream row count mismatch: abandoned");
+            batch_forget(l);
+            return 1;
+        }
+        bs->phase = BATCH_COMMITTING;
+        if (batch_put(w, bs) != 0) {
+            memset(token, 0, sizeof token);
+            bs->phase = BATCH_FINALIZING;
+            backoff(l, false, "cannot record the batch state in the spool");
+            return -1;
+        }
+        batch_set(l, bs);
+    }
+    set_state(l, "sending", "committing the batch");
+    int se = 0;
+    int rc = bqwrite_batch_commit(l->bw, token, path, bs->stream, &se, &st);
+    memset(token, 0, sizeof token);
+    if (rc != BQW_OK) {
+        note_error(w, "BatchCommitWriteStreams: %s: %s", bqw_code_name(st.code), st.message);
+        backoff(l, st.code == BQW_RESOURCE_EXHAUSTED, "BatchCommitWriteStreams: %s: %s",
+                bqw_code_name(st.code), st.message);
+        return -1;
+    }
+    const char *how = "committed";
+    if (se == BQW_SE_STREAM_ALREADY_COMMITTED) {
+        how = "already committed before a restart or a lost answer";
+    } else if (se == BQW_SE_INVALID_STREAM_STATE) {
+        bs->phase = BATCH_FINALIZING;   /* not finalized after all: again from there */
+        batch_put(w, bs);
+        batch_set(l, bs);
+        backoff(l, false, "BatchCommitWriteStreams: %s", st.message);
+        return -1;
+    } else if (se == BQW_SE_STREAM_NOT_FOUND) {
+        log_error("%s: pending stream %s is gone and relayd cannot tell whether it was committed: "
+                  "its %llu row(s) go again (they may appear twice)", cd->name, bs->stream,
+                  (unsigned long long)bs->rows);
+        note_error(w, "BatchCommitWriteStreams: %s", st.message);
+        batch_forget(l);
+        return 1;
+    } else if (se != 0) {
+        note_error(w, "BatchCommitWriteStreams: stream error %d: %s", se, st.message);
+        backoff(l, false, "BatchCommitWriteStreams: stream error %d: %s", se, st.message);
+        return -1;
+    }
+    size_t removed = 0;
+    if (batch_settle_rows(l, bs, &removed) != 0) {
+        backoff(l, false, "cannot remove the committed batch's rows from the queue");
+        return -1;   /* committing again answers STREAM_ALREADY_COMMITTED */
+    }
+    if (removed != bs->rows)
+        log_warn("%s: committed stream %s held %llu row(s) but %zu were queued in its range",
+                 cd->name, bs->stream, (unsigned long long)bs->rows, removed);
+    struct batch_state none = { 0 };
+    pthread_mutex_lock(&w->lock);
+    w->delivered += removed;
+    l->b_commits++;
+    l->b_rows_committed += removed;
+    l->b_last_commit_ms = util_now_ms();
+    l->bs = none;
+    pthread_mutex_unlock(&w->lock);
+    batch_log_commit(l, bs, removed, how);
+    l->fail_streak = 0;
+    ds_ok(&l->ds, w->sp, w->id);
+    return 0;
+}
+
+/* A stream left by an earlier run. Appending: abandoned. Finalizing or
+ * committing: finished. Returns 0 when nothing is left, -1 to try again. */
+static int batch_recover(struct lane *l, const char *why)
+{
+    struct writer *w = l->w;
+    struct batch_state bs;
+    if (batch_get(w, &bs) != 0)
+        return 0;
+    if (bs.phase == BATCH_APPENDING) {
+        log_info("%s: abandoning pending stream %s%s (never committed, so none of its rows is "
+                 "visible); its rows go again on a new stream", w->cd->name, bs.stream, why);
+        batch_forget(l);
+        return 0;
+    }
+    char id[ROUTE_TABLE_MAX], path[PATH_MAX_LEN];
+    if (stream_table(bs.stream, id, sizeof id) != 0) {
+        batch_forget(l);
+        return 0;
+    }
+    snprintf(path, sizeof path, "%.*s", (int)(strstr(bs.stream, "/streams/") - bs.stream), bs.stream);
+    log_info("%s: finishing the batch of pending stream %s (%s, %llu row(s))%s", w->cd->name,
+             bs.stream, batch_phase_name(bs.phase), (unsigned long long)bs.rows, why);
+    batch_set(l, &bs);
+    int rc = batch_finish(l, &bs, path);
+    return rc >= 0 ? 0 : -1;
+}
+
+/* Drops every append in flight on t (and its chunks to resend). */
+static void batch_drop_inflight(struct lane *l, struct wtable *t)
+{
+    if (t->conn) {
+        bqw_conn_close(t->conn);
+        t->conn = NULL;
+    }
+    free_list(t->inflight);
+    t->inflight = NULL;
+    t->inflight_tail = &t->inflight;
+    l->n_inflight -= t->n_inflight;
+    t->n_inflight = 0;
+    free_list(t->retry);
+    t->retry = NULL;
+}
+
+/* Closes t's call and puts its appends in flight back in front of its
+ * chunks to resend, in order (they go again at the same offsets). */
+static void batch_requeue(struct lane *l, struct wtable *t)
+{
+    if (t->conn) {
+        bqw_conn_close(t->conn);
+        t->conn = NULL;
+    }
+    requeue_inflight(l, t);
+}
+
+/* The open stream cannot be trusted (an append of uncertain fate): forget
+ * it; the rows go again on a new one. */
+static void batch_abandon(struct lane *l, struct wtable *t, const char *why)
+{
+    log_warn("%s: abandoning pending stream %s (%s): never committed, its rows go again on a "
+             "new stream", l->w->cd->name, l->bs.stream, why);
+    batch_drop_inflight(l, t);
+    batch_forget(l);
+    pthread_mutex_lock(&l->w->lock);
+    t->stream[0] = 0;
+    pthread_mutex_unlock(&l->w->lock);
+    t->next_offset = 0;
+    l->read_seq = 0;
+}
+
+/* Rows of chunk c were refused (row_errors, or all of them): dead-letter
+ * them, resend the rest at c's offset. Appends after c are beyond the
+ * stream's end (none written): they go again. */
+static void batch_reject(struct lane *l, struct wtable *t, struct wchunk *c, const bool *keep,
+                         struct dead *dead, size_t nd)
+{
+    struct wchunk *rest = chunk_pick(c, 0, c->n, keep);
+    uint64_t after = c->rows[c->n - 1].seq + 1;
+    batch_drop_inflight(l, t);
+    if (!rest || record(l, NULL, NULL, 0, dead, nd, c) != 0) {
+        chunk_free(rest);
+        chunk_free(c);
+        batch_abandon(l, t, "could not dead-letter rows the service refused");
+        backoff(l, false, "could not dead-letter refused rows");
+        return;
+    }
+    chunk_free(c);
+    if (rest->n)
+        push_retry(t, rest);
+    else
+        chunk_free(rest);
+    l->read_seq = after;
+}
+
+static void batch_on_result(struct lane *l, struct wtable *t, const struct bqw_result *r)
+{
+    struct writer *w = l->w;
+    struct wchunk *c = pop_inflight(l, t);
+    if (!c)
+        return;
+    pthread_mutex_lock(&w->lock);
+    histo_add(&w->latency, (double)(util_mono_us() - c->sent_us) / 1e6);
+    pthread_mutex_unlock(&w->lock);
+    if (r->schema_changed) {
+        char err[512];
+        if (load_schema(l, t, err, sizeof err) == 0)
+            log_info("%s: the schema of %s changed: writer schema rebuilt", w->cd->name, t->fq);
+    }
+    /* a chunk sent again (same rows, same offset) after its answer was lost:
+     * ALREADY_EXISTS means its first send was written (appends are atomic and
+     * nothing else is ever sent at that offset of this stream) */
+    bool landed = !r->ok && r->error.code == BQW_ALREADY_EXISTS && !r->n_row_errors && c->sends > 1;
+    if (r->ok || landed) {
+        if (r->ok && r->offset >= 0 && r->offset != c->offset) {
+            chunk_free(c);
+            batch_abandon(l, t, "an append landed at an unexpected offset");
+            return;
+        }
+        t->next_offset += (int64_t)c->n;
+        pthread_mutex_lock(&w->lock);
+        l->bs.rows += c->n;
+        l->bs.last_seq = c->rows[c->n - 1].seq;
+        pthread_mutex_unlock(&w->lock);
+        l->fail_streak = 0;
+        ds_ok(&l->ds, NULL, w->id);
+        chunk_free(c);
+        return;
+    }
+    const struct bqw_status *e = &r->error;
+    note_error(w, "append: %s: %s", bqw_code_name(e->code), e->message);
+    bool perm = e->code == BQW_PERMISSION_DENIED, one = e->code == BQW_INVALID_ARGUMENT && c->n == 1;
+    if (r->n_row_errors || perm || one) {
+        struct dead *dead = calloc(c->n, sizeof *dead);
+        bool *keep = malloc(c->n * sizeof *keep);
+        size_t nd = 0;
+        if (!dead || !keep) {
+            free(dead);
+            free(keep);
+            chunk_free(c);
+            batch_abandon(l, t, "out of memory");
+            return;
+        }
+        for (size_t i = 0; i < c->n; i++)
+            keep[i] = !(perm || one);
+        for (size_t i = 0; i < c->n && (perm || one); i++) {
+            dead[nd].seq = c->rows[i].seq;
+            snprintf(dead[nd].reason, sizeof dead[nd].reason, perm ? "permission-denied" : "invalid");
+            snprintf(dead[nd].detail, sizeof dead[nd].detail, "%s: %s", bqw_code_name(e->code),
+                     e->message);
+            nd++;
+        }
+        for (size_t i = 0; !(perm || one) && i < r->n_row_errors; i++) {
+            int64_t ix = r->row_errors[i].index;
+            if (ix < 0 || (size_t)ix >= c->n || !keep[ix])
+                continue;
+            keep[ix] = false;
+            dead[nd].seq = c->rows[ix].seq;
+            snprintf(dead[nd].reason, sizeof dead[nd].reason, "invalid");
+            snprintf(dead[nd].detail, sizeof dead[nd].detail, "%s", r->row_errors[i].message);
+            nd++;
+        }
+        batch_reject(l, t, c, keep, dead, nd);
+        free(dead);
+        free(keep);
+        return;
+    }
+    if (e->code == BQW_INVALID_ARGUMENT) {   /* something in it is malformed: bisect */
+        size_t half = c->n / 2;
+        struct wchunk *a = chunk_pick(c, 0, half, NULL), *b = chunk_pick(c, half, c->n - half, NULL);
+        uint64_t after = c->rows[c->n - 1].seq + 1;
+        batch_drop_inflight(l, t);
+        if (a && b) {
+            push_retry(t, b);
+            push_retry(t, a);
+            l->read_seq = after;
+            chunk_free(c);
+            return;
+        }
+        chunk_free(a);
+        chunk_free(b);
+        chunk_free(c);
+        batch_abandon(l, t, "out of memory");
+        return;
+    }
+    if (e->code == BQW_NOT_FOUND) {
+        chunk_free(c);
+        batch_abandon(l, t, "append: NOT_FOUND");
+        table_missing(l, t, "append: NOT_FOUND: the table or its write stream");
+        return;
+    }
+    if (e->code == BQW_ALREADY_EXISTS || e->code == BQW_OUT_OF_RANGE) {
+        /* the stream is not where relayd counts: never guess */
+        chunk_free(c);
+        batch_abandon(l, t, e->message);
+        backoff(l, false, "append: %s: %s", bqw_code_name(e->code), e->message);
+        return;
+    }
+    /* transient (INTERNAL, UNAVAILABLE, RESOURCE_EXHAUSTED, ABORTED ...): none
+     * of c was written, and appends after it are beyond the stream's end.
+     * Send them all again, in order, at the same offsets on a new call. */
+    count(w, &w->retried, c->n);
+    batch_requeue(l, t);
+    push_retry(t, c);
+    backoff(l, e->code == BQW_RESOURCE_EXHAUSTED, "append: %s: %s", bqw_code_name(e->code),
+            e->message);
+}
+
+static void batch_on_closed(struct lane *l, struct wtable *t, const struct bqw_status *st)
+{
+    struct writer *w = l->w;
+    bool idle = st->code == BQW_ABORTED && strstr(st->message, "inactive");
+    if (st->code == BQW_UNAUTHENTICATED)
+        auth_invalidate(l->auth);
+    if (!t->inflight) {   /* nothing of uncertain fate: reconnect and go on */
+        if (t->conn) {
+            bqw_conn_close(t->conn);
+            t->conn = NULL;
+        }
+        if (!idle) {
+            note_error(w, "connection closed: %s: %s", bqw_code_name(st->code), st->message);
+            l->fail_streak++;
+        }
+        return;
+    }
+    note_error(w, "connection closed: %s: %s", bqw_code_name(st->code), st->message);
+    char why[600];
+    snprintf(why, sizeof why, "AppendRows closed with appends in flight: %s: %s",
+             bqw_code_name(st->code), st->message);
+    if (st->code == BQW_NOT_FOUND) {
+        batch_abandon(l, t, why);
+        table_missing(l, t, "AppendRows: NOT_FOUND");
+        return;
+    }
+    /* appends of unknown fate: the same chunks go again at the same offsets;
+     * ALREADY_EXISTS then tells which were written */
+    batch_requeue(l, t);
+    if (idle && l->fail_streak == 0)
+        l->fail_streak++;   /* reconnect at once the first time */
+    else
+        backoff(l, st->code == BQW_RESOURCE_EXHAUSTED, "%s", why);
+}
+
+/* The batch's table: schema loaded, stream created and recorded (phase
+ * appending), an AppendRows call open. 0, or -1 after arranging a wait. */
+static int batch_open(struct lane *l, struct wtable *t)
+{
+    struct writer *w = l->w;
+    const struct conf_dest *cd = w->cd;
+    char err[600], token[4096];
+    if (!t->schema) {
+        int rc = load_schema(l, t, err, sizeof err);
+        if (rc != 0) {
+            note_error(w, "%s", err);
+            if (rc == -2)
+                table_missing(l, t, err);
+            else
+                backoff(l, false, "%s", err);
+            return -1;
+        }
+    }
+    if (auth_token(l->auth, token, sizeof token, err, sizeof err) != 0) {
+        note_error(w, "credentials: %s", err);
+        backoff(l, false, "%s", err);
+        return -1;
+    }
+    struct bqw_status st;
+    if (!t->stream[0]) {
+        char name[PATH_MAX_LEN];
+        if (bqwrite_create_stream(l->bw, token, t->path, true, name, sizeof name, &st) != BQW_OK) {
+            memset(token, 0, sizeof token);
+            note_error(w, "CreateWriteStream: %s: %s", bqw_code_name(st.code), st.message);
+            if (st.code == BQW_NOT_FOUND)
+                table_missing(l, t, "CreateWriteStream: NOT_FOUND");
+            else
+                backoff(l, st.code == BQW_RESOURCE_EXHAUSTED, "CreateWriteStream: %s: %s",
+                        bqw_code_name(st.code), st.message);
+            return -1;
+        }
+        struct batch_state bs = { .phase = BATCH_APPENDING, .first_seq = l->b_first_seq };
+        snprintf(bs.stream, sizeof bs.stream, "%s", name);
+        if (batch_put(w, &bs) != 0) {
+            memset(token, 0, sizeof token);
+            backoff(l, false, "cannot record the new pending stream in the spool");
+            return -1;
+        }
+        batch_set(l, &bs);
+        pthread_mutex_lock(&w->lock);
+        snprintf(t->stream, sizeof t->stream, "%s", name);
+        pthread_mutex_unlock(&w->lock);
+        t->next_offset = 0;
+        l->read_seq = bs.first_seq;
+        l->b_created_us = l->b_read_us = util_mono_us();
+        log_info("%s: created pending stream %s for a batch from seq %llu", cd->name, name,
+                 (unsigned long long)bs.first_seq);
+    }
+    int rc = bqw_conn_open(l->bw, token, t->stream, &t->conn, &st);
+    memset(token, 0, sizeof token);
+    if (rc != BQW_OK) {
+        t->conn = NULL;
+        note_error(w, "AppendRows: %s: %s", bqw_code_name(st.code), st.message);
+        backoff(l, false, "AppendRows: %s: %s", bqw_code_name(st.code), st.message);
+        return -1;
+    }
+    set_state(l, "sending", "");
+    return 0;
+}
+
+static int first_seq_cb(const struct spool_record *rec, void *arg)
+{
+    *(uint64_t *)arg = rec->seq + 1;   /* +1: 0 means none */
+    return 1;
+}
+
+/* The seq of the first queued row at or after seq, + 1 (0: none). */
+static uint64_t queue_first(struct writer *w, uint64_t seq)
+{
+    uint64_t got = 0;
+    spool_read(w->sp, w->id, seq, 1, SIZE_MAX, first_seq_cb, &got);
+    return got;
+}
+
+static bool queue_has_from(struct writer *w, uint64_t seq)
+{
+    return queue_first(w, seq) != 0;
+}
+
+/* Appends what may go: rows to resend first, then new rows, while the batch
+ * is not being cut. */
+static void batch_pump(struct lane *l, struct wtable *t, bool cutting)
+{
+    const struct conf_dest *cd = l->w->cd;
+    size_t limit = l->fail_streak ? 1 : (size_t)cd->max_inflight;
+    while (t->retry && t->conn && l->n_inflight < limit) {
+        struct wchunk *c = t->retry;
+        t->retry = c->next;
+        if (send_chunk(l, t, c) != 0) {
+            push_retry(t, c);
+            batch_abandon(l, t, "could not send an append");
+            return;
+        }
+    }
+    while (!cutting && !t->retry && t->conn && l->n_inflight < limit &&
+           util_mono_us() >= l->not_before_us) {
+        struct wtable *rt = NULL;
+        l->want[0] = 0;
+        struct wchunk *c = read_batch(l, util_now_ms(), &rt);
+        l->want[0] = 0;
+        if (!c)
+            break;
+        l->b_read_us = util_mono_us();
+        if (send_chunk(l, t, c) != 0) {
+            chunk_free(c);
+            batch_abandon(l, t, "could not send an append");
+            return;
+        }
+    }
+}
+
+static void batch_poll(struct lane *l, struct wtable *t)
+{
+    if (!t->conn) {
+        usleep(POLL_MS * 1000);
+        return;
+    }
+    for (int rounds = 0; t->conn && rounds < 64; rounds++) {
+        struct bqw_result r;
+        bqw_conn_next(t->conn, rounds == 0 && t->inflight ? POLL_MS : 0, &r);
+        if (r.event == BQW_EV_NONE) {
+            if (rounds == 0 && !t->inflight)
+                usleep(POLL_MS * 1000);
+            return;
+        }
+        if (r.event == BQW_EV_RESULT) {
+            batch_on_result(l, t, &r);
+        } else {
+            batch_on_closed(l, t, &r.status);
+            return;
+        }
+    }
+}
+
+static void batch_main(struct lane *l)
+{
+    struct writer *w = l->w;
+    const struct conf_dest *cd = w->cd;
+    settle_layout(l);   /* streams of mode = stream are settled first */
+    __atomic_store_n(&w->settled, 1, __ATOMIC_RELEASE);
+    while (!stopping(w) && batch_recover(l, " left by the last run") != 0)
+        while (!stopping(w) && util_mono_us() < l->not_before_us)
+            usleep(POLL_MS * 1000);
+    struct wtable *t = table_get(l, w->route.pattern);
+    if (!t) {
+        log_error("%s: out of memory", cd->name);
+        return;
+    }
+    pthread_mutex_lock(&w->lock);
+    t->stream[0] = 0;
+    pthread_mutex_unlock(&w->lock);
+    t->offsets = true;
+    t->next_offset = 0;
+    t->uncertain = false;
+    struct batch_limits lim = { cd->batch_commit_rows, cd->batch_commit_interval_ms,
+                                cd->batch_commit_idle_ms };
+    set_state(l, "idle", "");
+    while (!stopping(w) || (l->n_inflight && l->bs.phase == BATCH_APPENDING)) {
+        if (stopping(w)) {   /* answers in flight: a short while, then leave (restart abandons) */
+            uint64_t until = util_mono_us() + 5000000;
+            while (l->n_inflight && t->conn && util_mono_us() < until)
+                batch_poll(l, t);
+            break;
+        }
+        if (util_mono_us() < l->not_before_us) {
+            usleep(POLL_MS * 1000);
+            continue;
+        }
+        if (strcmp(l->state, "backoff") == 0 || strcmp(l->state, "parked") == 0)
+            ds_probe(&l->ds);
+        enum batch_phase ph = l->bs.phase;
+        if (ph == BATCH_FINALIZING || ph == BATCH_COMMITTING) {
+            char path[PATH_MAX_LEN];
+            snprintf(path, sizeof path, "%s", t->path);
+            struct batch_state bs = l->bs;
+            if (batch_finish(l, &bs, path) >= 0) {
+                pthread_mutex_lock(&w->lock);
+                t->stream[0] = 0;
+                pthread_mutex_unlock(&w->lock);
+                t->next_offset = 0;
+                l->read_seq = 0;
+                set_state(l, "idle", "");
+            }
+            continue;
+        }
+        if (ph == BATCH_NONE) {
+            uint64_t first = queue_first(w, 0);
+            if (!first) {
+                set_state(l, "idle", "");
+                usleep(POLL_MS * 1000);
+                continue;
+            }
+            l->b_first_seq = first - 1;
+            if (batch_open(l, t) != 0)
+                continue;
+        }
+        if (!t->conn && batch_open(l, t) != 0)
+            continue;
+        uint64_t now = util_mono_us();
+        uint64_t age_ms = (now - l->b_created_us) / 1000, idle_ms = (now - l->b_read_us) / 1000;
+        bool empty = !t->retry && !queue_has_from(w, l->read_seq);
+        enum batch_cut cut = batch_should_cut(&lim, l->bs.rows, age_ms, idle_ms, empty);
+        bool cutting = cut != BATCH_KEEP || (lim.commit_rows && l->bs.rows >= lim.commit_rows);
+        batch_pump(l, t, cutting);
+        if (!t->conn)
+            continue;
+        if (cutting && !l->n_inflight && !t->retry && l->bs.phase == BATCH_APPENDING) {
+            struct batch_state bs = l->bs;
+            bs.phase = BATCH_FINALIZING;
+            if (batch_put(w, &bs) != 0) {
+                backoff(l, false, "cannot record the batch state in the spool");
+                continue;
+            }
+            batch_set(l, &bs);
+            bqw_conn_close(t->conn);
+            t->conn = NULL;
+            log_debug("%s: batch cut (%s): %llu row(s)", cd->name, batch_cut_name(cut),
+                      (unsigned long long)bs.rows);
+            continue;
+        }
+        if (l->bs.phase == BATCH_APPENDING && l->bs.rows == 0 && !l->n_inflight && !t->retry &&
+            empty && lim.commit_interval_ms && age_ms >= lim.commit_interval_ms) {
+            /* every row of it was dead-lettered: nothing to commit */
+            batch_drop_inflight(l, t);
+            batch_forget(l);
+            pthread_mutex_lock(&w->lock);
+            t->stream[0] = 0;
+            pthread_mutex_unlock(&w->lock);
+            continue;
+        }
+        batch_poll(l, t);
+    }
+    if (l->bs.phase == BATCH_APPENDING && l->bs.rows && !l->n_inflight && !t->retry) {
+        /* a graceful stop: commit what is appended rather than send it all
+         * again after the restart (a failure leaves it to the restart) */
+        struct batch_state bs = l->bs;
+        bs.phase = BATCH_FINALIZING;
+        if (t->conn) {
+            bqw_conn_close(t->conn);
+            t->conn = NULL;
+        }
+        if (batch_put(w, &bs) == 0) {
+            batch_set(l, &bs);
+            log_info("%s: stopping: committing the open batch (%llu row(s)) first", cd->name,
+                     (unsigned long long)bs.rows);
+            batch_finish(l, &bs, t->path);
+        }
+    }
+    batch_drop_inflight(l, t);
 }
 
 /* ---- the thread ---- */
@@ -1660,7 +2440,15 @@ static void *lane_main(void *arg)
 {
     struct lane *l = arg;
     struct writer *w = l->w;
+    if (w->cd->batch_mode) {
+        batch_main(l);
+        return NULL;
+    }
     if (l->part.k == 0) {
+        /* a batch left by mode = batch: finish (or abandon) it first */
+        while (!stopping(w) && batch_recover(l, " (the destination is in mode = stream now)") != 0)
+            while (!stopping(w) && util_mono_us() < l->not_before_us)
+                usleep(POLL_MS * 1000);
         settle_layout(l);
         __atomic_store_n(&w->settled, 1, __ATOMIC_RELEASE);
     } else {
@@ -1765,7 +2553,8 @@ int writer_create(const struct conf_dest *cd, struct spool *sp, struct writer **
         }
     }
     log_info("destination %s -> %s via the Storage Write API (%s, %u connection(s), %s, %s)",
-             cd->name, w->table, cd->exactly_once ? "exactly once" : "at least once", w->n_lanes,
+             cd->name, w->table, cd->batch_mode ? "mode = batch: pending streams, exactly once" :
+             cd->exactly_once ? "exactly once" : "at least once", w->n_lanes,
              cd->storage_endpoint, auth_describe(w->lanes[0].auth));
     *out = w;
     return 0;
@@ -1800,7 +2589,31 @@ void writer_status(struct writer *w, void *destp)
     pthread_mutex_lock(&w->lock);
     json_object_set_new(dl, "table", json_string(w->table));
     json_object_set_new(dl, "api", json_string("storage"));
-    json_object_set_new(dl, "delivery", json_string(w->cd->exactly_once ? "exactly_once" : "at_least_once"));
+    json_object_set_new(dl, "delivery", json_string(w->cd->exactly_once || w->cd->batch_mode ?
+                                                    "exactly_once" : "at_least_once"));
+    json_object_set_new(dl, "mode", json_string(w->cd->batch_mode ? "batch" : "stream"));
+    if (w->cd->batch_mode) {
+        const struct lane *l0 = &w->lanes[0];
+        json_t *b = json_object();
+        json_object_set_new(b, "state", json_string(l0->bs.phase == BATCH_NONE ? "idle" :
+                                                    batch_phase_name(l0->bs.phase)));
+        json_object_set_new(b, "stream", json_string(l0->bs.stream));
+        json_object_set_new(b, "rows", json_integer((json_int_t)l0->bs.rows));
+        json_object_set_new(b, "first_seq", json_integer((json_int_t)l0->bs.first_seq));
+        json_object_set_new(b, "last_seq", json_integer((json_int_t)l0->bs.last_seq));
+        json_object_set_new(b, "age_s", json_real(l0->bs.phase != BATCH_NONE && l0->b_created_us ?
+                            (double)(now_us - l0->b_created_us) / 1e6 : 0));
+        json_object_set_new(b, "commits", json_integer((json_int_t)l0->b_commits));
+        json_object_set_new(b, "rows_committed", json_integer((json_int_t)l0->b_rows_committed));
+        json_object_set_new(b, "last_commit_ms", json_integer((json_int_t)l0->b_last_commit_ms));
+        json_object_set_new(b, "last_commit_age_s", json_real(l0->b_last_commit_ms ?
+                            (double)(now_ms - l0->b_last_commit_ms) / 1000 : -1));
+        json_object_set_new(b, "commit_rows", json_integer((json_int_t)w->cd->batch_commit_rows));
+        json_object_set_new(b, "commit_interval_s",
+                            json_real((double)w->cd->batch_commit_interval_ms / 1000));
+        json_object_set_new(b, "commit_idle_s", json_real((double)w->cd->batch_commit_idle_ms / 1000));
+        json_object_set_new(dl, "batch", b);
+    }
     /* the destination's state is its worst connection's */
     struct lane *worst = &w->lanes[0];
     size_t inflight = 0;

@@ -774,6 +774,53 @@ static void test_storage_parity_keys(void **state)
     conf_free(&c);
 }
 
+static void test_batch_mode_keys(void **state)
+{
+    (void)state;
+    struct conf c;
+    /* defaults: mode = stream, the commit limits documented */
+    LOAD_OK(DEST, &c);
+    assert_false(c.dests[0].batch_mode);
+    assert_int_equal(c.dests[0].batch_commit_rows, 1000000);
+    assert_int_equal(c.dests[0].batch_commit_interval_ms, 60000);
+    assert_int_equal(c.dests[0].batch_commit_idle_ms, 2000);
+    conf_free(&c);
+    LOAD_OK(DEST "api = storage\nmode = batch\nbatch_commit_rows = 5000\n"
+            "batch_commit_interval = 10s\nbatch_commit_idle = 0\n", &c);
+    assert_true(c.dests[0].batch_mode);
+    assert_int_equal(c.dests[0].batch_commit_rows, 5000);
+    assert_int_equal(c.dests[0].batch_commit_interval_ms, 10000);
+    assert_int_equal(c.dests[0].batch_commit_idle_ms, 0);
+    conf_free(&c);
+    LOAD_OK(DEST "api = storage\nmode = stream\n", &c);
+    assert_false(c.dests[0].batch_mode);
+    conf_free(&c);
+    /* exactly_once said out loud is fine: batch mode is exactly once anyway */
+    LOAD_OK(DEST "api = storage\nmode = batch\ndelivery = exactly_once\n", &c);
+    conf_free(&c);
+    LOAD_BAD(DEST "api = storage\nmode = bulk\n", 3, "[destination events] mode: ",
+             "expected stream or batch, got 'bulk'");
+    /* mode = batch needs the Storage Write API: the mode's line */
+    LOAD_BAD(DEST "project = p\ndataset = d\nmode = batch\n", 4, "[destination events] mode: ",
+             "set api = storage");
+    /* at_least_once contradicts it: the delivery line */
+    LOAD_BAD(DEST "api = storage\nmode = batch\n\ndelivery = at_least_once\n", 5,
+             "[destination events] delivery: ", "exactly once by construction",
+             "mode = stream");
+    /* sharded tables and several connections are refused, naming the key */
+    LOAD_BAD(DEST "api = storage\nmode = batch\ntable = ev_%Y%m%d\n", 4,
+             "[destination events] table: ", "does not support time-sharded tables");
+    LOAD_BAD(DEST "api = storage\ntable_time_field = ts\nmode = batch\n", 3,
+             "[destination events] table_time_field: ", "time-sharded");
+    LOAD_BAD(DEST "api = storage\nmode = batch\nconnections = 2\n", 4,
+             "[destination events] connections: ", "one AppendRows connection",
+             "remove connections = 2");
+    LOAD_BAD(DEST "api = storage\nbatch_commit_interval = 10ms\n", 3, "batch_commit_interval: ",
+             "out of range");
+    LOAD_BAD(DEST "api = storage\nbatch_commit_rows = 0\n", 3, "batch_commit_rows: ",
+             "out of range");
+}
+
 static void test_missing_file(void **state)
 {
     (void)state;
@@ -951,6 +998,7 @@ int main(void)
         cmocka_unit_test(test_no_destination),
         cmocka_unit_test(test_validate_rules),
         cmocka_unit_test(test_storage_parity_keys),
+        cmocka_unit_test(test_batch_mode_keys),
         cmocka_unit_test(test_missing_file),
         cmocka_unit_test(test_valid_name),
         cmocka_unit_test(test_peer_allowed),
