@@ -113,6 +113,7 @@ struct auth {
     bool started;
     bool stop;             /* auth_free: end the thread (and abort its transfer) */
     bool want;             /* refresh now (no token, or after auth_invalidate) */
+    bool fetching;         /* the refresher has a fetch in flight */
     unsigned fails;        /* failed refreshes in a row */
     uint64_t next_try_us;  /* after a failure: not before this */
     char last_err[512];    /* why the last refresh failed ("" after a success) */
@@ -1216,11 +1217,13 @@ static void *refresher(void *arg)
         bool due = a->want || !a->token || now + renew_margin(a) >= a->expires_us;
         if (due && now >= a->next_try_us) {
             a->want = false;
+            a->fetching = true;
             pthread_mutex_unlock(&a->mu);
             char ferr[512];
             ferr[0] = 0;
             int rc = refresh(a, ferr, sizeof ferr);
             pthread_mutex_lock(&a->mu);
+            a->fetching = false;
             if (rc == 0) {
                 if (a->fails)
                     log_info("auth: access token refreshed after %u failed attempt(s)", a->fails);
@@ -1266,8 +1269,12 @@ int auth_token_nowait(struct auth *a, char *out, size_t outlen, char *err, size_
     }
     int rc = copy_token(a, util_mono_us(), stale_margin(a), out, outlen, err, errlen);
     if (rc > 0) {
-        a->want = true;
-        pthread_cond_signal(&a->cv);
+        /* no token yet: ask for one, unless the fetch that will bring it is
+         * already in flight (asking then would fetch a second one at once) */
+        if (!a->fetching) {
+            a->want = true;
+            pthread_cond_signal(&a->cv);
+        }
         if (a->last_err[0]) {
             util_set_err(err, errlen, "%s", a->last_err);
             rc = -1;
