@@ -6,6 +6,7 @@
 #   make asan       build with AddressSanitizer + UndefinedBehaviorSanitizer into build-asan/
 #   make bench      benchmarks that print figures (see docs/benchmarks.md); builds
 #                   build/fastsink, the fast BigQuery sink the delivery figures use
+#   make profile    instructions per delivered row per delivery path (callgrind)
 #   make fuzz       run the fuzz targets for FUZZ_SECONDS each (default 300)
 #   make run        install deps, build, and start relayd with a local config
 #   make valgrind   unit tests under valgrind --leak-check=full
@@ -59,7 +60,7 @@ RELAY_VERSION_STR = $(shell sed -n 's/^\#define[[:space:]]*RELAY_VERSION[[:space
 CLIENTLIBS := $(BUILD)/librelayclient.a $(BUILD)/librelayclient.so.1 $(BUILD)/librelayclient.so \
               $(BUILD)/relayclient.pc
 
-.PHONY: all deps test unit asan bench fuzz fuzz-smoke run clean install valgrind check-deps deb \
+.PHONY: all deps test unit asan bench profile fuzz fuzz-smoke run clean install valgrind check-deps deb \
         fresh-check parse-check test-suite systemd-check
 .SECONDARY:
 
@@ -213,6 +214,12 @@ valgrind: unit
 bench: deps
 	@$(MAKE) --no-print-directory all $(BENCHBIN)
 	$(PY) tests/bench/run.py
+
+# Marginal instructions per delivered row on each delivery path (callgrind;
+# tests/bench/profile.py, PROFILE_BUILD=dir for another build's relayd).
+profile: deps
+	@$(MAKE) --no-print-directory all $(BENCHBIN)
+	$(PY) tests/bench/profile.py --annotate
 
 run: deps
 	@$(MAKE) --no-print-directory all

@@ -100,6 +100,8 @@ struct dest {
     bool more;                /* the last read filled a batch: more rows may be waiting */
     struct chunk *held;       /* rows to dead-letter while the store is full: kept */
     struct budget budget;     /* bytes taken from the queue, not yet settled */
+    size_t hint_rows, hint_data;   /* capacities the last full batch reached: a new
+                                    * batch starts there (no realloc copies per batch) */
     /* counters and state for status (under sender->stats_lock) */
     uint64_t delivered, retried, dead_lettered, requests, failed, bytes_raw, bytes_sent;
     struct counts dead_by_reason;
@@ -515,6 +517,10 @@ static struct chunk *read_batch(struct sender *s, struct dest *d, uint64_t now_m
     rd.ch = calloc(1, sizeof *rd.ch);
     if (!rd.ch)
         return NULL;
+    if (d->hint_rows && (rd.ch->rows = malloc(d->hint_rows * sizeof *rd.ch->rows)))
+        rd.cap_rows = d->hint_rows;
+    if (d->hint_data && (rd.ch->data = malloc(d->hint_data)))
+        rd.cap_data = d->hint_data;
     spool_read(s->spool, d->id, d->read_seq, cd->batch_rows + 1, SIZE_MAX, read_row, &rd);
     struct chunk *ch = rd.ch;
     if (rd.blocked && ch->n == 0) {
@@ -548,6 +554,10 @@ static struct chunk *read_batch(struct sender *s, struct dest *d, uint64_t now_m
     }
     ch->budget = &d->budget;
     ch->charged = ch->data_len;
+    if (rd.full || ch->n >= cd->batch_rows) {   /* full batches set the next one's sizes */
+        d->hint_rows = rd.cap_rows;
+        d->hint_data = rd.cap_data;
+    }
     d->flush_at_ms = 0;
     d->more = rd.full || ch->n >= cd->batch_rows;
     d->read_seq = ch->rows[ch->n - 1].seq + 1;

@@ -65,6 +65,12 @@ struct spool {
     void *map_addr;                /* LMDB's mapping of data.mdb, for release_pages */
     size_t map_len;
     pthread_mutex_t dbi_lock;      /* mdb_dbi_open is single-transaction only */
+    /* Reset read transactions kept for spool_read (MDB_NOTLS: renewable on
+     * any thread). mdb_txn_begin callocs a transaction sized by maxdbs (tens
+     * of KiB) per call; a renewed one costs no allocation. */
+    pthread_mutex_t rtxn_lock;
+    MDB_txn *rtxn[4];
+    unsigned n_rtxn;
     struct dest_slot dest[SPOOL_MAX_DESTS + 1];   /* by id; id 0 unused */
 };
 
@@ -353,6 +359,7 @@ int spool_open(const struct spool_opts *o, struct spool **out, char *err, size_t
         return SPOOL_NOMEM;
     }
     pthread_mutex_init(&s->dbi_lock, NULL);
+    pthread_mutex_init(&s->rtxn_lock, NULL);
     s->readonly = o->readonly;
     s->durability = o->durability;
     s->dir = strdup(o->dir);
@@ -460,8 +467,11 @@ void spool_close(struct spool *s)
 {
     if (!s)
         return;
+    for (unsigned i = 0; i < s->n_rtxn; i++)
+        mdb_txn_abort(s->rtxn[i]);
     if (s->env)
         mdb_env_close(s->env);
+    pthread_mutex_destroy(&s->rtxn_lock);
     for (unsigned i = 0; i <= SPOOL_MAX_DESTS; i++)
         free(s->dest[i].name);
     pthread_mutex_destroy(&s->dbi_lock);
@@ -1141,18 +1151,50 @@ bool spool_has_room(struct spool *s, uint64_t footprint)
 
 /* ---- reading ---- */
 
+/* A read transaction for spool_read: a kept one renewed, else a new one. */
+static int read_txn_begin(struct spool *s, MDB_txn **txn)
+{
+    MDB_txn *t = NULL;
+    pthread_mutex_lock(&s->rtxn_lock);
+    if (s->n_rtxn)
+        t = s->rtxn[--s->n_rtxn];
+    pthread_mutex_unlock(&s->rtxn_lock);
+    if (t) {
+        if (mdb_txn_renew(t) == 0) {
+            *txn = t;
+            return 0;
+        }
+        mdb_txn_abort(t);
+    }
+    return mdb_txn_begin(s->env, NULL, MDB_RDONLY, txn);
+}
+
+/* Ends it: reset and kept for the next read, or aborted when enough are kept. */
+static void read_txn_end(struct spool *s, MDB_txn *txn)
+{
+    mdb_txn_reset(txn);
+    pthread_mutex_lock(&s->rtxn_lock);
+    if (s->n_rtxn < sizeof s->rtxn / sizeof s->rtxn[0]) {
+        s->rtxn[s->n_rtxn++] = txn;
+        txn = NULL;
+    }
+    pthread_mutex_unlock(&s->rtxn_lock);
+    if (txn)
+        mdb_txn_abort(txn);
+}
+
 int spool_read(struct spool *s, uint32_t dest, uint64_t from_seq, size_t max_records,
                size_t max_bytes, spool_record_cb cb, void *arg)
 {
     if (!dest_ready(s, dest))
         return SPOOL_INVAL;
     MDB_txn *txn;
-    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
+    int rc = read_txn_begin(s, &txn);
     if (rc)
         return map_rc(rc, "begin read");
     MDB_cursor *c;
     if ((rc = mdb_cursor_open(txn, s->dest[dest].dbi, &c)) != 0) {
-        mdb_txn_abort(txn);
+        read_txn_end(s, txn);
         return map_rc(rc, "cursor");
     }
     unsigned char kb[8];
@@ -1190,7 +1232,7 @@ int spool_read(struct spool *s, uint32_t dest, uint64_t from_seq, size_t max_rec
             break;
     }
     mdb_cursor_close(c);
-    mdb_txn_abort(txn);
+    read_txn_end(s, txn);
     if (rc && rc != MDB_NOTFOUND)
         return map_rc(rc, "read");
     return SPOOL_OK;
