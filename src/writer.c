@@ -1106,12 +1106,15 @@ out:
 
 /* ---- results ---- */
 
-static void on_result(struct lane *l, struct wtable *t, const struct bqw_result *r)
+/* The chunk an answer is for (the oldest in flight on t), with the answer's
+ * latency recorded and, when BigQuery says the table's schema changed, the
+ * schema fetched again. NULL when nothing was in flight. */
+static struct wchunk *take_answer(struct lane *l, struct wtable *t, const struct bqw_result *r)
 {
     struct writer *w = l->w;
     struct wchunk *c = pop_inflight(l, t);
     if (!c)
-        return;
+        return NULL;
     pthread_mutex_lock(&w->lock);
     histo_add(&w->latency, (double)(util_mono_us() - c->sent_us) / 1e6);
     pthread_mutex_unlock(&w->lock);
@@ -1120,6 +1123,15 @@ static void on_result(struct lane *l, struct wtable *t, const struct bqw_result 
         if (load_schema(l, t, err, sizeof err) == 0)
             log_info("%s: the schema of %s changed: writer schema rebuilt", w->cd->name, t->fq);
     }
+    return c;
+}
+
+static void on_result(struct lane *l, struct wtable *t, const struct bqw_result *r)
+{
+    struct writer *w = l->w;
+    struct wchunk *c = take_answer(l, t, r);
+    if (!c)
+        return;
     if (r->ok) {
         if (t->offsets && r->offset >= 0 && r->offset != c->offset) {
             /* the server put them elsewhere than asked: stop trusting our count */
@@ -1943,17 +1955,9 @@ static void batch_reject(struct lane *l, struct wtable *t, struct wchunk *c, con
 static void batch_on_result(struct lane *l, struct wtable *t, const struct bqw_result *r)
 {
     struct writer *w = l->w;
-    struct wchunk *c = pop_inflight(l, t);
+    struct wchunk *c = take_answer(l, t, r);
     if (!c)
         return;
-    pthread_mutex_lock(&w->lock);
-    histo_add(&w->latency, (double)(util_mono_us() - c->sent_us) / 1e6);
-    pthread_mutex_unlock(&w->lock);
-    if (r->schema_changed) {
-        char err[512];
-        if (load_schema(l, t, err, sizeof err) == 0)
-            log_info("%s: the schema of %s changed: writer schema rebuilt", w->cd->name, t->fq);
-    }
     /* a chunk sent again (same rows, same offset) after its answer was lost:
      * ALREADY_EXISTS means its first send was written (appends are atomic and
      * nothing else is ever sent at that offset of this stream) */
