@@ -32,6 +32,7 @@
 #include "delivstate.h"
 #include "https.h"
 #include "log.h"
+#include "recorder.h"
 #include "route.h"
 #include "rowenc.h"
 #include "sender.h"
@@ -73,6 +74,7 @@ struct wchunk {
     uint64_t sent_us;         /* monotonic, for the latency histogram */
     struct budget *budget;    /* charged with `charged` bytes (max_inflight_bytes) */
     uint64_t charged;
+    struct wtable *table;     /* while on the lane's done list: whose rows they are */
 };
 
 /* One table of one lane: its schema, stream and AppendRows connection. */
@@ -93,6 +95,7 @@ struct wtable {
     struct wchunk *inflight, **inflight_tail;   /* sent, oldest first */
     size_t n_inflight;
     struct wchunk *retry;             /* to resend, in order, before new rows of this table */
+    size_t n_done;                    /* rows of it on the lane's done list */
 };
 
 /* The rows a lane owns: route_lane(seq, n) == k, going by route. */
@@ -117,6 +120,12 @@ struct lane {
     unsigned fail_streak;
     size_t n_inflight;                /* appends in flight over all its tables */
     char want[ROUTE_TABLE_MAX];       /* the reader stopped at a row of this table (not open) */
+    /* appends answered OK this turn, oldest first, handed to the recorder
+     * together by record_done */
+    struct wchunk *done, **done_tail;
+    uint64_t *done_seqs;
+    size_t cap_done_seqs;
+    uint64_t ticket;                  /* of its last job handed to the recorder */
     /* status (under the writer's lock) */
     char state[16], why[300];
     struct delivstate ds;
@@ -136,6 +145,7 @@ struct writer {
     unsigned n_lanes;
     struct lane *lanes;
     struct budget budget;             /* max_inflight_bytes, shared by the lanes */
+    struct recorder *rec;             /* records delivered rows, for every lane */
     volatile int stop;
     volatile int settled;             /* streams of an earlier layout are settled */
     volatile int woken;
@@ -390,16 +400,113 @@ static int record(struct lane *l, struct wtable *t, const uint64_t *done, size_t
     return 0;
 }
 
-static int record_chunk_done(struct lane *l, struct wtable *t, const struct wchunk *c)
+static void drop_conn(struct lane *l, struct wtable *t);
+
+/* An append of t answered OK: its rows join the lane's done list. */
+static void add_done(struct lane *l, struct wtable *t, struct wchunk *c)
 {
-    uint64_t *seqs = malloc((c->n ? c->n : 1) * sizeof *seqs);
-    if (!seqs)
-        return -1;
-    for (size_t i = 0; i < c->n; i++)
-        seqs[i] = c->rows[i].seq;
-    int rc = record(l, t, seqs, c->n, NULL, 0, c);
-    free(seqs);
-    return rc;
+    c->table = t;
+    c->next = NULL;
+    *l->done_tail = c;
+    l->done_tail = &c->next;
+    t->n_done += c->n;
+}
+
+/* Hands every append on the done list to the recorder (w->rec): their rows
+ * are removed, and (exactly-once) each table's next_offset moved past them,
+ * on its thread, in one transaction for whatever is queued by then. The
+ * lane's own view (next_offset, the delivered chunks freed) moves at once;
+ * what reads the spool state those jobs change (a resync, a new stream, an
+ * evicted table's state) first waits for the lane's last ticket
+ * (settle_recorded). Called before an error or a closed call is handled,
+ * and at the end of each turn. If the job cannot even be queued (out of
+ * memory) the chunks are resent on a fresh connection instead. */
+static void record_done(struct lane *l)
+{
+    struct writer *w = l->w;
+    if (!l->done)
+        return;
+    size_t n = 0, n_meta = 0;
+    for (struct wchunk *c = l->done; c; c = c->next) {
+        n += c->n;
+        if (c->table->offsets && !(c->next && c->next->table == c->table))
+            n_meta++;   /* once per table, at its last chunk (n_done is its total) */
+    }
+    uint64_t ticket = 0;
+    if (n > l->cap_done_seqs) {
+        uint64_t *ns = realloc(l->done_seqs, n * sizeof *ns);
+        if (ns) {
+            l->done_seqs = ns;
+            l->cap_done_seqs = n;
+        }
+    }
+    enum { STATE_LEN = PATH_MAX_LEN + 32 };
+    struct recorder_meta *meta = n_meta ? malloc(n_meta * (sizeof *meta + STATE_LEN)) : NULL;
+    if (n <= l->cap_done_seqs && (meta || !n_meta)) {
+        size_t k = 0, m = 0;
+        char *text = (char *)(meta + n_meta);
+        for (struct wchunk *c = l->done; c; c = c->next) {
+            for (size_t i = 0; i < c->n; i++)
+                l->done_seqs[k++] = c->rows[i].seq;
+            struct wtable *t = c->table;
+            if (!t->offsets || (c->next && c->next->table == t))
+                continue;
+            char *state = text + m * STATE_LEN;
+            int len = snprintf(state, STATE_LEN, "%lld %s",
+                               (long long)(t->next_offset + (int64_t)t->n_done), t->stream);
+            meta[m++] = (struct recorder_meta){ t->key, state, (size_t)len };
+        }
+        ticket = recorder_submit(w->rec, l->done_seqs, n, meta, n_meta);
+    }
+    free(meta);
+    struct wchunk *list = l->done;
+    l->done = NULL;
+    l->done_tail = &l->done;
+    if (!ticket) {
+        log_warn("%s: cannot record %zu delivered row(s): out of memory; they are resent",
+                 w->cd->name, n);
+        /* newest first onto the front of each retry list keeps them in order,
+         * ahead of what was in flight after them */
+        struct wchunk *rev = NULL;
+        while (list) {
+            struct wchunk *next = list->next;
+            list->next = rev;
+            rev = list;
+            list = next;
+        }
+        for (struct wchunk *c = rev; c; c = c->next)
+            if (c->table->n_done) {
+                drop_conn(l, c->table);
+                c->table->n_done = 0;
+            }
+        while (rev) {
+            struct wchunk *next = rev->next;
+            push_retry(rev->table, rev);
+            rev = next;
+        }
+        return;
+    }
+    l->ticket = ticket;
+    pthread_mutex_lock(&w->lock);
+    for (struct wchunk *c = list; c; c = c->next)
+        if (c->table->offsets)
+            c->table->next_offset += (int64_t)c->n;
+    pthread_mutex_unlock(&w->lock);
+    while (list) {
+        struct wchunk *next = list->next;
+        list->table->n_done = 0;
+        chunk_free(list);
+        list = next;
+    }
+    l->fail_streak = 0;
+    ds_ok(&l->ds, w->sp, w->id);
+}
+
+/* Returns once what this lane handed to the recorder is in the spool. */
+static void settle_recorded(struct lane *l)
+{
+    record_done(l);
+    recorder_wait(l->w->rec, l->ticket);
 }
 
 /* ---- tables: schema, creation ---- */
@@ -682,6 +789,7 @@ static int table_open(struct lane *l, struct wtable *t)
             return -1;
         }
         /* a new stream starts at offset 0 at the head of (this lane, this table) */
+        settle_recorded(l);   /* after every put of the old stream's state */
         struct spool_txn *txn = NULL;
         char state[PATH_MAX_LEN + 32];
         int len = snprintf(state, sizeof state, "0 %s", name);
@@ -1036,6 +1144,7 @@ static void trim_retry(struct wtable *t, uint64_t last)
 static int resync(struct lane *l, const struct part *p, struct wtable *t)
 {
     struct writer *w = l->w;
+    settle_recorded(l);   /* it reads the queue and next_offset */
     size_t span = (size_t)(w->cd->max_inflight * w->cd->batch_rows);
     struct probe_rows pr = { .p = p, .t = t, .cd = w->cd, .cap = span };
     pr.seqs = calloc(span, sizeof *pr.seqs);
@@ -1129,6 +1238,8 @@ static struct wchunk *take_answer(struct lane *l, struct wtable *t, const struct
 static void on_result(struct lane *l, struct wtable *t, const struct bqw_result *r)
 {
     struct writer *w = l->w;
+    if (!r->ok || (t->offsets && r->offset >= 0 && t->inflight && r->offset != t->inflight->offset))
+        record_done(l);   /* what went well before it is settled first */
     struct wchunk *c = take_answer(l, t, r);
     if (!c)
         return;
@@ -1141,14 +1252,7 @@ static void on_result(struct lane *l, struct wtable *t, const struct bqw_result 
             push_retry(t, c);
             return;
         }
-        if (record_chunk_done(l, t, c) != 0) {
-            drop_conn(l, t);    /* could not record: resend (exactly-once resync finds them) */
-            push_retry(t, c);
-            return;
-        }
-        l->fail_streak = 0;
-        ds_ok(&l->ds, w->sp, w->id);
-        chunk_free(c);
+        add_done(l, t, c);
         return;
     }
     const struct bqw_status *e = &r->error;
@@ -1260,6 +1364,7 @@ static void on_result(struct lane *l, struct wtable *t, const struct bqw_result 
 static void on_closed(struct lane *l, struct wtable *t, const struct bqw_status *st)
 {
     struct writer *w = l->w;
+    record_done(l);
     note_error(w, "connection closed: %s: %s", bqw_code_name(st->code), st->message);
     bool idle = st->code == BQW_ABORTED && strstr(st->message, "inactive");
     if (st->code == BQW_UNAUTHENTICATED)
@@ -1302,6 +1407,7 @@ static bool table_busy(void *val, void *arg)
 static void table_evict(struct lane *l, struct wtable *t)
 {
     struct writer *w = l->w;
+    settle_recorded(l);   /* no put of its state may follow the delete */
     if (w->cd->exactly_once && t->stream[0]) {
         struct spool_txn *txn = NULL;
         if (spool_txn_begin(w->sp, &txn) == SPOOL_OK) {
@@ -2379,8 +2485,10 @@ static void poll_results(struct lane *l)
                 wait_on = t;
         }
     }
-    if (any)
+    if (any) {
+        record_done(l);
         return;
+    }
     if (!wait_on) {
         usleep(POLL_MS * 1000);
         return;
@@ -2391,6 +2499,7 @@ static void poll_results(struct lane *l)
         on_result(l, wait_on, &r);
     else if (r.event == BQW_EV_CLOSED)
         on_closed(l, wait_on, &r.status);
+    record_done(l);
     (void)w;
 }
 
@@ -2486,6 +2595,7 @@ static void *lane_main(void *arg)
                 set_state(l, "idle", "");
         }
     }
+    settle_recorded(l);
     pthread_mutex_lock(&w->lock);
     while (tcache_count(&l->tables)) {
         struct wtable *t = tcache_at(&l->tables, 0);
@@ -2499,6 +2609,15 @@ static void *lane_main(void *arg)
 }
 
 /* ---- life cycle ---- */
+
+/* The recorder committed rows of w: they count as delivered now. */
+static void on_recorded(void *arg, uint64_t rows)
+{
+    struct writer *w = arg;
+    pthread_mutex_lock(&w->lock);
+    w->delivered += rows;
+    pthread_mutex_unlock(&w->lock);
+}
 
 int writer_create(const struct conf_dest *cd, struct spool *sp, struct writer **out,
                   char *err, size_t errlen)
@@ -2526,12 +2645,18 @@ int writer_create(const struct conf_dest *cd, struct spool *sp, struct writer **
         writer_free(w);
         return -1;
     }
+    if (recorder_create(sp, w->id, cd->name, on_recorded, w, &w->rec) != 0) {
+        snprintf(err, errlen, "[destination %s]: out of memory", cd->name);
+        writer_free(w);
+        return -1;
+    }
     for (unsigned k = 0; k < w->n_lanes; k++) {
         struct lane *l = &w->lanes[k];
         l->w = w;
         l->part.k = k;
         l->part.n = w->n_lanes;
         l->part.route = w->route;
+        l->done_tail = &l->done;
         snprintf(l->state, sizeof l->state, "idle");
         ds_init(&l->ds, &w->lock, cd->name, "storage", w->table);
         if (tcache_init(&l->tables, LANE_TABLES) != 0) {
@@ -2697,6 +2822,8 @@ void writer_stop(struct writer *w, unsigned wait_ms)
     if (!w)
         return;
     __atomic_store_n(&w->stop, 1, __ATOMIC_RELEASE);
+    if (w->rec)
+        recorder_cancel(w->rec);   /* a stop never waits on a full disk */
     for (unsigned k = 0; w->lanes && k < w->n_lanes; k++) {
         if (w->lanes[k].started) {
             pthread_join(w->lanes[k].thread, NULL);
@@ -2718,10 +2845,13 @@ void writer_free(struct writer *w)
             table_free(l, t);
         }
         tcache_free(&l->tables);
+        free_list(l->done);
+        free(l->done_seqs);
         bqwrite_free(l->bw);
         auth_free(l->auth);
     }
     free(w->lanes);
+    recorder_free(w->rec);
     budget_destroy(&w->budget);
     pthread_mutex_destroy(&w->lock);
     free(w);
