@@ -4,7 +4,7 @@
  * (no I/O), so that the sender's decisions can be tested byte for byte.
  * Facts: ../shared/reference/bigquery-wire.md section 3.
  *
- * Thread safety: reentrant.
+ * Thread safety: reentrant (a struct bqrest_gz is used by one thread at a time).
  */
 #ifndef RELAY_BQREST_H
 #define RELAY_BQREST_H
@@ -37,8 +37,16 @@ struct bq_insert_opts {
 int bqrest_insertall_body(struct buf *out, const struct bq_row *rows, size_t n,
                           const struct bq_insert_opts *o);
 
-/* gzip-compresses in[0..len) into out (replacing its contents). level 1..9,
- * or 0 for zlib's default. Returns 0 or -1. */
+/* gzip. A struct bqrest_gz is a compressor for one level (1..9, or 0 for
+ * zlib's default, 6), reused from call to call; one thread at a time.
+ * bqrest_gz_new() returns NULL (errno EINVAL for a bad level, ENOMEM).
+ * bqrest_gz_compress() writes one gzip member of in[0..len) into out
+ * (replacing its contents, NUL-terminated past out->len); 0 or -1 (ENOMEM).
+ * bqrest_gzip() is the same with a compressor made for the one call. */
+struct bqrest_gz;
+struct bqrest_gz *bqrest_gz_new(int level);
+void bqrest_gz_free(struct bqrest_gz *z);
+int bqrest_gz_compress(struct bqrest_gz *z, const void *in, size_t len, struct buf *out);
 int bqrest_gzip(const void *in, size_t len, struct buf *out, int level);
 
 /* Append the URL path of insertAll / tables.get for a table (no host) to out:

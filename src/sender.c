@@ -148,6 +148,7 @@ struct sender {
     struct bq_row *body_rows;     /* a request's rows and insertIds, reused */
     char *body_ids;
     size_t cap_body_rows;
+    struct bqrest_gz *gz;         /* level 1, made at the first gzip'd request */
     char uuid[64];                /* the spool's uuid: insertId prefix */
     size_t uuid_len;
     pthread_mutex_t stats_lock;
@@ -704,7 +705,10 @@ static void start_request(struct sender *s, struct dest *d, struct chunk *ch)
     int rc = bqrest_insertall_body(&rq->body, rows, ch->n, &io);
     const struct buf *payload = &rq->body;
     if (rc == 0 && cd->gzip) {
-        rc = bqrest_gzip(rq->body.data, rq->body.len, &rq->gz, 1);
+        if (!s->gz && !(s->gz = bqrest_gz_new(1)))
+            rc = -1;
+        else
+            rc = bqrest_gz_compress(s->gz, rq->body.data, rq->body.len, &rq->gz);
         payload = &rq->gz;
     }
     char auth_hdr[4200];
@@ -1792,6 +1796,7 @@ void sender_free(struct sender *s)
     free(s->results);
     free(s->body_rows);
     free(s->body_ids);
+    bqrest_gz_free(s->gz);
     free(s->dests);
     for (size_t i = 0; i < s->n_old_confs; i++) {
         conf_free(s->old_confs[i]);

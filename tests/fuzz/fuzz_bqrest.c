@@ -28,10 +28,9 @@
  *
  *  - the input itself for util_crc32() (hand-written, PCLMULQDQ-folded):
  *    the CRC of the whole and of two parts split at a point the input picks
- *    must equal zlib's crc32(); and for bqrest_gzip() (raw deflate framed by
- *    our own gzip header and trailer) at a level the input picks: zlib's
- *    gzip inflate must give the input back and find the trailer's CRC and
- *    length right.
+ *    must equal zlib's crc32(); and for bqrest_gzip() (libdeflate's gzip)
+ *    at a level the input picks: zlib's gzip inflate must give the input
+ *    back and find the trailer's CRC and length right.
  *
  * Only LLVMFuzzerTestOneInput is defined: the Makefile links this with every
  * library source under src/.
