@@ -89,11 +89,9 @@ struct histo {
 void histo_add(struct histo *h, double seconds);
 
 /* CRC-32 as zlib's crc32(crc, buf, len) computes it (the gzip polynomial,
- * same value for every input, chaining alike; start with crc 0), faster on
- * x86-64 CPUs with PCLMULQDQ: 16-byte blocks are folded with carry-less
- * multiplication (the Intel white paper's method), the tail goes to zlib.
- * The spool's record checksums and the gzip trailers of insertAll bodies
- * use it. */
+ * same value for every input, chaining alike; start with crc 0), computed by
+ * libdeflate (faster than zlib's, above all on short inputs). The spool's
+ * and the dead-letter store's record checksums use it. */
 uint32_t util_crc32(uint32_t crc, const void *buf, size_t len);
 
 #endif /* RELAY_UTIL_H */

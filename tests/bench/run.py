@@ -75,9 +75,14 @@ def status(d):
     return json.loads(data)
 
 
-def cpu_s(pid):
+def cpu_split(pid):
+    """(user, system) CPU seconds of pid so far."""
     f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    return int(f[11]) / os.sysconf("SC_CLK_TCK"), int(f[12]) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid):
+    return sum(cpu_split(pid))
 
 
 def bench_delivery(api="insertall"):
@@ -245,7 +250,9 @@ def sink_run(sink, d, dest, api, live):
         if st["delivered"] + st["dead_lettered"] >= total and status(d)["spool"]["records"] == 0:
             break
         time.sleep(0.02)
-    dt, cpu = time.monotonic() - t0, cpu_s(p.pid) - c0
+    dt = time.monotonic() - t0
+    usr, sys_ = cpu_split(p.pid)
+    cpu = usr + sys_ - c0
     s1 = sink.stats()
     hwm = vm_hwm_kib(p.pid)
     stop(p)
@@ -253,6 +260,7 @@ def sink_run(sink, d, dest, api, live):
     got = s1["rows"][key] - s0["rows"][key]
     r = {"rows": st["delivered"], "dead": st["dead_lettered"], "secs": dt, "rate": st["delivered"] / dt,
          "us_row": cpu * 1e6 / max(1, st["delivered"]), "hwm": hwm, "sink_rows": got,
+         "us_user": usr * 1e6 / max(1, st["delivered"]), "us_sys": sys_ * 1e6 / max(1, st["delivered"]),
          "sink_cpu": (s1["cpu_s"] - s0["cpu_s"]) / dt * 100, "requests": st["requests"],
          "failed": st["failed_requests"]}
     if ingest:
@@ -286,7 +294,7 @@ def bench_sink():
                         (">=" if r["sink_rows"] >= r["rows"] else "<")
                 print(f"{label:31s} {'producers' if live else 'backlog  '}: {r['rate']:>9,.0f} rows/s "
                       f"({r['rows']} in {r['secs']:.2f} s, {r['dead']} dead-lettered), relayd "
-                      f"{r['us_row']:.2f} us/row, VmHWM {r['hwm'] / 1024:.1f} MiB; sink counted "
+                      f"{r['us_row']:.2f} us/row (user {r['us_user']:.2f}, system {r['us_sys']:.2f}), VmHWM {r['hwm'] / 1024:.1f} MiB; sink counted "
                       f"{r['sink_rows']} ({check} delivered), sink CPU {r['sink_cpu']:.0f}% of one core; "
                       f"{r['requests']} requests, {r['failed']} failed", flush=True)
                 if live and "ingest" in r:

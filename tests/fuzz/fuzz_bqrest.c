@@ -26,7 +26,7 @@
  *    unreserved bytes, '/' and %XX, and its last segments must decode back
  *    to the input (up to its first NUL).
  *
- *  - the input itself for util_crc32() (hand-written, PCLMULQDQ-folded):
+ *  - the input itself for util_crc32() (libdeflate's):
  *    the CRC of the whole and of two parts split at a point the input picks
  *    must equal zlib's crc32(); and for bqrest_gzip() (libdeflate's gzip)
  *    at a level the input picks: zlib's gzip inflate must give the input
