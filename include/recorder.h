@@ -14,6 +14,11 @@
  * reads the queue or the meta state the job changes calls recorder_wait with
  * the ticket of its last job first.
  *
+ * Jobs gather before a commit, for up to 10 ms or until 8,192 rows are
+ * queued (recorder_set_gather), so that one fsync covers several appends;
+ * a recorder_wait, recorder_cancel or recorder_free ends the gathering at
+ * once, so nobody waits for the window.
+ *
  * A commit that fails (a full map) is retried, its jobs kept, every
  * RETRY_MS; after recorder_cancel a failing commit drops its jobs instead
  * (the rows stay queued) so that a stop never waits on a full disk. An I/O
@@ -54,6 +59,9 @@ uint64_t recorder_submit(struct recorder *r, const uint64_t *seqs, size_t n,
 void recorder_wait(struct recorder *r, uint64_t ticket);
 /* From now on a commit that fails drops its jobs instead of retrying. */
 void recorder_cancel(struct recorder *r);
+/* Gathering: commit once the oldest queued job is ms old or rows rows are
+ * queued, whichever comes first (0 ms: commit at once). */
+void recorder_set_gather(struct recorder *r, unsigned ms, uint64_t rows);
 /* Jobs queued and not committed yet (status). */
 size_t recorder_pending(struct recorder *r);
 /* Commits what is queued (or drops it, if cancelled and failing), stops the

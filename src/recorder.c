@@ -5,6 +5,12 @@
  * (submitters start a new one), commits it as one transaction (removals first, then the meta puts in
  * order: a later put of the same key wins, as it would one job at a time),
  * and publishes the last ticket done; waiters sleep on a condition variable.
+ *
+ * Gathering: a commit costs an fsync and rewrites the pages it touches, so
+ * the thread lets jobs gather for up to GATHER_MS, or until GATHER_ROWS rows
+ * are queued, before it commits; someone waiting in recorder_wait, a cancel
+ * or a stop ends the gathering at once. At full speed that is one commit per
+ * several appends (docs/benchmarks.md: the kernel time per row halves).
  */
 #include "recorder.h"
 
@@ -13,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -20,6 +27,8 @@
 #include "util.h"
 
 #define RETRY_MS 200
+#define GATHER_MS 10        /* defaults; recorder_set_gather changes them */
+#define GATHER_ROWS 8192
 #define LOG_EVERY_US (30ull * 1000000)
 
 struct job {
@@ -41,6 +50,10 @@ struct recorder {
     pthread_cond_t work, done;
     struct job *head, **tail;
     size_t n_jobs;
+    uint64_t rows_queued;         /* rows of the queued jobs */
+    uint64_t first_us;            /* when the oldest queued job came */
+    unsigned waiters;             /* threads in recorder_wait */
+    uint64_t gather_us, gather_rows;
     uint64_t next_ticket, done_ticket;
     bool stop, cancelled;
     /* the thread's own */
@@ -88,6 +101,9 @@ uint64_t recorder_submit(struct recorder *r, const uint64_t *seqs, size_t n,
     j->n_meta = n_meta;
     pthread_mutex_lock(&r->mu);
     j->ticket = ++r->next_ticket;
+    if (!r->head)
+        r->first_us = util_mono_us();
+    r->rows_queued += n;
     *r->tail = j;
     r->tail = &j->next;
     r->n_jobs++;
@@ -100,8 +116,13 @@ uint64_t recorder_submit(struct recorder *r, const uint64_t *seqs, size_t n,
 void recorder_wait(struct recorder *r, uint64_t ticket)
 {
     pthread_mutex_lock(&r->mu);
-    while (r->done_ticket < ticket)
-        pthread_cond_wait(&r->done, &r->mu);
+    if (r->done_ticket < ticket) {
+        r->waiters++;
+        pthread_cond_signal(&r->work);   /* no more gathering: someone waits */
+        while (r->done_ticket < ticket)
+            pthread_cond_wait(&r->done, &r->mu);
+        r->waiters--;
+    }
     pthread_mutex_unlock(&r->mu);
 }
 
@@ -110,6 +131,15 @@ void recorder_cancel(struct recorder *r)
     pthread_mutex_lock(&r->mu);
     r->cancelled = true;
     pthread_cond_broadcast(&r->work);
+    pthread_mutex_unlock(&r->mu);
+}
+
+void recorder_set_gather(struct recorder *r, unsigned ms, uint64_t rows)
+{
+    pthread_mutex_lock(&r->mu);
+    r->gather_us = (uint64_t)ms * 1000;
+    r->gather_rows = rows;
+    pthread_cond_signal(&r->work);
     pthread_mutex_unlock(&r->mu);
 }
 
@@ -165,9 +195,22 @@ static void *run(void *arg)
             pthread_cond_wait(&r->work, &r->mu);
         if (!r->head)
             break;   /* stopping, nothing left */
+        while (r->head && !r->stop && !r->cancelled && !r->waiters &&
+               r->rows_queued < r->gather_rows) {
+            uint64_t due = r->first_us + r->gather_us;
+            if (util_mono_us() >= due)
+                break;
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            uint64_t ns = (uint64_t)ts.tv_nsec + (due - util_mono_us()) * 1000;
+            ts.tv_sec += (time_t)(ns / 1000000000);
+            ts.tv_nsec = (long)(ns % 1000000000);
+            pthread_cond_timedwait(&r->work, &r->mu, &ts);
+        }
         struct job *list = r->head;   /* taken whole: submitters append to a new list */
         r->head = NULL;
         r->tail = &r->head;
+        r->rows_queued = 0;
         struct job *last = list;
         size_t jobs = 1;
         while (last->next) {
@@ -202,6 +245,8 @@ static void *run(void *arg)
                 if (!r->head)
                     r->tail = &last->next;
                 r->head = list;
+                r->rows_queued += rows;
+                r->first_us = 0;   /* due at once after the retry pause */
                 pthread_mutex_unlock(&r->mu);
                 usleep(RETRY_MS * 1000);
                 pthread_mutex_lock(&r->mu);
@@ -247,8 +292,14 @@ int recorder_create(struct spool *sp, uint32_t dest, const char *name,
     r->committed = committed;
     r->arg = arg;
     r->tail = &r->head;
+    r->gather_us = GATHER_MS * 1000ull;
+    r->gather_rows = GATHER_ROWS;
     pthread_mutex_init(&r->mu, NULL);
-    pthread_cond_init(&r->work, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);   /* the gathering deadline */
+    pthread_cond_init(&r->work, &ca);
+    pthread_condattr_destroy(&ca);
     pthread_cond_init(&r->done, NULL);
     if (pthread_create(&r->thread, NULL, run, r) != 0) {
         pthread_cond_destroy(&r->done);

@@ -27,7 +27,9 @@ in flight per producer, default 512), BENCH_BACKLOG (default 10000000),
 BENCH_DELIVER (default 1000000), BENCH_SINK_ROWS (backlog of the sink
 section, default 1000000), BENCH_SINK_LIVE (rows per producer of its live
 runs, 8 producers, default 125000), BENCH_SINK_CASES (comma-separated subset
-of gzip,nogzip,storage,exactly_once).
+of gzip,nogzip,storage,exactly_once), BENCH_SINK_RUNS (runs of each case,
+default 3: the table shows the run with the median rate and the range of
+rates and of CPU per row; a shared VM varies by tens of percent).
 """
 import os
 import shutil
@@ -286,9 +288,12 @@ def bench_sink():
         print(f"\n== delivery to the fast sink (build/fastsink, TLS on loopback): {SINK_ROWS} rows "
               f"pre-filled, and 8 producers x {SINK_LIVE} rows while delivering; fsync, defaults "
               f"(500 rows/request, 4 in flight) ==", flush=True)
-        for n, (label, tag, api, extra) in enumerate(cases):
+        runs = max(1, int(os.environ.get("BENCH_SINK_RUNS", "3")))
+        for k, n in [(k, n) for k in range(runs) for n in range(len(cases))]:
+            label, tag, api, extra = cases[n]
             for live in (False, True):
-                r = sink_run(sink, f"{d}/run{n}{'l' if live else 'b'}", sink.dest(api, extra), api, live)
+                r = sink_run(sink, f"{d}/run{n}{'l' if live else 'b'}{k}", sink.dest(api, extra), api, live)
+                shutil.rmtree(f"{d}/run{n}{'l' if live else 'b'}{k}", ignore_errors=True)
                 exact = tag == "exactly_once"
                 check = ("==" if r["sink_rows"] == r["rows"] else "!=") if exact else \
                         (">=" if r["sink_rows"] >= r["rows"] else "<")
@@ -300,6 +305,15 @@ def bench_sink():
                 if live and "ingest" in r:
                     print(f"{'':31s}            ingest: {r['ingest']}")
                 rows.append((label, live, r))
+        def median(rs):
+            rs = sorted(rs, key=lambda r: r["rate"])
+            m = rs[len(rs) // 2]
+            if len(rs) == 1:
+                return m, f"{m['rate']:,.0f}", f"{m['us_row']:.2f}"
+            return (m, f"{m['rate']:,.0f} ({rs[0]['rate'] / 1000:,.0f}k-{rs[-1]['rate'] / 1000:,.0f}k)",
+                    f"{m['us_row']:.2f} ({min(r['us_row'] for r in rs):.2f}-"
+                    f"{max(r['us_row'] for r in rs):.2f})")
+        print(f"\n{runs} run(s) of each; rate and CPU of the median run by rate, (min-max) over the runs")
         print("\n| path | backlog rows/s | relayd µs/row | relayd VmHWM | sink CPU "
               "| with producers rows/s | relayd µs/row (ingest+delivery) | relayd VmHWM | sink CPU |")
         print("|---|---|---|---|---|---|---|---|---|")
@@ -307,9 +321,9 @@ def bench_sink():
             b = [r for lb, lv, r in rows if lb == label and not lv]
             l = [r for lb, lv, r in rows if lb == label and lv]
             if b and l:
-                b, l = b[0], l[0]
-                print(f"| {label} | {b['rate']:,.0f} | {b['us_row']:.2f} | {b['hwm'] / 1024:.1f} MiB | "
-                      f"{b['sink_cpu']:.0f}% | {l['rate']:,.0f} | {l['us_row']:.2f} | {l['hwm'] / 1024:.1f} MiB "
+                (b, br, bu), (l, lr, lu) = median(b), median(l)
+                print(f"| {label} | {br} | {bu} | {b['hwm'] / 1024:.1f} MiB | "
+                      f"{b['sink_cpu']:.0f}% | {lr} | {lu} | {l['hwm'] / 1024:.1f} MiB "
                       f"| {l['sink_cpu']:.0f}% |")
     finally:
         if sink:

@@ -14,6 +14,7 @@
 
 #include <ftw.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -154,6 +155,71 @@ static void test_jobs_commit_in_order(void **state)
     free(s);
 }
 
+/* Gathering: with a window far longer than the test, jobs stay queued until
+ * someone waits; the wait ends the window at once, and everything queued
+ * goes in one commit. */
+static void test_wait_ends_gathering(void **state)
+{
+    struct fixture *f = *state;
+    open_spool(f, 64 << 20, 300);
+    struct recorder *r = NULL;
+    assert_int_equal(recorder_create(f->s, f->dest, "events", on_committed, f, &r), 0);
+    recorder_set_gather(r, 600000, 1000000);
+    uint64_t t = 0;
+    for (int j = 0; j < 3; j++)
+        t = recorder_submit(r, f->seqs + j * 100, 100, NULL, 0);
+    assert_int_equal(recorder_pending(r), 3);   /* gathering, not committed */
+    pthread_mutex_lock(&f->mu);
+    assert_int_equal(f->commits, 0);
+    pthread_mutex_unlock(&f->mu);
+    recorder_wait(r, t);
+    pthread_mutex_lock(&f->mu);
+    assert_int_equal(f->commits, 1);
+    assert_int_equal(f->committed_rows, 300);
+    pthread_mutex_unlock(&f->mu);
+    struct seen *s = malloc(sizeof *s);
+    assert_int_equal(queued(f, s), 0);
+    recorder_free(r);
+    free(s);
+}
+
+/* The row bound ends the window without any waiter: 3 jobs of 100 rows
+ * against a bound of 250 make one commit of 300, taken after the third. */
+static void test_row_bound_ends_gathering(void **state)
+{
+    struct fixture *f = *state;
+    open_spool(f, 64 << 20, 400);
+    struct recorder *r = NULL;
+    assert_int_equal(recorder_create(f->s, f->dest, "events", on_committed, f, &r), 0);
+    recorder_set_gather(r, 600000, 250);
+    for (int j = 0; j < 3; j++)
+        recorder_submit(r, f->seqs + j * 100, 100, NULL, 0);
+    /* wait for the commit itself (no recorder_wait: that would end the window) */
+    for (;;) {
+        pthread_mutex_lock(&f->mu);
+        uint64_t c = f->commits;
+        pthread_mutex_unlock(&f->mu);
+        if (c)
+            break;
+        assert_true(recorder_pending(r) <= 3);
+        sched_yield();
+    }
+    pthread_mutex_lock(&f->mu);
+    assert_int_equal(f->commits, 1);
+    assert_int_equal(f->committed_rows, 300);
+    pthread_mutex_unlock(&f->mu);
+    /* a fourth job under the bound gathers again, until freed: free commits it */
+    recorder_submit(r, f->seqs + 300, 100, NULL, 0);
+    recorder_free(r);
+    pthread_mutex_lock(&f->mu);
+    assert_int_equal(f->commits, 2);
+    assert_int_equal(f->committed_rows, 400);
+    pthread_mutex_unlock(&f->mu);
+    struct seen *s = malloc(sizeof *s);
+    assert_int_equal(queued(f, s), 0);
+    free(s);
+}
+
 struct submitter {
     struct recorder *r;
     const uint64_t *seqs;
@@ -269,6 +335,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_two_threads, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failing_commit_retries_then_cancel_drops, setup, teardown),
         cmocka_unit_test_setup_teardown(test_free_drains, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_wait_ends_gathering, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_row_bound_ends_gathering, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
