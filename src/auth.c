@@ -1265,6 +1265,7 @@ int auth_token_nowait(struct auth *a, char *out, size_t outlen, char *err, size_
             util_set_err(err, errlen, "cannot start the token refresher thread: %s", strerror(errno));
             return -1;
         }
+        pthread_setname_np(a->thread, "relayd-auth");   /* for top -H and the journal */
         a->started = true;
     }
     int rc = copy_token(a, util_mono_us(), stale_margin(a), out, outlen, err, errlen);

@@ -352,9 +352,12 @@ int committer_start(struct spool *s, const struct committer_opts *o, struct comm
         free(c);
         return -1;
     }
+    pthread_setname_np(c->thread, "relayd-commit");   /* for top -H */
     if (c->opts.durability == SPOOL_NOSYNC_PERIODIC &&
-        pthread_create(&c->syncer, NULL, syncer_main, c) == 0)
+        pthread_create(&c->syncer, NULL, syncer_main, c) == 0) {
+        pthread_setname_np(c->syncer, "relayd-sync");
         c->has_syncer = true;
+    }
     *out = c;
     return 0;
 }

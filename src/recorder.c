@@ -308,6 +308,7 @@ int recorder_create(struct spool *sp, uint32_t dest, const char *name,
         free(r);
         return -1;
     }
+    pthread_setname_np(r->thread, "relayd-record");   /* for top -H */
     *out = r;
     return 0;
 }

@@ -1729,6 +1729,7 @@ int sender_start(struct sender *s)
             return -1;
     if (pthread_create(&s->thread, NULL, sender_main, s) != 0)
         return -1;
+    pthread_setname_np(s->thread, "relayd-send");   /* for top -H */
     s->started = true;
     return 0;
 }

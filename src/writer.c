@@ -2720,6 +2720,9 @@ int writer_start(struct writer *w)
     for (unsigned k = 0; k < w->n_lanes; k++) {
         if (pthread_create(&w->lanes[k].thread, NULL, lane_main, &w->lanes[k]) != 0)
             return -1;
+        char name[16];   /* for top -H: one per Storage Write connection */
+        snprintf(name, sizeof name, "relayd-write%u", k % 100);
+        pthread_setname_np(w->lanes[k].thread, name);
         w->lanes[k].started = true;
     }
     return 0;

@@ -100,6 +100,18 @@ class FastSink:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def thread_names(pid):
+    """The names of a process's threads (/proc/PID/task/*/comm), with counts."""
+    names = {}
+    for t in os.listdir(f"/proc/{pid}/task"):
+        try:
+            n = open(f"/proc/{pid}/task/{t}/comm").read().strip()
+        except OSError:
+            continue   # ended meanwhile
+        names[n] = names.get(n, 0) + 1
+    return names
+
+
 class FastSinkBase(RelayTest):
     def setUp(self):
         if not os.path.exists(FASTSINK):
@@ -126,6 +138,7 @@ class FastSinkBase(RelayTest):
         p.close()
         wait_for(lambda: d.status()["spool"]["records"] == 0, 60, "the queue to drain", interval=0.05)
         st = {x["name"]: x for x in d.status()["destinations"]}["events"]["delivery"]
+        self.threads = thread_names(d.proc.pid)
         self.assertEqual(d.stop(), 0)
         return st
 
@@ -157,13 +170,19 @@ class RelaydToSinkTest(FastSinkBase):
         self.assertGreaterEqual(s["http"]["tables_get"], 1)       # the writer fetched the schema
         self.assertEqual(s["storage"]["append_errors"], 0)
         self.assertEqual(s["rows"]["insertall"], 0)
+        # relayd's threads are named after their jobs (top -H, per-thread CPU)
+        for name in ("relayd-commit", "relayd-send", "relayd-write0", "relayd-record"):
+            self.assertEqual(self.threads.get(name), 1, (name, self.threads))
 
     def test_storage_write_exactly_once_counts_exactly(self):
-        st = self.deliver(20000, storage=True, delivery="exactly_once", batch_rows=700)
+        st = self.deliver(20000, storage=True, delivery="exactly_once", batch_rows=700, connections=2)
+        # one writer thread per connection, one recorder for the destination
+        self.assertEqual((self.threads.get("relayd-write0"), self.threads.get("relayd-write1"),
+                          self.threads.get("relayd-record")), (1, 1, 1), self.threads)
         self.assertEqual((st["delivered"], st["dead_lettered"]), (20000, 0))
         s = self.sink.stats()
         self.assertEqual(s["rows"]["storage"], 20000)
-        self.assertEqual(s["storage"]["streams_created"], 1)
+        self.assertEqual(s["storage"]["streams_created"], 2)   # one per connection
         self.assertEqual(s["storage"]["offset_already_exists"] + s["storage"]["offset_out_of_range"], 0)
 
 
