@@ -129,6 +129,10 @@ struct lane {
     /* sizes of its last full batch: a new batch reserves them up front, so
      * that filling it does not copy its buffers as they grow */
     size_t hint_rows, hint_json, hint_proto;
+    /* chunks done with, buffers kept: the next batches reuse them instead of
+     * allocating (and faulting in) fresh memory for every append */
+    struct wchunk *spare;
+    unsigned n_spare;
     /* status (under the writer's lock) */
     char state[16], why[300];
     struct delivstate ds;
@@ -255,6 +259,44 @@ static void chunk_free(struct wchunk *c)
     buf_free(&c->json);
     buf_free(&c->proto);
     free(c);
+}
+
+#define MAX_SPARE 8
+
+/* A chunk to fill: a spare one of the lane's, emptied, or a new one. */
+static struct wchunk *chunk_get(struct lane *l)
+{
+    struct wchunk *c = l->spare;
+    if (!c)
+        return calloc(1, sizeof *c);
+    l->spare = c->next;
+    l->n_spare--;
+    c->next = NULL;
+    return c;
+}
+
+/* Done with c: its budget goes back, its buffers stay for chunk_get (up to
+ * MAX_SPARE chunks; beyond that it is freed). */
+static void chunk_recycle(struct lane *l, struct wchunk *c)
+{
+    if (l->n_spare >= MAX_SPARE) {
+        chunk_free(c);
+        return;
+    }
+    if (c->budget && c->charged)
+        budget_give(c->budget, c->charged);
+    struct wrow *rows = c->rows;
+    size_t cap = c->cap;
+    struct buf json = c->json, proto = c->proto;
+    memset(c, 0, sizeof *c);
+    c->rows = rows;
+    c->cap = cap;
+    c->json = json;
+    c->proto = proto;
+    c->json.len = c->proto.len = 0;
+    c->next = l->spare;
+    l->spare = c;
+    l->n_spare++;
 }
 
 static void free_list(struct wchunk *c)
@@ -515,7 +557,7 @@ static void record_done(struct lane *l)
     while (list) {
         struct wchunk *next = list->next;
         list->table->n_done = 0;
-        chunk_free(list);
+        chunk_recycle(l, list);
         list = next;
     }
     l->fail_streak = 0;
@@ -967,7 +1009,7 @@ static struct wchunk *read_batch(struct lane *l, uint64_t now_ms, struct wtable 
     r.cap = (size_t)budget_room(&w->budget, cd->batch_bytes);
     if (r.cap == 0)
         return NULL;
-    r.c = calloc(1, sizeof *r.c);
+    r.c = chunk_get(l);
     if (!r.c)
         return NULL;
     chunk_reserve(r.c, l->hint_rows, l->hint_json, l->hint_proto);
@@ -996,7 +1038,7 @@ static struct wchunk *read_batch(struct lane *l, uint64_t now_ms, struct wtable 
     struct wchunk *c = r.c;
     uint64_t resume = r.stopped ? r.stop_seq : r.seen ? r.last_seen + 1 : l->read_seq;
     if (c->n == 0) {
-        chunk_free(c);
+        chunk_recycle(l, c);
         if (resume > l->read_seq)
             l->read_seq = resume;   /* past rows of others and rows dealt with */
         return NULL;
@@ -1009,7 +1051,7 @@ static struct wchunk *read_batch(struct lane *l, uint64_t now_ms, struct wtable 
         l->hint_proto = c->proto.len + c->proto.len / 8;
     }
     if (!due || !budget_take(&w->budget, c->json.len)) {
-        chunk_free(c);   /* read again later (another connection took the room meanwhile) */
+        chunk_recycle(l, c);   /* read again later (another connection took the room meanwhile) */
         return NULL;
     }
     c->budget = &w->budget;
@@ -2875,6 +2917,7 @@ void writer_free(struct writer *w)
         }
         tcache_free(&l->tables);
         free_list(l->done);
+        free_list(l->spare);
         free(l->done_seqs);
         bqwrite_free(l->bw);
         auth_free(l->auth);
