@@ -409,6 +409,16 @@ struct dead {
     char detail[600];
 };
 
+/* The exactly-once state of a (lane, table) stream as kept under its meta
+ * key: "<next offset> <stream name>" (read back where streams are resumed).
+ * Returns its length; dst holds STATE_MAX bytes. */
+enum { STATE_MAX = PATH_MAX_LEN + 32 };
+static size_t stream_state(char *dst, int64_t next_offset, const char *stream)
+{
+    int len = snprintf(dst, STATE_MAX, "%lld %s", (long long)next_offset, stream);
+    return len < 0 ? 0 : (size_t)len < STATE_MAX ? (size_t)len : STATE_MAX - 1;
+}
+
 /* Records, in one transaction: rows delivered (removed; exactly-once also
  * moves t's next_offset past them) and rows dead-lettered. */
 static int record(struct lane *l, struct wtable *t, const uint64_t *done, size_t n_done,
@@ -434,10 +444,9 @@ static int record(struct lane *l, struct wtable *t, const uint64_t *done, size_t
             rc = SPOOL_OK;
     }
     if (rc == SPOOL_OK && t && t->offsets && n_done) {
-        char state[PATH_MAX_LEN + 32];
-        int len = snprintf(state, sizeof state, "%lld %s",
-                           (long long)(t->next_offset + (int64_t)n_done), t->stream);
-        rc = spool_txn_put_meta(txn, t->key, state, (size_t)len);
+        char state[STATE_MAX];
+        size_t len = stream_state(state, t->next_offset + (int64_t)n_done, t->stream);
+        rc = spool_txn_put_meta(txn, t->key, state, len);
     }
     if (rc == SPOOL_OK)
         rc = spool_txn_commit(txn);
@@ -502,8 +511,7 @@ static void record_done(struct lane *l)
             l->cap_done_seqs = n;
         }
     }
-    enum { STATE_LEN = PATH_MAX_LEN + 32 };
-    struct recorder_meta *meta = n_meta ? malloc(n_meta * (sizeof *meta + STATE_LEN)) : NULL;
+    struct recorder_meta *meta = n_meta ? malloc(n_meta * (sizeof *meta + STATE_MAX)) : NULL;
     if (n <= l->cap_done_seqs && (meta || !n_meta)) {
         size_t k = 0, m = 0;
         char *text = (char *)(meta + n_meta);
@@ -513,10 +521,9 @@ static void record_done(struct lane *l)
             struct wtable *t = c->table;
             if (!t->offsets || (c->next && c->next->table == t))
                 continue;
-            char *state = text + m * STATE_LEN;
-            int len = snprintf(state, STATE_LEN, "%lld %s",
-                               (long long)(t->next_offset + (int64_t)t->n_done), t->stream);
-            meta[m++] = (struct recorder_meta){ t->key, state, (size_t)len };
+            char *state = text + m * STATE_MAX;
+            size_t len = stream_state(state, t->next_offset + (int64_t)t->n_done, t->stream);
+            meta[m++] = (struct recorder_meta){ t->key, state, len };
         }
         ticket = recorder_submit(w->rec, l->done_seqs, n, meta, n_meta);
     }
@@ -853,10 +860,10 @@ static int table_open(struct lane *l, struct wtable *t)
         /* a new stream starts at offset 0 at the head of (this lane, this table) */
         settle_recorded(l);   /* after every put of the old stream's state */
         struct spool_txn *txn = NULL;
-        char state[PATH_MAX_LEN + 32];
-        int len = snprintf(state, sizeof state, "0 %s", name);
+        char state[STATE_MAX];
+        size_t len = stream_state(state, 0, name);
         if (spool_txn_begin(w->sp, &txn) != SPOOL_OK ||
-            spool_txn_put_meta(txn, t->key, state, (size_t)len) != SPOOL_OK ||
+            spool_txn_put_meta(txn, t->key, state, len) != SPOOL_OK ||
             spool_txn_commit(txn) != SPOOL_OK) {
             memset(token, 0, sizeof token);
             backoff(l, false, "cannot record the new write stream in the spool");
