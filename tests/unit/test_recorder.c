@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include "recorder.h"
 #include "spool.h"
@@ -220,6 +221,36 @@ static void test_row_bound_ends_gathering(void **state)
     free(s);
 }
 
+/* The time bound ends the window by itself: one job, nobody waiting, a
+ * 20 ms window: it is committed (polled for up to 60 s; 20 ms is the
+ * expectation, the bound only keeps a broken build from hanging). */
+static void test_time_bound_ends_gathering(void **state)
+{
+    struct fixture *f = *state;
+    open_spool(f, 64 << 20, 10);
+    struct recorder *r = NULL;
+    assert_int_equal(recorder_create(f->s, f->dest, "events", on_committed, f, &r), 0);
+    recorder_set_gather(r, 20, 1000000);
+    recorder_submit(r, f->seqs, 10, NULL, 0);
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (;;) {
+        pthread_mutex_lock(&f->mu);
+        uint64_t c = f->commits;
+        pthread_mutex_unlock(&f->mu);
+        if (c)
+            break;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        if (t.tv_sec - t0.tv_sec > 60)
+            fail_msg("a lone job was not committed after its gathering window");
+        sched_yield();
+    }
+    pthread_mutex_lock(&f->mu);
+    assert_int_equal(f->committed_rows, 10);
+    pthread_mutex_unlock(&f->mu);
+    recorder_free(r);
+}
+
 struct submitter {
     struct recorder *r;
     const uint64_t *seqs;
@@ -337,6 +368,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_free_drains, setup, teardown),
         cmocka_unit_test_setup_teardown(test_wait_ends_gathering, setup, teardown),
         cmocka_unit_test_setup_teardown(test_row_bound_ends_gathering, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_time_bound_ends_gathering, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
