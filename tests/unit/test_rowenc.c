@@ -388,6 +388,78 @@ static void test_string(void **state)
     rowenc_schema_free(s);
 }
 
+/* The string scanner works 16, then 8 bytes at a time, then bytewise: a
+ * special byte at every position of bodies 0..70 bytes long, behind every
+ * alignment, must come out the same as bytewise. Kinds: none (plain), an
+ * escape \n, a two-byte UTF-8 character, a control byte (an error at its
+ * offset), a stray high byte (invalid UTF-8). */
+static void test_string_scan_every_position(void **state)
+{
+    (void)state;
+    struct rowenc_schema *s = col("STRING", NULL);
+    char row[160], want[160];
+    struct buf out = { 0 };
+    for (int kind = 0; kind < 5; kind++) {
+        for (size_t len = 0; len <= 70; len++) {
+            for (size_t at = 0; at < (len ? len : 1); at++) {
+                for (size_t lead = 0; lead < 3; lead++) {   /* alignment of the body */
+                    size_t n = 0, w = 0;
+                    memcpy(row, "{\"v\":", 5);
+                    n = 5;
+                    for (size_t i = 0; i < lead; i++)
+                        row[n++] = ' ';
+                    row[n++] = '"';
+                    size_t bad = 0;
+                    for (size_t i = 0; i < len; i++) {
+                        char c = (char)('a' + (i % 26));
+                        if (i == at && kind == 1) {
+                            row[n++] = '\\';
+                            row[n++] = 'n';
+                            want[w++] = '\n';
+                        } else if (i == at && kind == 2) {
+                            row[n++] = (char)0xc3;
+                            row[n++] = (char)0xa9;
+                            want[w++] = (char)0xc3;
+                            want[w++] = (char)0xa9;
+                        } else if (i == at && kind == 3) {
+                            bad = n;
+                            row[n++] = 0x01;
+                        } else if (i == at && kind == 4) {
+                            row[n++] = (char)0xff;
+                        } else {
+                            row[n++] = c;
+                            want[w++] = c;
+                        }
+                    }
+                    row[n++] = '"';
+                    row[n++] = '}';
+                    struct rowenc_error err;
+                    buf_reset(&out);
+                    int rc = rowenc_encode(s, row, n, 0, &out, &err);
+                    if (kind == 3 && len) {
+                        assert_int_equal(rc, ROWENC_JSON);
+                        assert_int_equal(err.offset, bad);
+                        assert_non_null(strstr(err.msg, "control character"));
+                    } else if (kind == 4 && len) {
+                        assert_int_equal(rc, ROWENC_JSON);
+                        assert_non_null(strstr(err.msg, "invalid UTF-8"));
+                    } else {
+                        if (rc != ROWENC_OK)
+                            fail_msg("kind %d len %zu at %zu lead %zu: %s", kind, len, at, lead,
+                                     err.msg);
+                        assert_int_equal(out.len, 2 + w);
+                        assert_int_equal((unsigned char)out.data[0], 0x0a);
+                        assert_int_equal((unsigned char)out.data[1], w);
+                        assert_memory_equal(out.data + 2, want, w);
+                    }
+                }
+            }
+        }
+    }
+    buf_free(&out);
+    rowenc_schema_free(s);
+}
+
 static void test_json_column(void **state)
 {
     (void)state;
@@ -1546,6 +1618,7 @@ int main(void)
         cmocka_unit_test(test_float64),
         cmocka_unit_test(test_bool),
         cmocka_unit_test(test_string),
+        cmocka_unit_test(test_string_scan_every_position),
         cmocka_unit_test(test_json_column),
         cmocka_unit_test(test_bytes),
         cmocka_unit_test(test_numeric),
