@@ -126,11 +126,9 @@ struct lane {
     uint64_t *done_seqs;
     size_t cap_done_seqs;
     uint64_t ticket;                  /* of its last job handed to the recorder */
-    /* sizes of its last full batch: a new batch reserves them up front, so
-     * that filling it does not copy its buffers as they grow */
-    size_t hint_rows, hint_json, hint_proto;
-    /* chunks done with, buffers kept: the next batches reuse them instead of
-     * allocating (and faulting in) fresh memory for every append */
+    /* chunks done with, buffers kept: the next batches reuse them (their
+     * buffers already grown to a batch's size) instead of allocating, and
+     * faulting in, fresh memory for every append */
     struct wchunk *spare;
     unsigned n_spare;
     /* status (under the writer's lock) */
@@ -306,23 +304,6 @@ static void free_list(struct wchunk *c)
         chunk_free(c);
         c = n;
     }
-}
-
-/* Room for rows rows and the given bytes, if memory allows (a hint: chunk_add
- * grows what is still missing). */
-static void chunk_reserve(struct wchunk *c, size_t rows, size_t json, size_t proto)
-{
-    if (rows > c->cap) {
-        struct wrow *r = realloc(c->rows, rows * sizeof *r);
-        if (r) {
-            c->rows = r;
-            c->cap = rows;
-        }
-    }
-    if (json)
-        (void)buf_reserve(&c->json, json);
-    if (proto)
-        (void)buf_reserve(&c->proto, proto);
 }
 
 static int chunk_add(struct wchunk *c, uint64_t seq, uint64_t time_ms, const char *json,
@@ -1019,7 +1000,6 @@ static struct wchunk *read_batch(struct lane *l, uint64_t now_ms, struct wtable 
     r.c = chunk_get(l);
     if (!r.c)
         return NULL;
-    chunk_reserve(r.c, l->hint_rows, l->hint_json, l->hint_proto);
     size_t span = (size_t)(cd->batch_rows + 1) * l->part.n * 2 + 64;
     spool_read(w->sp, w->id, l->read_seq, span, SIZE_MAX, read_row, &r);
     buf_free(&r.proto);
@@ -1052,11 +1032,6 @@ static struct wchunk *read_batch(struct lane *l, uint64_t now_ms, struct wtable 
     }
     bool due = r.full || c->n >= cd->batch_rows ||
                now_ms >= c->rows[0].time_ms + cd->flush_interval_ms || stopping(w);
-    if (r.full || c->n >= cd->batch_rows) {
-        l->hint_rows = c->n;
-        l->hint_json = c->json.len + c->json.len / 8;
-        l->hint_proto = c->proto.len + c->proto.len / 8;
-    }
     if (!due || !budget_take(&w->budget, c->json.len)) {
         chunk_recycle(l, c);   /* read again later (another connection took the room meanwhile) */
         return NULL;
