@@ -22,7 +22,7 @@
  * Figures only: nothing here asserts on timing. The exit status is non-zero
  * only if a row is rejected (that would be a bug, not a slow machine).
  *
- * Usage: bench_rowenc [seconds-per-round [typical|nested]]   (default 0.3, both)
+ * Usage: bench_rowenc [seconds-per-round [typical|nested|log]]   (default 0.3, all)
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -131,6 +131,27 @@ static void make_nested(struct rows *rs)
     }
 }
 
+/* The row of the fast-sink benchmark (bench_fill, tests/bench/run.py): seven
+ * flat columns, the shape of a log line. */
+static const char log_schema[] =
+    "[{\"name\":\"ts\",\"type\":\"STRING\"},{\"name\":\"host\",\"type\":\"STRING\"},"
+    "{\"name\":\"service\",\"type\":\"STRING\"},{\"name\":\"level\",\"type\":\"STRING\"},"
+    "{\"name\":\"seq\",\"type\":\"INT64\"},{\"name\":\"status\",\"type\":\"INT64\"},"
+    "{\"name\":\"msg\",\"type\":\"STRING\"}]";
+
+static void make_log(struct rows *rs)
+{
+    for (int i = 0; i < NROWS; i++) {
+        rs->off[i] = rs->text.len;
+        buf_printf(&rs->text,
+                   "{\"ts\":\"2026-11-22T10:00:00.%06uZ\",\"host\":\"web-01.example.internal\","
+                   "\"service\":\"checkout\",\"level\":\"info\",\"seq\":%d,\"status\":200,"
+                   "\"msg\":\"request finished for a user of the shop\"}",
+                   (unsigned)(rng() % 1000000), 1000000 + i);
+        rs->len[i] = rs->text.len - rs->off[i];
+    }
+}
+
 static double now_s(clockid_t clock)
 {
     struct timespec ts;
@@ -203,5 +224,7 @@ int main(int argc, char **argv)
         bad |= run("typical", typical_schema, make_typical, secs);
     if (!only || strcmp(only, "nested") == 0)
         bad |= run("nested", nested_schema, make_nested, secs);
+    if (!only || strcmp(only, "log") == 0)
+        bad |= run("log", log_schema, make_log, secs);
     return bad;
 }
