@@ -83,6 +83,21 @@ def cpu_split(pid):
     return int(f[11]) / os.sysconf("SC_CLK_TCK"), int(f[12]) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_by_thread(pid):
+    """{thread name: user+system CPU seconds} of pid's threads (relayd names
+    them: relayd-write0, relayd-record, ...); threads of one name add up."""
+    out = {}
+    tck = os.sysconf("SC_CLK_TCK")
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            name = open(f"/proc/{pid}/task/{tid}/comm").read().strip()
+            f = open(f"/proc/{pid}/task/{tid}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue   # the thread ended meanwhile
+        out[name] = out.get(name, 0.0) + (int(f[11]) + int(f[12])) / tck
+    return out
+
+
 def cpu_s(pid):
     return sum(cpu_split(pid))
 
@@ -254,6 +269,7 @@ def sink_run(sink, d, dest, api, live):
         time.sleep(0.02)
     dt = time.monotonic() - t0
     usr, sys_ = cpu_split(p.pid)
+    threads = cpu_by_thread(p.pid)
     cpu = usr + sys_ - c0
     s1 = sink.stats()
     hwm = vm_hwm_kib(p.pid)
@@ -264,7 +280,8 @@ def sink_run(sink, d, dest, api, live):
          "us_row": cpu * 1e6 / max(1, st["delivered"]), "hwm": hwm, "sink_rows": got,
          "us_user": usr * 1e6 / max(1, st["delivered"]), "us_sys": sys_ * 1e6 / max(1, st["delivered"]),
          "sink_cpu": (s1["cpu_s"] - s0["cpu_s"]) / dt * 100, "requests": st["requests"],
-         "failed": st["failed_requests"]}
+         "failed": st["failed_requests"],
+         "threads": {k: v * 1e6 / max(1, st["delivered"]) for k, v in threads.items()}}
     if ingest:
         for line in ingest.splitlines():
             if line.startswith("throughput"):
@@ -304,6 +321,9 @@ def bench_sink():
                       f"{r['requests']} requests, {r['failed']} failed", flush=True)
                 if live and "ingest" in r:
                     print(f"{'':31s}            ingest: {r['ingest']}")
+                busy = sorted(((v, k) for k, v in r["threads"].items() if v >= 0.005), reverse=True)
+                print(f"{'':31s}            by thread (us/row): "
+                      + ", ".join(f"{k.replace('relayd-', '')} {v:.2f}" for v, k in busy), flush=True)
                 rows.append((label, live, r))
         def median(rs):
             rs = sorted(rs, key=lambda r: r["rate"])
