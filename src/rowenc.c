@@ -2214,6 +2214,10 @@ static int enc_object(struct enc *e, const struct rmsg *m)
         e->p++;
         goto done;
     }
+    /* Rows mostly give their keys in schema order and in the schema's case:
+     * the field after the last one matched is tried first, by plain bytes.
+     * Its key is folded, so equal bytes mean lookup() would find it too. */
+    const struct rfield *next = m->f, *stop = m->f + m->n;
     for (;;) {
         const char *kat = e->p, *k, *key;
         size_t kn, keyn;
@@ -2236,9 +2240,13 @@ static int enc_object(struct enc *e, const struct rmsg *m)
             } else if ((rc = string_value_check(e, k, kn, kat))) {
                 return rc;
             }
+        } else if (next < stop && next->keylen == keyn && memcmp(next->key, key, keyn) == 0) {
+            f = next;
         } else {
             f = lookup(m, key, keyn, e->end);
         }
+        if (f)
+            next = f + 1;
         skip_ws(e);
         if (peek(e) != ':')
             return fail_json(e, e->p, "expected ':' after object key");

@@ -972,6 +972,27 @@ static void test_nulls_required(void **state)
     rowenc_schema_free(s);
 }
 
+/* Keys in schema order take a short path (the field after the last one
+ * matched, compared byte for byte); every other order, case or repeat must
+ * give the same outcome as through the hash table. */
+static void test_schema_order_keys(void **state)
+{
+    (void)state;
+    struct rowenc_schema *s = SCHEMA("[{'name':'a','type':'INT64'},{'name':'b','type':'INT64'},"
+                                     "{'name':'cc','type':'INT64'}]");
+    ENC(s, "{'a':1,'b':2,'cc':3}", "08 01 10 02 18 03");      /* in order */
+    ENC(s, "{'cc':3,'b':2,'a':1}", "18 03 10 02 08 01");      /* reversed */
+    ENC(s, "{'b':2,'cc':3,'a':1}", "10 02 18 03 08 01");      /* wraps around */
+    ENC(s, "{'A':1,'B':2,'CC':3}", "08 01 10 02 18 03");      /* in order, other case */
+    ENC(s, "{'a':1,'\\u0062':2}", "08 01 10 02");              /* escaped, in order */
+    ERR(s, "{'b':1,'a':2,'b':3}", ROWENC_DUPLICATE, "=field 'b': given twice");   /* repeat is next */
+    ERR(s, "{'a':1,'a':2}", ROWENC_DUPLICATE, "=field 'a': given twice");
+    ERR(s, "{'a':1,'b':2,'c':3}", ROWENC_UNKNOWN, "=unknown field 'c'");   /* prefix of the next */
+    ERR(s, "{'a':1,'b':2,'ccc':3}", ROWENC_UNKNOWN, "=unknown field 'ccc'");
+    ERR(s, "{'a':1,'b':2,'cc':3,'d':4}", ROWENC_UNKNOWN, "=unknown field 'd'");   /* after the last */
+    rowenc_schema_free(s);
+}
+
 static void test_unknown_duplicate_case(void **state)
 {
     (void)state;
@@ -1632,6 +1653,7 @@ int main(void)
         cmocka_unit_test(test_range),
         cmocka_unit_test(test_nulls_required),
         cmocka_unit_test(test_unknown_duplicate_case),
+        cmocka_unit_test(test_schema_order_keys),
         cmocka_unit_test(test_key_lookup),
         cmocka_unit_test(test_json_syntax),
         cmocka_unit_test(test_error_offsets),
