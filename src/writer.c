@@ -58,15 +58,16 @@
 
 struct wrow {
     uint64_t seq, time_ms;
-    size_t joff, poff;        /* into chunk json / proto buffers */
-    uint32_t jlen, plen;
+    size_t poff;              /* into the chunk's proto buffer */
+    uint32_t jlen, plen;      /* the JSON row's size (for the budget), the encoded row's */
 };
 
 struct wchunk {
     struct wchunk *next;
     struct wrow *rows;
     size_t n, cap;
-    struct buf json, proto;
+    struct buf proto;         /* the encoded rows, one after another */
+    uint64_t jbytes;          /* the rows' JSON bytes: what the budget counts */
     int64_t offset;           /* exactly-once: the offset of its first row */
     uint32_t attempts;
     uint32_t sends;           /* times this very chunk was sent (chunk_pick starts at 0) */
@@ -254,7 +255,6 @@ static void chunk_free(struct wchunk *c)
     if (c->budget && c->charged)
         budget_give(c->budget, c->charged);
     free(c->rows);
-    buf_free(&c->json);
     buf_free(&c->proto);
     free(c);
 }
@@ -285,13 +285,12 @@ static void chunk_recycle(struct lane *l, struct wchunk *c)
         budget_give(c->budget, c->charged);
     struct wrow *rows = c->rows;
     size_t cap = c->cap;
-    struct buf json = c->json, proto = c->proto;
+    struct buf proto = c->proto;
     memset(c, 0, sizeof *c);
     c->rows = rows;
     c->cap = cap;
-    c->json = json;
     c->proto = proto;
-    c->json.len = c->proto.len = 0;
+    c->proto.len = 0;
     c->next = l->spare;
     l->spare = c;
     l->n_spare++;
@@ -306,8 +305,10 @@ static void free_list(struct wchunk *c)
     }
 }
 
-static int chunk_add(struct wchunk *c, uint64_t seq, uint64_t time_ms, const char *json,
-                     size_t jlen, const char *proto, size_t plen)
+/* Adds a row whose encoding is c->proto[poff, proto.len): the caller wrote
+ * it there (rowenc_encode appends). jlen = the size of its JSON text. */
+static int chunk_add_encoded(struct wchunk *c, uint64_t seq, uint64_t time_ms, size_t jlen,
+                             size_t poff)
 {
     if (c->n == c->cap) {
         size_t nc = c->cap ? c->cap * 2 : 64;
@@ -320,13 +321,25 @@ static int chunk_add(struct wchunk *c, uint64_t seq, uint64_t time_ms, const cha
     struct wrow *r = &c->rows[c->n];
     r->seq = seq;
     r->time_ms = time_ms;
-    r->joff = c->json.len;
     r->jlen = (uint32_t)jlen;
-    r->poff = c->proto.len;
-    r->plen = (uint32_t)plen;
-    if (buf_append(&c->json, json, jlen) || buf_append(&c->proto, proto, plen))
-        return -1;
+    r->poff = poff;
+    r->plen = (uint32_t)(c->proto.len - poff);
+    c->jbytes += jlen;
     c->n++;
+    return 0;
+}
+
+/* Adds a row encoded elsewhere: proto[0..plen) is copied. */
+static int chunk_add(struct wchunk *c, uint64_t seq, uint64_t time_ms, size_t jlen,
+                     const char *proto, size_t plen)
+{
+    size_t poff = c->proto.len;
+    if (buf_append(&c->proto, proto, plen))
+        return -1;
+    if (chunk_add_encoded(c, seq, time_ms, jlen, poff)) {
+        c->proto.len = poff;
+        return -1;
+    }
     return 0;
 }
 
@@ -334,7 +347,7 @@ static int chunk_add(struct wchunk *c, uint64_t seq, uint64_t time_ms, const cha
 static void chunk_charge(struct wchunk *c, struct budget *b)
 {
     c->budget = b;
-    c->charged = c->json.len;
+    c->charged = c->jbytes;
     if (b)
         budget_force(b, c->charged);
 }
@@ -350,8 +363,7 @@ static struct wchunk *chunk_pick(const struct wchunk *src, size_t from, size_t n
         if (keep && !keep[i])
             continue;
         const struct wrow *r = &src->rows[i];
-        if (chunk_add(c, r->seq, r->time_ms, src->json.data + r->joff, r->jlen,
-                      src->proto.data + r->poff, r->plen)) {
+        if (chunk_add(c, r->seq, r->time_ms, r->jlen, src->proto.data + r->poff, r->plen)) {
             chunk_free(c);
             return NULL;
         }
@@ -895,7 +907,6 @@ struct reader {
     uint64_t last_seen;       /* the last record looked at */
     bool seen;
     bool unknown;             /* a row named a column the schema lacks */
-    struct buf proto;
 };
 
 static void add_dead(struct reader *r, uint64_t seq, const char *reason, const char *fmt, ...)
@@ -964,10 +975,11 @@ static int read_row(const struct spool_record *rec, void *arg)
         r->full = true;           /* full, or the next row goes to another table */
         return stop_at(r, rec->seq);
     }
-    buf_reset(&r->proto);
     struct rowenc_error re;
+    size_t poff = r->c->proto.len;   /* encoded in place, after the chunk's rows */
     int rc = rowenc_encode(r->t->schema, rec->row, rec->len,
-                           cd->ignore_unknown_values ? ROWENC_IGNORE_UNKNOWN : 0, &r->proto, &re);
+                           cd->ignore_unknown_values ? ROWENC_IGNORE_UNKNOWN : 0, &r->c->proto,
+                           &re);
     if (rc == ROWENC_NOMEM)
         return stop_at(r, rec->seq);
     if (rc != ROWENC_OK) {   /* does not fit the schema: never sent */
@@ -976,8 +988,10 @@ static int read_row(const struct spool_record *rec, void *arg)
         add_dead(r, rec->seq, "invalid", "%s", re.msg);
         goto seen;
     }
-    if (chunk_add(r->c, rec->seq, rec->time_ms, rec->row, rec->len, r->proto.data, r->proto.len))
+    if (chunk_add_encoded(r->c, rec->seq, rec->time_ms, rec->len, poff)) {
+        r->c->proto.len = poff;
         return stop_at(r, rec->seq);
+    }
     r->bytes += rec->len + 16;
 seen:
     r->last_seen = rec->seq;
@@ -1002,7 +1016,6 @@ static struct wchunk *read_batch(struct lane *l, uint64_t now_ms, struct wtable 
         return NULL;
     size_t span = (size_t)(cd->batch_rows + 1) * l->part.n * 2 + 64;
     spool_read(w->sp, w->id, l->read_seq, span, SIZE_MAX, read_row, &r);
-    buf_free(&r.proto);
     if (r.unknown && !cd->schema_file && r.t &&
         (!r.t->refetched_us || util_mono_us() - r.t->refetched_us >= SCHEMA_REFRESH_US)) {
         /* a column we do not know: the table may have gained it since we
@@ -1032,12 +1045,12 @@ static struct wchunk *read_batch(struct lane *l, uint64_t now_ms, struct wtable 
     }
     bool due = r.full || c->n >= cd->batch_rows ||
                now_ms >= c->rows[0].time_ms + cd->flush_interval_ms || stopping(w);
-    if (!due || !budget_take(&w->budget, c->json.len)) {
+    if (!due || !budget_take(&w->budget, c->jbytes)) {
         chunk_recycle(l, c);   /* read again later (another connection took the room meanwhile) */
         return NULL;
     }
     c->budget = &w->budget;
-    c->charged = c->json.len;
+    c->charged = c->jbytes;
     l->read_seq = resume;
     *tp = r.t;
     return c;
