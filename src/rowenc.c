@@ -2179,6 +2179,28 @@ static const struct rfield *lookup(const struct rmsg *m, const char *k, size_t n
     }
 }
 
+/* Is k[0..n) exactly f's key, byte for byte (so already in folded case)?
+ * The words are compared with f->kw0 / f->kwl: f->key is folded, so they
+ * are its plain bytes. k may be read up to limit, as in lookup(). */
+static inline bool plain_key(const struct rfield *f, const char *k, size_t n, const char *limit)
+{
+    if (f->keylen != n)
+        return false;
+    uint64_t v;
+    if (n >= 8)
+        v = load64(k);
+    else if (limit - k >= 8)
+        v = load64(k) & ((1ull << (8 * n)) - 1);
+    else
+        return memcmp(f->key, k, n) == 0;
+    if (v != f->kw0 || (n > 8 && load64(k + n - 8) != f->kwl))
+        return false;
+    for (size_t j = 8; j + 8 < n; j++)   /* bytes 8 .. n-8 are in neither word */
+        if (k[j] != f->key[j])
+            return false;
+    return true;
+}
+
 static void clear_bits(uint64_t *w, uint32_t base, uint32_t n)
 {
     while (n > 0) {
@@ -2240,7 +2262,7 @@ static int enc_object(struct enc *e, const struct rmsg *m)
             } else if ((rc = string_value_check(e, k, kn, kat))) {
                 return rc;
             }
-        } else if (next < stop && next->keylen == keyn && memcmp(next->key, key, keyn) == 0) {
+        } else if (next < stop && plain_key(next, key, keyn, e->end)) {
             f = next;
         } else {
             f = lookup(m, key, keyn, e->end);

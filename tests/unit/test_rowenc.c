@@ -991,6 +991,21 @@ static void test_schema_order_keys(void **state)
     ERR(s, "{'a':1,'b':2,'ccc':3}", ROWENC_UNKNOWN, "=unknown field 'ccc'");
     ERR(s, "{'a':1,'b':2,'cc':3,'d':4}", ROWENC_UNKNOWN, "=unknown field 'd'");   /* after the last */
     rowenc_schema_free(s);
+
+    /* long keys that differ only in bytes 8 .. n-8, which neither compared
+     * word holds: given in reverse, the predicted field must not match */
+    s = SCHEMA("[{'name':'event_timestamp_01_recorded_utc','type':'INT64'},"
+               "{'name':'event_timestamp_02_recorded_utc','type':'INT64'},{'name':'k','type':'INT64'}]");
+    ENC(s, "{'event_timestamp_01_recorded_utc':1,'event_timestamp_02_recorded_utc':2}", "08 01 10 02");
+    ENC(s, "{'event_timestamp_02_recorded_utc':2,'event_timestamp_01_recorded_utc':1}", "10 02 08 01");
+    ENC(s, "{'event_timestamp_01_recorded_utc':1,'event_timestamp_02_recorded_UTC':2}", "08 01 10 02");
+    ERR(s, "{'event_timestamp_01_recorded_utc':1,'event_timestamp_03_recorded_utc':2}", ROWENC_UNKNOWN,
+        "=unknown field 'event_timestamp_03_recorded_utc'");
+    /* a short key near the end of the input, where a word would overrun it */
+    ENC(s, "{'event_timestamp_01_recorded_utc':1,'event_timestamp_02_recorded_utc':2,'k':3}", "08 01 10 02 18 03");
+    ERR(s, "{'event_timestamp_01_recorded_utc':1,'event_timestamp_02_recorded_utc':2,'j':3}", ROWENC_UNKNOWN,
+        "=unknown field 'j'");
+    rowenc_schema_free(s);
 }
 
 static void test_unknown_duplicate_case(void **state)
