@@ -77,24 +77,29 @@ def status(d):
     return json.loads(data)
 
 
+def stat_cpu(path):
+    """(user, system) CPU seconds in a /proc stat file (a process's or a thread's)."""
+    f = open(path).read().rsplit(")", 1)[1].split()
+    tck = os.sysconf("SC_CLK_TCK")
+    return int(f[11]) / tck, int(f[12]) / tck
+
+
 def cpu_split(pid):
     """(user, system) CPU seconds of pid so far."""
-    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return int(f[11]) / os.sysconf("SC_CLK_TCK"), int(f[12]) / os.sysconf("SC_CLK_TCK")
+    return stat_cpu(f"/proc/{pid}/stat")
 
 
 def cpu_by_thread(pid):
     """{thread name: user+system CPU seconds} of pid's threads (relayd names
     them: relayd-write0, relayd-record, ...); threads of one name add up."""
     out = {}
-    tck = os.sysconf("SC_CLK_TCK")
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
             name = open(f"/proc/{pid}/task/{tid}/comm").read().strip()
-            f = open(f"/proc/{pid}/task/{tid}/stat").read().rsplit(")", 1)[1].split()
+            cpu = sum(stat_cpu(f"/proc/{pid}/task/{tid}/stat"))
         except OSError:
             continue   # the thread ended meanwhile
-        out[name] = out.get(name, 0.0) + (int(f[11]) + int(f[12])) / tck
+        out[name] = out.get(name, 0.0) + cpu
     return out
 
 
