@@ -422,11 +422,8 @@ static int record(struct lane *l, struct wtable *t, const uint64_t *done, size_t
         return 0;
     struct spool_txn *txn = NULL;
     int rc = spool_txn_begin(w->sp, &txn);
-    for (size_t i = 0; rc == SPOOL_OK && i < n_done; i++) {
-        rc = spool_txn_remove(txn, w->id, done[i]);
-        if (rc == SPOOL_NOTFOUND)
-            rc = SPOOL_OK;
-    }
+    if (rc == SPOOL_OK && n_done)   /* a row already gone is skipped */
+        rc = spool_txn_remove_run(txn, w->id, done, n_done, NULL);
     for (size_t i = 0; rc == SPOOL_OK && i < n_dead; i++) {
         struct spool_dl_info info = { .reason = dead[i].reason, .detail = dead[i].detail,
                                       .attempts = hist ? hist->attempts : 0,
