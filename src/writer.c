@@ -904,7 +904,6 @@ struct reader {
     uint64_t last_seen;       /* the last record looked at */
     bool seen;
     bool unknown;             /* a row named a column the schema lacks */
-    const char *fixed;        /* the table of every row when the table is not sharded */
 };
 
 static void add_dead(struct reader *r, uint64_t seq, const char *reason, const char *fmt, ...)
@@ -951,9 +950,12 @@ static int read_row(const struct spool_record *rec, void *arg)
                  (unsigned long long)cd->max_age_ms / 1000);
         goto seen;
     }
+    /* the table: the same for every row unless sharded (then from the row's
+     * time), as on insertAll (sender.c) */
     char shard[ROUTE_TABLE_MAX];
-    const char *table = r->fixed;
-    if (!table) {
+    bool sharded = l->part.route.sharded;
+    const char *table = l->part.route.pattern;
+    if (sharded) {
         if (route_table(&l->part.route, rec->row, rec->len, rec->time_ms, shard,
                         sizeof shard) != 0) {
             add_dead(r, rec->seq, "routing", "table_time_field '%s' is missing or not a time "
@@ -973,7 +975,7 @@ static int read_row(const struct spool_record *rec, void *arg)
             return stop_at(r, rec->seq);
         }
         r->t = t;
-    } else if ((!r->fixed && strcmp(r->t->id, table) != 0) || r->c->n >= cd->batch_rows ||
+    } else if ((sharded && strcmp(r->t->id, table) != 0) || r->c->n >= cd->batch_rows ||
                r->bytes + rec->len + 16 > r->cap) {
         r->full = true;           /* full, or the next row goes to another table */
         return stop_at(r, rec->seq);
@@ -1011,8 +1013,6 @@ static struct wchunk *read_batch(struct lane *l, uint64_t now_ms, struct wtable 
     struct writer *w = l->w;
     const struct conf_dest *cd = w->cd;
     struct reader r = { .l = l, .now_ms = now_ms };
-    if (!l->part.route.sharded && strlen(l->part.route.pattern) < ROUTE_TABLE_MAX)
-        r.fixed = l->part.route.pattern;   /* what route_table would give every row */
     r.cap = (size_t)budget_room(&w->budget, cd->batch_bytes);
     if (r.cap == 0)
         return NULL;
