@@ -183,12 +183,10 @@ static inline uint64_t fold8(uint64_t v)
     return v | ((ge_a & ~gt_z & ~v & HIGHS) >> 2);
 }
 
-/* A key of n bytes at k as two folded words: its first min(n, 8) bytes
- * (zero-padded) and, when n > 8, its last 8 bytes. Reads k[0..8) when k +
- * 8 <= limit even for a shorter key (masked), so keys in a row cost one
- * load. Returns the hash. */
-static inline uint32_t key_words(const char *k, size_t n, const char *limit, uint64_t *w0,
-                                 uint64_t *wl)
+/* The first min(n, 8) bytes of the n-byte key at k as a word, zero-padded.
+ * Reads k[0..8) when k + 8 <= limit even for a shorter key (masked), so
+ * keys in a row cost one load. */
+static inline uint64_t key_word0(const char *k, size_t n, const char *limit)
 {
     uint64_t v = 0;
     if (n >= 8) {
@@ -199,7 +197,15 @@ static inline uint32_t key_words(const char *k, size_t n, const char *limit, uin
         for (size_t i = 0; i < n; i++)
             v |= (uint64_t)(unsigned char)k[i] << (8 * i);
     }
-    *w0 = fold8(v);
+    return v;
+}
+
+/* A key of n bytes at k as two folded words: key_word0() and, when n > 8,
+ * its last 8 bytes. k may be read up to limit. Returns the hash. */
+static inline uint32_t key_words(const char *k, size_t n, const char *limit, uint64_t *w0,
+                                 uint64_t *wl)
+{
+    *w0 = fold8(key_word0(k, n, limit));
     *wl = n > 8 ? fold8(load64(k + n - 8)) : 0;
     uint64_t h = (*w0 ^ (*wl * 0x9E3779B97F4A7C15ull) ^ n) * 0xFF51AFD7ED558CCDull;
     return (uint32_t)(h >> 32);
@@ -2192,16 +2198,8 @@ static const struct rfield *lookup(const struct rmsg *m, const char *k, size_t n
  * are its plain bytes. k may be read up to limit, as in lookup(). */
 static inline bool plain_key(const struct rfield *f, const char *k, size_t n, const char *limit)
 {
-    if (f->keylen != n)
-        return false;
-    uint64_t v;
-    if (n >= 8)
-        v = load64(k);
-    else if (limit - k >= 8)
-        v = load64(k) & ((1ull << (8 * n)) - 1);
-    else
-        return memcmp(f->key, k, n) == 0;
-    if (v != f->kw0 || (n > 8 && load64(k + n - 8) != f->kwl))
+    if (f->keylen != n || key_word0(k, n, limit) != f->kw0 ||
+        (n > 8 && load64(k + n - 8) != f->kwl))
         return false;
     for (size_t j = 8; j + 8 < n; j++)   /* bytes 8 .. n-8 are in neither word */
         if (k[j] != f->key[j])
