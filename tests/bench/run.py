@@ -14,6 +14,8 @@
             insertAll: rows/s, relayd CPU per row, bytes per request before
             and after gzip.
   rowenc    JSON -> protobuf row encoding (Storage Write).
+  spoolread a 1M-record backlog read off the spool (cursor, CRC check) in
+            lane-sized batches by a fresh process: ns per record.
   sink      delivery to build/fastsink (the C sink, tools/fastsink) over
             insertAll with and without gzip and over the Storage Write API
             (default stream, exactly once): rows/s from a pre-filled backlog
@@ -49,7 +51,7 @@ FWD_CHUNK = int(os.environ.get("BENCH_FWD_CHUNK", "256"))
 FWD_INFLIGHT = int(os.environ.get("BENCH_FWD_INFLIGHT", "2"))
 SINK_ROWS = int(os.environ.get("BENCH_SINK_ROWS", "1000000"))
 SINK_LIVE = int(os.environ.get("BENCH_SINK_LIVE", "125000"))
-SECTIONS = ("json", "ingest", "client", "delivery", "rowenc", "restart", "sink")
+SECTIONS = ("json", "ingest", "client", "delivery", "rowenc", "spoolread", "restart", "sink")
 
 
 def config(d, durability, dest=""):
@@ -294,6 +296,26 @@ def sink_run(sink, d, dest, api, live):
     return r
 
 
+def bench_spool_read():
+    """The read path alone: no network, no encoding, one thread."""
+    d = tempfile.mkdtemp(prefix="relayd-bench-read-")
+    try:
+        print(f"\n== spool read: {SINK_ROWS} records read in batches of 501 by a fresh process "
+              f"(file in the page cache, not in the CPU caches), 5 runs ==", flush=True)
+        subprocess.run([os.path.join(B, "bench", "bench_fill"), os.path.join(d, "spool"), "events",
+                        str(SINK_ROWS)], check=True, stdout=subprocess.DEVNULL)
+        ns = []
+        for _ in range(5):
+            out = subprocess.run([os.path.join(B, "bench", "bench_spool_read"), os.path.join(d, "spool"),
+                                  "events"], check=True, stdout=subprocess.PIPE).stdout.decode()
+            print(out.strip(), flush=True)
+            ns.append(float(out.split(": ")[-1].split()[0]))
+        ns.sort()
+        print(f"spool read: median {ns[2]:.1f} ns/record ({ns[0]:.1f}-{ns[-1]:.1f})")
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def bench_sink():
     cases = [("insertAll, gzip", "gzip", "insertall", "gzip = yes\n"),
              ("insertAll, no gzip", "nogzip", "insertall", "gzip = no\n"),
@@ -420,6 +442,8 @@ def main():
     if "rowenc" in want and os.path.exists(rb):
         print("\n== JSON -> protobuf row encoding (Storage Write) ==", flush=True)
         subprocess.run([rb])
+    if "spoolread" in want:
+        bench_spool_read()
     if "restart" not in want:
         return
     d = tempfile.mkdtemp(prefix="relayd-bench-")

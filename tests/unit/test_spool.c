@@ -661,6 +661,72 @@ static void test_read_from_seq_and_limits(void **state)
     assert_int_equal(rs.n, 0);
 }
 
+/* spool_read fetches records some way ahead of its callback (READ_AHEAD in
+ * spool.c, 16): whatever the limits, the callback sees exactly the records
+ * it would see one at a time, in order, with their own bytes, across many
+ * windows, gaps and stops. Row i is 20 + i % 37 bytes, so that rows differ
+ * in size and a byte limit falls anywhere. */
+static void test_read_ahead_windows(void **state)
+{
+    struct fixture *f = *state;
+    struct spool *s = open_spool(f, 8u << 20);
+    uint32_t a = dest_id(s, "a");
+    enum { N = 200 };
+    uint64_t seqs[N];
+    size_t lens[N];
+    struct spool_txn *t;
+    assert_int_equal(spool_txn_begin(s, &t), SPOOL_OK);
+    for (int i = 0; i < N; i++) {
+        lens[i] = 20 + (size_t)i % 37;
+        char *row = make_row((uint64_t)i, lens[i]);
+        assert_int_equal(spool_txn_append(t, a, row, lens[i], 1, &seqs[i]), SPOOL_OK);
+        free(row);
+    }
+    assert_int_equal(spool_txn_commit(t), SPOOL_OK);
+    /* gaps, one at a window's edge and a run of them across one */
+    bool gone[N] = { false };
+    const int holes[] = { 15, 16, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 99 };
+    for (size_t h = 0; h < sizeof holes / sizeof holes[0]; h++) {
+        remove1(s, a, seqs[holes[h]]);
+        gone[holes[h]] = true;
+    }
+    const size_t maxrec[] = { 1, 15, 16, 17, 31, 32, 33, 100, N, 1000 };
+    const size_t maxbytes[] = { SIZE_MAX, 0, 100, 777, 2000 };
+    const size_t stops[] = { 0, 1, 16, 17, 50 };
+    const int froms[] = { 0, 14, 15, 40, 150, 199 };
+    for (size_t fi = 0; fi < sizeof froms / sizeof froms[0]; fi++)
+    for (size_t mi = 0; mi < sizeof maxrec / sizeof maxrec[0]; mi++)
+    for (size_t bi = 0; bi < sizeof maxbytes / sizeof maxbytes[0]; bi++)
+    for (size_t si = 0; si < sizeof stops / sizeof stops[0]; si++) {
+        /* what one record at a time gives */
+        int want[N];
+        size_t nwant = 0, bytes = 0;
+        for (int i = froms[fi]; i < N && nwant < maxrec[mi]; i++) {
+            if (gone[i])
+                continue;
+            if (nwant > 0 && bytes + lens[i] > maxbytes[bi])
+                break;
+            want[nwant++] = i;
+            bytes += lens[i];
+            if (stops[si] && nwant >= stops[si])
+                break;
+        }
+        struct recs rs = { .stop_after = stops[si] };
+        read_all(s, a, seqs[froms[fi]], maxrec[mi], maxbytes[bi], &rs);
+        assert_int_equal(rs.n, nwant);
+        for (size_t k = 0; k < nwant; k++) {
+            int i = want[k];
+            assert_int_equal(rs.v[k].seq, seqs[i]);
+            assert_false(rs.v[k].corrupt);
+            char *row = make_row((uint64_t)i, lens[i]);
+            assert_int_equal(rs.v[k].len, lens[i]);
+            assert_memory_equal(rs.v[k].row, row, lens[i]);
+            free(row);
+        }
+        recs_free(&rs);
+    }
+}
+
 static void test_abort_leaves_nothing(void **state)
 {
     struct fixture *f = *state;
@@ -1704,6 +1770,7 @@ int main(void)
         T(test_append_and_read_in_order),
         T(test_seq_persists_across_reopen),
         T(test_read_from_seq_and_limits),
+        T(test_read_ahead_windows),
         T(test_abort_leaves_nothing),
         T(test_remove_and_stats),
         T(test_remove_run),
