@@ -162,7 +162,8 @@ $(BUILD)/obj $(BUILD)/tests $(BUILD)/bench $(BUILD)/tools:
 $(BUILD)/tools/faultinject.so: tests/preload/faultinject.c | $(BUILD)/tools
 	$(CC) -std=c11 -O2 -g -Wall -Wextra -Werror -fPIC -shared -o $@ $< -ldl
 
-unit: all $(UNITBIN) $(TOOLBIN) $(BUILD)/tools/faultinject.so $(BUILD)/examples/client_example
+unit: all $(UNITBIN) $(TOOLBIN) $(BUILD)/tools/faultinject.so $(BUILD)/examples/client_example \
+      $(BUILD)/bench/bench_fill
 
 asan:
 	$(MAKE) BUILD=build-asan OPT=-O1 HARDEN= \

@@ -158,7 +158,9 @@ struct spool_record {
 
 /* Calls cb for up to max_records records of dest with seq >= from_seq, in
  * order, stopping early when cb returns non-zero or max_bytes of rows were
- * passed (at least one record is always passed). Returns SPOOL_OK. */
+ * passed (at least one record is always passed). Returns SPOOL_OK. Every
+ * 16 MiB read (by all threads together) it calls spool_release_pages, so that
+ * draining a backlog does not grow the resident set. */
 typedef int (*spool_record_cb)(const struct spool_record *r, void *arg);
 int spool_read(struct spool *s, uint32_t dest, uint64_t from_seq, size_t max_records,
                size_t max_bytes, spool_record_cb cb, void *arg);

@@ -25,6 +25,7 @@
 #include <fcntl.h>
 #include <lmdb.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +39,11 @@
 #define SPOOL_VERSION 1
 #define RESERVE_MIN   (256u << 10)
 #define RESERVE_MAX   (64ull << 20)
+/* spool_read unmaps what it has read (spool_release_pages) after this many
+ * bytes: a backlog being drained is read once, and without it the resident
+ * set would grow by every page read until the committer's next release,
+ * which waits for ingest (a drain after an outage has none). */
+#define RELEASE_READ_BYTES (16ull << 20)
 
 struct dest_rec {          /* value in the dests database */
     uint32_t id;
@@ -64,6 +70,7 @@ struct spool {
     unsigned psize;
     void *map_addr;                /* LMDB's mapping of data.mdb, for release_pages */
     size_t map_len;
+    _Atomic uint64_t read_unreleased;   /* bytes spool_read read since its last release */
     pthread_mutex_t dbi_lock;      /* mdb_dbi_open is single-transaction only */
     /* Reset read transactions kept for spool_read (MDB_NOTLS: renewable on
      * any thread). mdb_txn_begin callocs a transaction sized by maxdbs (tens
@@ -1276,6 +1283,11 @@ int spool_read(struct spool *s, uint32_t dest, uint64_t from_seq, size_t max_rec
     }
     mdb_cursor_close(c);
     read_txn_end(s, txn);
+    uint64_t was = atomic_fetch_add_explicit(&s->read_unreleased, bytes, memory_order_relaxed);
+    if (was < RELEASE_READ_BYTES && was + bytes >= RELEASE_READ_BYTES) {
+        atomic_store_explicit(&s->read_unreleased, 0, memory_order_relaxed);
+        spool_release_pages(s);
+    }
     /* an error is reported once every record before it was handed over */
     if (!stopped && rc && rc != MDB_NOTFOUND)
         return map_rc(rc, "read");

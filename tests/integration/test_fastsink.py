@@ -34,7 +34,7 @@ def rows(n, start=0):
 class FastSink:
     """One fastsink process over TLS with the tests' CA (relaytest's shared one)."""
 
-    def __init__(self, testcase):
+    def __init__(self, testcase, fields=SCHEMA):
         self.dir = tempfile.mkdtemp(prefix="fastsink-test-")
         tls = _tls_dir()
         self.ca = os.path.join(tls, "ca.pem")
@@ -42,7 +42,7 @@ class FastSink:
         ready = os.path.join(self.dir, "ready.json")
         schema = os.path.join(self.dir, "schema.json")
         with open(schema, "w") as f:
-            json.dump({"fields": SCHEMA}, f)
+            json.dump({"fields": fields}, f)
         self.log = open(os.path.join(self.dir, "sink.log"), "wb")
         self.proc = subprocess.Popen(
             [FASTSINK, "serve", "--port", "0", "--grpc-port", "0",
@@ -113,10 +113,12 @@ def thread_names(pid):
 
 
 class FastSinkBase(RelayTest):
+    SCHEMA = SCHEMA
+
     def setUp(self):
         if not os.path.exists(FASTSINK):
             self.fail(f"{FASTSINK} is missing: make all builds it")
-        self.sink = FastSink(self)
+        self.sink = FastSink(self, self.SCHEMA)
 
     def dest(self, storage=False, **extra):
         kv = {"project": "proj", "dataset": "logs", "credentials": self.sink.key,
@@ -184,6 +186,53 @@ class RelaydToSinkTest(FastSinkBase):
         self.assertEqual(s["rows"]["storage"], 20000)
         self.assertEqual(s["storage"]["streams_created"], 2)   # one per connection
         self.assertEqual(s["storage"]["offset_already_exists"] + s["storage"]["offset_out_of_range"], 0)
+
+
+def rss_file_kb(pid):
+    """The file-backed part of pid's resident set (RssFile): LMDB's map of the spool."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("RssFile:"):
+                return int(line.split()[1])
+    return 0
+
+
+class DrainMemoryTest(FastSinkBase):
+    # bench_fill's rows
+    SCHEMA = [{"name": n, "type": t} for n, t in (
+        ("ts", "STRING"), ("host", "STRING"), ("service", "STRING"), ("level", "STRING"),
+        ("seq", "INT64"), ("status", "INT64"), ("msg", "STRING"))]
+    ROWS = 700000
+
+    def drain(self, **dest):
+        """Drains a pre-filled backlog of ROWS rows (about 150 MB of spool) to the
+        sink; returns (the largest RssFile seen, in KiB; the spool file's size)."""
+        d = self.daemon(dests=[("events", self.dest(**dest))], spool__max_spool_bytes="1G")
+        subprocess.run([os.path.join(BUILD, "bench", "bench_fill"), d.spool, "events", str(self.ROWS)],
+                       check=True, stdout=subprocess.DEVNULL)
+        size = os.path.getsize(os.path.join(d.spool, "data.mdb"))
+        d.start()
+        peak = 0
+
+        def drained():
+            nonlocal peak
+            peak = max(peak, rss_file_kb(d.proc.pid))
+            return d.status()["spool"]["records"] == 0
+        wait_for(drained, 120, "the backlog to drain", interval=0.01)
+        st = {x["name"]: x for x in d.status()["destinations"]}["events"]["delivery"]
+        self.assertEqual((st["delivered"], st["dead_lettered"]), (self.ROWS, 0))
+        self.assertEqual(d.stop(), 0)
+        return peak, size
+
+    def test_draining_a_backlog_does_not_map_it_all(self):
+        """spool_read unmaps what it has read every 16 MiB: draining a backlog
+        that no ingest follows (after an outage, say) keeps the spool's part of
+        relayd's resident set at a few tens of MiB, not the backlog's size."""
+        for dest in ({"storage": True}, {"gzip": "yes"}):
+            peak, size = self.drain(**dest)
+            self.assertGreater(size, 140 << 20)
+            # the libraries' code pages are file-backed too (about 20-30 MiB)
+            self.assertLess(peak * 1024, size // 2, (dest, peak, size))
 
 
 class SinkChecksTest(FastSinkBase):
