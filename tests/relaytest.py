@@ -130,10 +130,12 @@ class Relayd:
         self.proc.wait()
         self.logf.close()
 
-    def rss_kb(self):
+    def rss_kb(self, field="VmRSS"):
+        """A kB figure of /proc/PID/status: the resident set (VmRSS) by default,
+        or another, such as RssFile (its file-backed part: LMDB's map)."""
         with open(f"/proc/{self.proc.pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1])
         return 0
 

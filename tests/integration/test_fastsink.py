@@ -188,15 +188,6 @@ class RelaydToSinkTest(FastSinkBase):
         self.assertEqual(s["storage"]["offset_already_exists"] + s["storage"]["offset_out_of_range"], 0)
 
 
-def rss_file_kb(pid):
-    """The file-backed part of pid's resident set (RssFile): LMDB's map of the spool."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("RssFile:"):
-                return int(line.split()[1])
-    return 0
-
-
 class DrainMemoryTest(FastSinkBase):
     # bench_fill's rows
     SCHEMA = [{"name": n, "type": t} for n, t in (
@@ -216,7 +207,7 @@ class DrainMemoryTest(FastSinkBase):
 
         def drained():
             nonlocal peak
-            peak = max(peak, rss_file_kb(d.proc.pid))
+            peak = max(peak, d.rss_kb("RssFile"))
             return d.status()["spool"]["records"] == 0
         wait_for(drained, 120, "the backlog to drain", interval=0.01)
         st = {x["name"]: x for x in d.status()["destinations"]}["events"]["delivery"]
