@@ -36,7 +36,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define SPOOL_VERSION 1
+#define SPOOL_VERSION 2      /* 2: chunks and per-destination record counts; 1 is read and upgraded */
 #define RESERVE_MIN   (256u << 10)
 #define RESERVE_MAX   (64ull << 20)
 /* spool_read unmaps what it has read (spool_release_pages) after this many
@@ -50,6 +50,32 @@ struct dest_rec {          /* value in the dests database */
     uint32_t flags;
     uint64_t bytes;
     uint64_t created_ms;
+    uint64_t records;      /* absent in version 1 (24 bytes): mdb_stat counted them */
+};
+#define DEST_REC_V1 24
+
+/* A chunk: the records one transaction appends to one destination, stored
+ * as one value under the key of the first (spool.h has the layout). LMDB's
+ * cost is per value, above all when delivered records are deleted oldest
+ * first (each delete moves a node in from the next page), so a chunk of K
+ * records costs about one delete instead of K (docs/benchmarks.md,
+ * "chunked spool"). A group of one record is stored as a plain record. */
+#define CHUNK_HDR       16
+#define CHUNK_VERSION   2
+#define CHUNK_MAX_RECS  256
+#ifndef CHUNK_MAX_BYTES
+/* four overflow pages less their header: a full chunk wastes less than a row */
+#define CHUNK_MAX_BYTES (4 * 4096 - 16)
+#endif
+
+/* Records appended to one destination in this transaction, not yet written. */
+struct pend {
+    uint32_t dest;
+    unsigned n;
+    uint64_t first_seq;
+    uint32_t delta[CHUNK_MAX_RECS], end[CHUNK_MAX_RECS];
+    size_t len;
+    unsigned char data[CHUNK_MAX_BYTES];
 };
 
 struct dest_slot {
@@ -65,6 +91,7 @@ struct spool {
     char *datafile;
     char uuid[33];
     bool readonly;
+    bool upgrade;                  /* a version 1 spool opened for writing */
     enum spool_durability durability;
     uint64_t max_bytes;
     unsigned psize;
@@ -88,13 +115,16 @@ struct spool_txn {
     uint64_t next_seq;
     bool seq_loaded, seq_dirty;
     size_t n_deltas;
-    struct { uint32_t dest; int64_t bytes; } delta[MAX_DELTAS];
+    struct { uint32_t dest; int64_t bytes, records; } delta[MAX_DELTAS];
     int64_t dlq_delta;        /* bytes added to (or taken from) the dead-letter store */
+    size_t n_pend;
+    struct pend *pend[MAX_DELTAS];
 };
 
 static __thread char last_error[256];
 
 static void find_map(struct spool *s);
+static void pend_free(struct spool_txn *t);
 static uint64_t reserve_bytes(uint64_t max);
 
 const char *spool_last_error(void) { return last_error; }
@@ -194,6 +224,150 @@ static const char *record_check(uint32_t dest, uint64_t seq, const MDB_val *v)
     return NULL;
 }
 
+/* ---- stored values: a record or a chunk of records ---- */
+
+/* One value of a queue database, parsed: a record (version 1), or a chunk
+ * (version 2) whose directory gives each record's seq and bytes. A chunk
+ * whose header or directory is damaged counts as one corrupt record under
+ * its key, so every byte stays accounted for. */
+struct qval {
+    uint64_t key;
+    const unsigned char *p;
+    size_t size;
+    unsigned n;                 /* records in it (1 unless a sound chunk) */
+    const unsigned char *dir;   /* a sound chunk's directory, else NULL */
+    const unsigned char *data;  /* and its records */
+    bool bad_key;
+    const char *problem;        /* a damaged chunk: what is wrong */
+    unsigned claimed;           /* a damaged chunk: the records its header claims, or 1 */
+};
+
+static uint32_t chunk_crc(uint32_t dest, uint64_t key, const unsigned char *p, size_t hdr_len)
+{
+    return record_crc(dest, key, p, hdr_len);   /* the same binding to (dest, key) */
+}
+
+static void qval_parse(uint32_t dest, const MDB_val *k, const MDB_val *v, struct qval *q)
+{
+    *q = (struct qval){ .p = v->mv_data, .size = v->mv_size, .n = 1, .claimed = 1 };
+    if (k->mv_size != 8) {
+        q->bad_key = true;
+        return;
+    }
+    q->key = rd_be64(k->mv_data);
+    if (q->size < 8 || q->p[4] != CHUNK_VERSION)
+        return;                 /* a record: checked when it is read */
+    unsigned n = (unsigned)q->p[6] | (unsigned)q->p[7] << 8;
+    size_t data_off = CHUNK_HDR + 8 * (size_t)n;
+    if (q->size < CHUNK_HDR || n == 0 || n > CHUNK_MAX_RECS || data_off > q->size) {
+        q->problem = "chunk header damaged (truncated or impossible record count)";
+        return;
+    }
+    q->claimed = n;
+    if (rd_le32(q->p) != chunk_crc(dest, q->key, q->p, data_off)) {
+        q->problem = "chunk directory checksum mismatch";
+        return;
+    }
+    const unsigned char *dir = q->p + CHUNK_HDR;
+    uint32_t prev_end = 0;
+    for (unsigned i = 0; i < n; i++) {
+        uint32_t d = rd_le32(dir + 8 * i), e = rd_le32(dir + 8 * i + 4);
+        if ((i > 0 && d <= rd_le32(dir + 8 * (i - 1))) || e < prev_end ||
+            e > q->size - data_off) {
+            q->problem = "chunk directory inconsistent";
+            return;
+        }
+        prev_end = e;
+    }
+    if (prev_end != q->size - data_off) {
+        q->problem = "chunk directory inconsistent (size)";
+        return;
+    }
+    q->n = n;
+    q->dir = dir;
+    q->data = q->p + data_off;
+}
+
+static uint64_t qval_seq(const struct qval *q, unsigned i)
+{
+    return q->dir ? q->key + rd_le32(q->dir + 8 * i) : q->key;
+}
+
+/* The bytes of record i. */
+static MDB_val qval_rec(const struct qval *q, unsigned i)
+{
+    if (!q->dir)
+        return (MDB_val){ q->size, (void *)q->p };
+    uint32_t start = i ? rd_le32(q->dir + 8 * (i - 1) + 4) : 0;
+    uint32_t end = rd_le32(q->dir + 8 * i + 4);
+    return (MDB_val){ end - start, (void *)(q->data + start) };
+}
+
+/* Row bytes of record i, as the destination's byte count has them. */
+static int64_t qval_row_bytes(const struct qval *q, unsigned i)
+{
+    if (q->problem)
+        return q->size > CHUNK_HDR + 8 * (size_t)q->claimed
+                   ? (int64_t)(q->size - CHUNK_HDR - 8 * (size_t)q->claimed
+                               - SPOOL_HDR * (size_t)q->claimed)
+                   : 0;
+    MDB_val r = qval_rec(q, i);
+    return r.mv_size >= SPOOL_HDR ? (int64_t)(r.mv_size - SPOOL_HDR) : 0;
+}
+
+/* Records the destination's count has for this value. */
+static int64_t qval_count(const struct qval *q)
+{
+    return q->problem ? q->claimed : q->n;
+}
+
+/* Record i as spool_read's callback sees it. */
+static void qval_record(uint32_t dest, const struct qval *q, unsigned i, struct spool_record *r)
+{
+    *r = (struct spool_record){ .dest = dest };
+    if (q->bad_key || q->problem) {
+        r->corrupt = true;
+        r->problem = q->bad_key ? "malformed key" : q->problem;
+        r->seq = q->key;
+        r->row = (const char *)q->p;
+        r->len = q->size;
+        return;
+    }
+    MDB_val v = qval_rec(q, i);
+    r->seq = qval_seq(q, i);
+    r->problem = record_check(dest, r->seq, &v);
+    if (r->problem) {
+        r->corrupt = true;
+        r->row = v.mv_data;
+        r->len = v.mv_size;
+        return;
+    }
+    const unsigned char *p = v.mv_data;
+    r->time_ms = rd_le64(p + 8);
+    r->row = (const char *)p + SPOOL_HDR;
+    r->len = v.mv_size - SPOOL_HDR;
+}
+
+/* Writes the chunk of records rec[i] (bytes), seq key + delta[i], to buf:
+ * header, directory and records. Returns its size. */
+static size_t chunk_build(unsigned char *buf, uint32_t dest, uint64_t key, unsigned n,
+                          const uint32_t *delta, const MDB_val *rec)
+{
+    size_t data_off = CHUNK_HDR + 8 * (size_t)n, off = 0;
+    memset(buf, 0, CHUNK_HDR);
+    buf[4] = CHUNK_VERSION;
+    buf[6] = (unsigned char)(n & 0xff);
+    buf[7] = (unsigned char)(n >> 8);
+    for (unsigned i = 0; i < n; i++) {
+        memcpy(buf + data_off + off, rec[i].mv_data, rec[i].mv_size);
+        off += rec[i].mv_size;
+        le32(buf + CHUNK_HDR + 8 * i, delta[i]);
+        le32(buf + CHUNK_HDR + 8 * i + 4, (uint32_t)off);
+    }
+    le32(buf, chunk_crc(dest, key, buf, data_off));
+    return data_off + off;
+}
+
 /* ---- opening ---- */
 
 static int open_dest_dbi(struct spool *s, MDB_txn *txn, uint32_t id, const char *name,
@@ -229,11 +403,12 @@ static int load_dests(struct spool *s, MDB_txn *txn, uint32_t *fresh, size_t *n_
     while ((rc = mdb_cursor_get(c, &k, &v, op)) == 0) {
         op = MDB_NEXT;
         struct dest_rec dr;
-        if (v.mv_size != sizeof dr || k.mv_size == 0 || k.mv_size > SPOOL_DEST_MAX) {
+        if ((v.mv_size != sizeof dr && v.mv_size != DEST_REC_V1) || k.mv_size == 0 ||
+            k.mv_size > SPOOL_DEST_MAX) {
             rc = MDB_CORRUPTED;
             break;
         }
-        memcpy(&dr, v.mv_data, sizeof dr);
+        memcpy(&dr, v.mv_data, DEST_REC_V1);
         if (dr.id == 0 || dr.id > SPOOL_MAX_DESTS) {
             rc = MDB_CORRUPTED;
             break;
@@ -350,12 +525,55 @@ static int init_meta(struct spool *s, MDB_txn *txn, char *err, size_t errlen)
         return SPOOL_CORRUPT;
     }
     memcpy(&ver, v.mv_data, sizeof ver);
+    if (ver == 1) {
+        s->upgrade = !s->readonly;   /* spool_open rewrites it as version 2 */
+        return SPOOL_OK;
+    }
     if (ver != SPOOL_VERSION) {
         snprintf(err, errlen, "%s: spool format version %u; this relayd reads version %u",
                  s->dir, ver, SPOOL_VERSION);
         return SPOOL_INVAL;
     }
     return SPOOL_OK;
+}
+
+/* Version 1 had no chunks and no record counts (mdb_stat counted records):
+ * each destination entry gets its count, then the version says 2. One
+ * transaction, so a crash leaves either version whole. */
+static int upgrade_v1(struct spool *s, MDB_txn *txn)
+{
+    MDB_cursor *c;
+    int rc = mdb_cursor_open(txn, s->dests, &c);
+    if (rc)
+        return map_rc(rc, "open cursor");
+    MDB_val k, v;
+    int op = MDB_FIRST;
+    while ((rc = mdb_cursor_get(c, &k, &v, op)) == 0) {
+        op = MDB_NEXT;
+        if (v.mv_size != DEST_REC_V1)
+            continue;
+        struct dest_rec dr = { 0 };
+        memcpy(&dr, v.mv_data, DEST_REC_V1);
+        MDB_stat ms;
+        if (dr.id == 0 || dr.id > SPOOL_MAX_DESTS || !s->dest[dr.id].name) {
+            rc = MDB_CORRUPTED;
+            break;
+        }
+        if ((rc = mdb_stat(txn, s->dest[dr.id].dbi, &ms)) != 0)
+            break;
+        dr.records = ms.ms_entries;
+        char name[SPOOL_DEST_MAX];        /* k points into the page the put rewrites */
+        memcpy(name, k.mv_data, k.mv_size);
+        MDB_val nk = { k.mv_size, name }, nv = { sizeof dr, &dr };
+        if ((rc = mdb_cursor_put(c, &nk, &nv, MDB_CURRENT)) != 0)
+            break;
+    }
+    mdb_cursor_close(c);
+    if (rc != MDB_NOTFOUND)
+        return map_rc(rc, "upgrade destinations");
+    uint32_t ver = SPOOL_VERSION;
+    MDB_val vk = { 7, "version" }, vv = { sizeof ver, &ver };
+    return map_rc(mdb_put(txn, s->meta, &vk, &vv, 0), "upgrade version");
 }
 
 int spool_open(const struct spool_opts *o, struct spool **out, char *err, size_t errlen)
@@ -454,6 +672,9 @@ int spool_open(const struct spool_opts *o, struct spool **out, char *err, size_t
     size_t n = 0;
     if (r == SPOOL_OK && (r = load_dests(s, txn, fresh, &n)) != SPOOL_OK)
         snprintf(err, errlen, "%s: cannot load destinations: %s", o->dir, spool_strerror(r));
+    if (r == SPOOL_OK && s->upgrade && (r = upgrade_v1(s, txn)) != SPOOL_OK)
+        snprintf(err, errlen, "%s: cannot upgrade the spool to format version %d: %s", o->dir,
+                 SPOOL_VERSION, spool_strerror(r));
     if (r == SPOOL_OK && (rc = mdb_txn_commit(txn)) != 0) {
         r = map_rc(rc, "commit");
         snprintf(err, errlen, "%s: cannot commit: %s", o->dir, mdb_strerror(rc));
@@ -612,14 +833,16 @@ void spool_txn_abort(struct spool_txn *t)
     if (!t)
         return;
     mdb_txn_abort(t->txn);
+    pend_free(t);
     free(t);
 }
 
-static int add_delta(struct spool_txn *t, uint32_t dest, int64_t bytes)
+static int add_delta(struct spool_txn *t, uint32_t dest, int64_t bytes, int64_t records)
 {
     for (size_t i = 0; i < t->n_deltas; i++) {
         if (t->delta[i].dest == dest) {
             t->delta[i].bytes += bytes;
+            t->delta[i].records += records;
             return SPOOL_OK;
         }
     }
@@ -630,6 +853,7 @@ static int add_delta(struct spool_txn *t, uint32_t dest, int64_t bytes)
     }
     t->delta[t->n_deltas].dest = dest;
     t->delta[t->n_deltas].bytes = bytes;
+    t->delta[t->n_deltas].records = records;
     t->n_deltas++;
     return SPOOL_OK;
 }
@@ -653,6 +877,103 @@ static int load_seq(struct spool_txn *t)
     return SPOOL_OK;
 }
 
+/* Builds record (dest, seq) -- header and row -- at p. */
+static void record_build(unsigned char *p, uint32_t dest, uint64_t seq, const void *row,
+                         size_t len, uint64_t time_ms)
+{
+    memset(p, 0, SPOOL_HDR);
+    p[4] = 1;
+    for (int i = 0; i < 8; i++)
+        p[8 + i] = (unsigned char)(time_ms >> (8 * i));
+    memcpy(p + SPOOL_HDR, row, len);
+    le32(p, record_crc(dest, seq, p, SPOOL_HDR + len));
+}
+
+/* Puts a new value at the end of dest's queue, reserving size bytes. */
+static int put_last(struct spool_txn *t, uint32_t dest, uint64_t key, size_t size,
+                    unsigned char **out)
+{
+    unsigned char kb[8];
+    be64(kb, key);
+    MDB_val k = { 8, kb }, v = { size, NULL };
+    MDB_dbi dbi = t->s->dest[dest].dbi;
+    int mrc = mdb_put(t->txn, dbi, &k, &v, MDB_APPEND | MDB_RESERVE);
+    if (mrc == MDB_KEYEXIST) {   /* not the last key: cannot happen with one counter */
+        v.mv_size = size;
+        mrc = mdb_put(t->txn, dbi, &k, &v, MDB_NOOVERWRITE | MDB_RESERVE);
+    }
+    if (mrc)
+        return map_rc(mrc, "append");
+    *out = v.mv_data;
+    return SPOOL_OK;
+}
+
+/* Writes p's records: one alone as a plain record, more as a chunk. */
+static int pend_flush(struct spool_txn *t, struct pend *p)
+{
+    if (p->n == 0)
+        return SPOOL_OK;
+    unsigned char *out;
+    int rc;
+    if (p->n == 1) {
+        if ((rc = put_last(t, p->dest, p->first_seq, p->len, &out)) == SPOOL_OK)
+            memcpy(out, p->data, p->len);
+    } else {
+        size_t data_off = CHUNK_HDR + 8 * (size_t)p->n;
+        if ((rc = put_last(t, p->dest, p->first_seq, data_off + p->len, &out)) == SPOOL_OK) {
+            memset(out, 0, CHUNK_HDR);
+            out[4] = CHUNK_VERSION;
+            out[6] = (unsigned char)(p->n & 0xff);
+            out[7] = (unsigned char)(p->n >> 8);
+            for (unsigned i = 0; i < p->n; i++) {
+                le32(out + CHUNK_HDR + 8 * i, p->delta[i]);
+                le32(out + CHUNK_HDR + 8 * i + 4, p->end[i]);
+            }
+            le32(out, chunk_crc(p->dest, p->first_seq, out, data_off));
+            memcpy(out + data_off, p->data, p->len);
+        }
+    }
+    p->n = 0;
+    p->len = 0;
+    return rc;
+}
+
+/* Writes every destination's pending records: before anything else touches
+ * the queues in this transaction, and at commit. */
+static int flush_all(struct spool_txn *t)
+{
+    for (size_t i = 0; i < t->n_pend; i++) {
+        int rc = pend_flush(t, t->pend[i]);
+        if (rc)
+            return rc;
+    }
+    return SPOOL_OK;
+}
+
+static void pend_free(struct spool_txn *t)
+{
+    for (size_t i = 0; i < t->n_pend; i++)
+        free(t->pend[i]);
+    t->n_pend = 0;
+}
+
+static struct pend *pend_for(struct spool_txn *t, uint32_t dest)
+{
+    for (size_t i = 0; i < t->n_pend; i++)
+        if (t->pend[i]->dest == dest)
+            return t->pend[i];
+    if (t->n_pend == MAX_DELTAS)
+        return NULL;
+    struct pend *p = malloc(sizeof *p);
+    if (!p)
+        return NULL;
+    p->dest = dest;
+    p->n = 0;
+    p->len = 0;
+    t->pend[t->n_pend++] = p;
+    return p;
+}
+
 int spool_txn_append(struct spool_txn *t, uint32_t dest, const void *row, size_t len,
                      uint64_t time_ms, uint64_t *seq_out)
 {
@@ -663,33 +984,45 @@ int spool_txn_append(struct spool_txn *t, uint32_t dest, const void *row, size_t
     if (rc)
         return rc;
     uint64_t seq = t->next_seq;
-    unsigned char kb[8];
-    be64(kb, seq);
-    MDB_val k = { 8, kb }, v = { SPOOL_HDR + len, NULL };
-    int mrc = mdb_put(t->txn, s->dest[dest].dbi, &k, &v, MDB_APPEND | MDB_RESERVE);
-    if (mrc == MDB_KEYEXIST) {   /* not the last key: cannot happen with one counter */
-        v.mv_size = SPOOL_HDR + len;
-        mrc = mdb_put(t->txn, s->dest[dest].dbi, &k, &v, MDB_NOOVERWRITE | MDB_RESERVE);
+    size_t size = SPOOL_HDR + len;
+    struct pend *p = pend_for(t, dest);
+    if (!p && t->n_pend < MAX_DELTAS)
+        return SPOOL_NOMEM;
+    if (!p) {
+        snprintf(last_error, sizeof last_error,
+                 "one transaction touches more than %d destinations", MAX_DELTAS);
+        return SPOOL_INVAL;
     }
-    if (mrc)
-        return map_rc(mrc, "append");
-    unsigned char *p = v.mv_data;
-    memset(p, 0, SPOOL_HDR);
-    p[4] = 1;
-    for (int i = 0; i < 8; i++)
-        p[8 + i] = (unsigned char)(time_ms >> (8 * i));
-    memcpy(p + SPOOL_HDR, row, len);
-    le32(p, record_crc(dest, seq, p, SPOOL_HDR + len));
+    if (p->n && (p->n == CHUNK_MAX_RECS || seq - p->first_seq > UINT32_MAX ||
+                 CHUNK_HDR + 8 * (size_t)(p->n + 1) + p->len + size > CHUNK_MAX_BYTES) &&
+        (rc = pend_flush(t, p)) != SPOOL_OK)
+        return rc;
+    if (CHUNK_HDR + 8 + size > CHUNK_MAX_BYTES) {
+        /* too big for a chunk: a plain record, after what is pending (keys
+         * only grow) */
+        unsigned char *out;
+        if ((rc = pend_flush(t, p)) != SPOOL_OK ||
+            (rc = put_last(t, dest, seq, size, &out)) != SPOOL_OK)
+            return rc;
+        record_build(out, dest, seq, row, len, time_ms);
+    } else {
+        if (p->n == 0)
+            p->first_seq = seq;
+        record_build(p->data + p->len, dest, seq, row, len, time_ms);
+        p->len += size;
+        p->delta[p->n] = (uint32_t)(seq - p->first_seq);
+        p->end[p->n] = (uint32_t)p->len;
+        p->n++;
+    }
     t->next_seq = seq + 1;
     t->seq_dirty = true;
-    if ((rc = add_delta(t, dest, (int64_t)len)) != SPOOL_OK)
+    if ((rc = add_delta(t, dest, (int64_t)len, 1)) != SPOOL_OK)
         return rc;
     if (seq_out)
         *seq_out = seq;
     return SPOOL_OK;
 }
 
-/* Positions a cursor on (dest, seq); returns the value. */
 /* Positions a cursor of database dbi on key be64(seq); returns the value. */
 static int seek_dbi(struct spool_txn *t, MDB_dbi dbi, uint64_t seq, MDB_cursor **c,
                     unsigned char kb[8], MDB_val *v, const char *what)
@@ -707,28 +1040,107 @@ static int seek_dbi(struct spool_txn *t, MDB_dbi dbi, uint64_t seq, MDB_cursor *
     return SPOOL_OK;
 }
 
-static int seek(struct spool_txn *t, uint32_t dest, uint64_t seq, MDB_cursor **c,
-                unsigned char kb[8], MDB_val *v)
+static bool qval_covers(const struct qval *q, uint64_t seq)
 {
-    if (!dest_ready(t->s, dest))
-        return SPOOL_INVAL;
-    return seek_dbi(t, t->s->dest[dest].dbi, seq, c, kb, v, "find record");
+    return !q->bad_key && qval_seq(q, 0) <= seq && seq <= qval_seq(q, q->n - 1);
+}
+
+/* Positions c on the value of dest's queue that would hold seq -- the one
+ * under that key, or the chunk before whose range covers it -- and parses it
+ * into q. With at_next the cursor rests where seq may be (after a delete):
+ * that value is tried before a search from the root. MDB_NOTFOUND: none. */
+static int locate(MDB_cursor *c, uint32_t dest, uint64_t seq, bool at_next, struct qval *q)
+{
+    MDB_val k, v;
+    if (at_next && mdb_cursor_get(c, &k, &v, MDB_GET_CURRENT) == 0) {
+        qval_parse(dest, &k, &v, q);
+        if (qval_covers(q, seq))
+            return 0;
+    }
+    unsigned char kb[8];
+    be64(kb, seq);
+    k = (MDB_val){ 8, kb };
+    int rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+    if (rc == 0 && k.mv_size == 8 && rd_be64(k.mv_data) == seq) {
+        qval_parse(dest, &k, &v, q);
+        return 0;
+    }
+    if (rc == MDB_NOTFOUND)
+        rc = mdb_cursor_get(c, &k, &v, MDB_LAST);
+    else if (rc == 0)
+        rc = mdb_cursor_get(c, &k, &v, MDB_PREV);
+    if (rc)
+        return rc;
+    qval_parse(dest, &k, &v, q);
+    return qval_covers(q, seq) ? 0 : MDB_NOTFOUND;
+}
+
+/* The index of seq's record in q, or -1. */
+static int qval_find(const struct qval *q, uint64_t seq)
+{
+    if (q->bad_key || seq < q->key)
+        return -1;
+    if (!q->dir)
+        return seq == q->key ? 0 : -1;
+    unsigned lo = 0, hi = q->n;
+    while (lo < hi) {
+        unsigned mid = (lo + hi) / 2;
+        uint64_t m = qval_seq(q, mid);
+        if (m == seq)
+            return (int)mid;
+        if (m < seq)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return -1;
+}
+
+/* Rewrites the chunk the cursor is on without the records marked in drop. */
+static int chunk_rewrite(MDB_cursor *c, uint32_t dest, const struct qval *q, const bool *drop)
+{
+    MDB_val rec[CHUNK_MAX_RECS];
+    uint32_t delta[CHUNK_MAX_RECS];
+    unsigned n = 0;
+    size_t size = CHUNK_HDR;
+    for (unsigned i = 0; i < q->n; i++) {
+        if (drop[i])
+            continue;
+        rec[n] = qval_rec(q, i);
+        delta[n] = (uint32_t)(qval_seq(q, i) - q->key);
+        size += 8 + rec[n].mv_size;
+        n++;
+    }
+    unsigned char *buf = malloc(size);   /* q points into the page the put rewrites */
+    if (!buf)
+        return ENOMEM;
+    chunk_build(buf, dest, q->key, n, delta, rec);
+    unsigned char kb[8];
+    be64(kb, q->key);
+    MDB_val k = { 8, kb }, v = { size, buf };
+    int rc = mdb_cursor_put(c, &k, &v, MDB_CURRENT);
+    free(buf);
+    return rc;
+}
+
+/* Removes from the value q the cursor is on the records marked in drop (m of
+ * them): the whole value when that is all of it. The cursor then rests on
+ * that value or, when it went, on the next. */
+static int qval_remove(MDB_cursor *c, uint32_t dest, const struct qval *q, const bool *drop,
+                       unsigned m)
+{
+    return m == q->n ? mdb_cursor_del(c, 0) : chunk_rewrite(c, dest, q, drop);
 }
 
 int spool_txn_remove(struct spool_txn *t, uint32_t dest, uint64_t seq)
 {
-    MDB_cursor *c;
-    unsigned char kb[8];
-    MDB_val v;
-    int rc = seek(t, dest, seq, &c, kb, &v);
-    if (rc)
-        return rc;
-    int64_t len = v.mv_size >= SPOOL_HDR ? (int64_t)(v.mv_size - SPOOL_HDR) : 0;
-    int mrc = mdb_cursor_del(c, 0);
-    mdb_cursor_close(c);
-    if (mrc)
-        return map_rc(mrc, "remove");
-    return add_delta(t, dest, -len);
+    size_t removed = 0;
+    int rc = spool_txn_remove_run(t, dest, &seq, 1, &removed);
+    if (rc == SPOOL_OK && removed == 0) {
+        snprintf(last_error, sizeof last_error, "find record: %s", mdb_strerror(MDB_NOTFOUND));
+        return SPOOL_NOTFOUND;
+    }
+    return rc;
 }
 
 int spool_txn_remove_run(struct spool_txn *t, uint32_t dest, const uint64_t *seqs, size_t n,
@@ -741,45 +1153,61 @@ int spool_txn_remove_run(struct spool_txn *t, uint32_t dest, const uint64_t *seq
         return SPOOL_OK;
     if (!dest_ready(t->s, dest))
         return SPOOL_INVAL;
-    MDB_cursor *c;
-    int rc = mdb_cursor_open(t->txn, t->s->dest[dest].dbi, &c);
+    int rc = flush_all(t);
     if (rc)
+        return rc;
+    MDB_cursor *c;
+    if ((rc = mdb_cursor_open(t->txn, t->s->dest[dest].dbi, &c)) != 0)
         return map_rc(rc, "cursor");
-    int64_t bytes = 0;
-    bool at_next = false;     /* after a delete the cursor rests on the next record */
-    for (size_t i = 0; i < n; i++) {
-        unsigned char kb[8];
-        be64(kb, seqs[i]);
-        MDB_val k = { 8, kb }, v;
-        rc = MDB_NOTFOUND;
-        if (at_next) {
-            /* the usual case: seqs[i] is the record after the one just
-             * removed, so no search from the root */
-            MDB_val ck;
-            rc = mdb_cursor_get(c, &ck, &v, MDB_GET_CURRENT);
-            if (rc == 0 && !(ck.mv_size == 8 && memcmp(ck.mv_data, kb, 8) == 0))
-                rc = MDB_NOTFOUND;
-        }
-        if (rc)
-            rc = mdb_cursor_get(c, &k, &v, MDB_SET_KEY);
-        if (rc == MDB_NOTFOUND) {
-            at_next = false;   /* removed meanwhile: nothing to do */
+    int64_t bytes = 0, records = 0;
+    bool at_next = false;     /* the cursor rests on the value seqs[i] is likely in */
+    size_t i = 0;
+    while (i < n) {
+        struct qval q;
+        rc = locate(c, dest, seqs[i], at_next, &q);
+        if (rc == MDB_NOTFOUND) {   /* removed meanwhile: nothing to do */
+            rc = 0;
+            at_next = false;
+            i++;
             continue;
         }
         if (rc)
             break;
-        bytes += v.mv_size >= SPOOL_HDR ? (int64_t)(v.mv_size - SPOOL_HDR) : 0;
-        if ((rc = mdb_cursor_del(c, 0)))
-            break;
-        done++;
+        /* every seq from i on that this value covers, while they ascend */
+        uint64_t last = qval_seq(&q, q.n - 1);
+        bool drop[CHUNK_MAX_RECS] = { false };
+        unsigned m = 0, e = 0;
+        int64_t b = 0;
+        size_t j = i;
+        while (j < n && seqs[j] <= last && (j == i || seqs[j] > seqs[j - 1])) {
+            while (e < q.n && qval_seq(&q, e) < seqs[j])
+                e++;
+            if (e < q.n && qval_seq(&q, e) == seqs[j] && !drop[e]) {
+                drop[e] = true;
+                m++;
+                b += qval_row_bytes(&q, e);
+            }
+            j++;
+        }
+        if (j == i)
+            j = i + 1;
         at_next = true;
+        if (m) {
+            int64_t r = m == q.n ? qval_count(&q) : m;
+            if ((rc = qval_remove(c, dest, &q, drop, m)) != 0)
+                break;
+            done += m;
+            records += r;
+            bytes += b;
+        }
+        i = j;
     }
     mdb_cursor_close(c);
     if (rc && rc != MDB_NOTFOUND)
         return map_rc(rc, "remove");
     if (removed)
         *removed = done;
-    return done ? add_delta(t, dest, -bytes) : SPOOL_OK;
+    return done ? add_delta(t, dest, -bytes, -records) : SPOOL_OK;
 }
 
 int spool_txn_dead_letter(struct spool_txn *t, uint32_t dest, uint64_t seq,
@@ -792,13 +1220,24 @@ int spool_txn_dead_letter(struct spool_txn *t, uint32_t dest, uint64_t seq,
 int spool_txn_dead_letter_info(struct spool_txn *t, uint32_t dest, uint64_t seq,
                                const struct spool_dl_info *info)
 {
-    const char *reason = info->reason, *detail = info->detail;
-    MDB_cursor *c;
-    unsigned char kb[8];
-    MDB_val v;
-    int rc = seek(t, dest, seq, &c, kb, &v);
+    if (!dest_ready(t->s, dest))
+        return SPOOL_INVAL;
+    int rc = flush_all(t);
     if (rc)
         return rc;
+    MDB_cursor *c;
+    if ((rc = mdb_cursor_open(t->txn, t->s->dest[dest].dbi, &c)) != 0)
+        return map_rc(rc, "cursor");
+    struct qval q;
+    int idx = -1;
+    if ((rc = locate(c, dest, seq, false, &q)) == 0 && (idx = qval_find(&q, seq)) < 0)
+        rc = MDB_NOTFOUND;
+    if (rc) {
+        mdb_cursor_close(c);
+        return map_rc(rc, "find record");
+    }
+    struct spool_record r;
+    qval_record(dest, &q, (unsigned)idx, &r);
     struct dlq_entry e = { .seq = seq, .dest = dest };
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
@@ -807,20 +1246,15 @@ int spool_txn_dead_letter_info(struct spool_txn *t, uint32_t dest, uint64_t seq,
     e.attempts = info->attempts;
     e.first_attempt_ms = info->first_attempt_ms;
     e.last_attempt_ms = info->last_attempt_ms;
-    e.reason = reason;
-    e.reason_len = strlen(reason);
-    e.detail = detail ? detail : "";
+    e.reason = info->reason;
+    e.reason_len = strlen(info->reason);
+    e.detail = info->detail ? info->detail : "";
     e.detail_len = strlen(e.detail);
-    const unsigned char *p = v.mv_data;
-    if (record_check(dest, seq, &v) == NULL) {
-        e.enqueued_ms = rd_le64(p + 8);
-        e.row = (const char *)p + SPOOL_HDR;
-        e.row_len = v.mv_size - SPOOL_HDR;
-    } else {
-        e.row = (const char *)p;      /* keep every byte there is */
-        e.row_len = v.mv_size;
-    }
-    int64_t len = v.mv_size >= SPOOL_HDR ? (int64_t)(v.mv_size - SPOOL_HDR) : 0;
+    e.enqueued_ms = r.time_ms;
+    e.row = r.row;            /* a corrupt record: every byte there is */
+    e.row_len = r.len;
+    int64_t bytes = qval_row_bytes(&q, (unsigned)idx);
+    int64_t records = q.n == 1 ? qval_count(&q) : 1;
 
     /* The value lives in LMDB's page: copy it before the tree changes. */
     size_t need = dlq_encoded_size(&e);
@@ -830,9 +1264,13 @@ int spool_txn_dead_letter_info(struct spool_txn *t, uint32_t dest, uint64_t seq,
         return SPOOL_NOMEM;
     }
     dlq_encode(&e, buf);
-    int mrc = mdb_cursor_del(c, 0);
+    bool drop[CHUNK_MAX_RECS] = { false };
+    drop[idx] = true;
+    int mrc = qval_remove(c, dest, &q, drop, 1);
     mdb_cursor_close(c);
     if (mrc == 0) {
+        unsigned char kb[8];
+        be64(kb, seq);
         MDB_val k = { 8, kb }, dv = { need, buf };
         mrc = mdb_put(t->txn, t->s->dlq, &k, &dv, MDB_NOOVERWRITE);
     }
@@ -840,7 +1278,7 @@ int spool_txn_dead_letter_info(struct spool_txn *t, uint32_t dest, uint64_t seq,
     if (mrc)
         return map_rc(mrc, "dead-letter");
     t->dlq_delta += (int64_t)need;
-    return add_delta(t, dest, -len);
+    return add_delta(t, dest, -bytes, -records);
 }
 
 /* Finds dead letter seq; on success *c is positioned on it (caller closes). */
@@ -1002,17 +1440,19 @@ uint64_t spool_dlq_bytes(struct spool *s)
 static int apply_deltas(struct spool_txn *t)
 {
     for (size_t i = 0; i < t->n_deltas; i++) {
-        if (t->delta[i].bytes == 0)
+        if (t->delta[i].bytes == 0 && t->delta[i].records == 0)
             continue;
         const char *name = t->s->dest[t->delta[i].dest].name;
         MDB_val k = { strlen(name), (void *)name }, v;
         int rc = mdb_get(t->txn, t->s->dests, &k, &v);
-        struct dest_rec dr;
-        if (rc || v.mv_size != sizeof dr)
+        struct dest_rec dr = { 0 };
+        if (rc || (v.mv_size != sizeof dr && v.mv_size != DEST_REC_V1))
             return rc ? map_rc(rc, "read destination") : SPOOL_CORRUPT;
-        memcpy(&dr, v.mv_data, sizeof dr);
+        memcpy(&dr, v.mv_data, v.mv_size);
         int64_t nb = (int64_t)dr.bytes + t->delta[i].bytes;
         dr.bytes = nb < 0 ? 0 : (uint64_t)nb;
+        int64_t nr = (int64_t)dr.records + t->delta[i].records;
+        dr.records = nr < 0 ? 0 : (uint64_t)nr;
         v.mv_data = &dr;
         v.mv_size = sizeof dr;
         if ((rc = mdb_put(t->txn, t->s->dests, &k, &v, 0)) != 0)
@@ -1040,7 +1480,9 @@ static int apply_dlq_delta(struct spool_txn *t)
 
 int spool_txn_commit(struct spool_txn *t)
 {
-    int rc = apply_deltas(t);
+    int rc = flush_all(t);
+    if (rc == SPOOL_OK)
+        rc = apply_deltas(t);
     if (rc == SPOOL_OK)
         rc = apply_dlq_delta(t);
     if (rc == SPOOL_OK && t->seq_dirty) {
@@ -1054,6 +1496,7 @@ int spool_txn_commit(struct spool_txn *t)
         return rc;
     }
     int mrc = mdb_txn_commit(t->txn);   /* frees the txn, success or not */
+    pend_free(t);
     free(t);
     return map_rc(mrc, "commit");
 }
@@ -1190,39 +1633,15 @@ static void read_txn_end(struct spool *s, MDB_txn *txn)
         mdb_txn_abort(txn);
 }
 
-/* Turns one stored record into what spool_read's callback sees. */
-static void read_record(uint32_t dest, const MDB_val *k, const MDB_val *v, struct spool_record *r)
-{
-    *r = (struct spool_record){ .dest = dest };
-    if (k->mv_size != 8) {
-        r->corrupt = true;
-        r->problem = "malformed key";
-        r->row = v->mv_data;
-        r->len = v->mv_size;
-        return;
-    }
-    r->seq = rd_be64(k->mv_data);
-    r->problem = record_check(dest, r->seq, v);
-    if (r->problem) {
-        r->corrupt = true;
-        r->row = v->mv_data;
-        r->len = v->mv_size;
-        return;
-    }
-    const unsigned char *p = v->mv_data;
-    r->time_ms = rd_le64(p + 8);
-    r->row = (const char *)p + SPOOL_HDR;
-    r->len = v->mv_size - SPOOL_HDR;
-}
-
-/* The cursor runs READ_AHEAD records ahead of the callback and asks the CPU
- * to fetch each record's bytes as it passes them, so that by the time a
- * record is checked and handed over its bytes are in the cache. A backlog is
- * read once, straight from the page cache: without this, each record's
- * checksum waits on its cache misses one after the other (docs/benchmarks.md,
- * "read-ahead"). Stopping early (max_bytes, the callback) wastes at most
- * READ_AHEAD cursor steps. */
+/* The cursor runs up to READ_AHEAD values (and READ_AHEAD_BYTES) ahead of
+ * the callback and asks the CPU to fetch each value's bytes as it passes
+ * them, so that by the time a record is checked and handed over its bytes
+ * are in the cache. A backlog is read once, straight from the page cache:
+ * without this, each record's checksum waits on its cache misses one after
+ * the other (docs/benchmarks.md, "read-ahead"). Stopping early (max_bytes,
+ * the callback) wastes at most READ_AHEAD cursor steps. */
 #define READ_AHEAD 16
+#define READ_AHEAD_BYTES (16u << 10)
 
 static void fetch_ahead(const MDB_val *v)
 {
@@ -1231,11 +1650,39 @@ static void fetch_ahead(const MDB_val *v)
         __builtin_prefetch((const void *)p);
 }
 
+/* Positions c on the first value holding a record with seq >= from: the
+ * one under that key, or a chunk before it whose range reaches it, or the
+ * next. MDB_NOTFOUND: there is none. */
+static int read_position(MDB_cursor *c, uint32_t dest, uint64_t from)
+{
+    unsigned char kb[8];
+    be64(kb, from);
+    MDB_val k = { 8, kb }, v;
+    int rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+    if (rc == 0 && k.mv_size == 8 && rd_be64(k.mv_data) == from)
+        return 0;
+    if (rc && rc != MDB_NOTFOUND)
+        return rc;
+    bool past_end = rc == MDB_NOTFOUND;
+    rc = mdb_cursor_get(c, &k, &v, past_end ? MDB_LAST : MDB_PREV);
+    if (rc == MDB_NOTFOUND && !past_end)     /* from is before the first value */
+        return mdb_cursor_get(c, &k, &v, MDB_FIRST);
+    if (rc)
+        return rc;
+    struct qval q;
+    qval_parse(dest, &k, &v, &q);
+    if (!q.bad_key && qval_seq(&q, q.n - 1) >= from)
+        return 0;
+    return mdb_cursor_get(c, &k, &v, MDB_NEXT);
+}
+
 int spool_read(struct spool *s, uint32_t dest, uint64_t from_seq, size_t max_records,
                size_t max_bytes, spool_record_cb cb, void *arg)
 {
     if (!dest_ready(s, dest))
         return SPOOL_INVAL;
+    if (max_records == 0)
+        return SPOOL_OK;
     MDB_txn *txn;
     int rc = read_txn_begin(s, &txn);
     if (rc)
@@ -1245,17 +1692,19 @@ int spool_read(struct spool *s, uint32_t dest, uint64_t from_seq, size_t max_rec
         read_txn_end(s, txn);
         return map_rc(rc, "cursor");
     }
-    unsigned char kb[8];
-    be64(kb, from_seq);
     MDB_val ks[READ_AHEAD], vs[READ_AHEAD];
-    ks[0] = (MDB_val){ 8, kb };
-    size_t head = 0, tail = 0;   /* records handed over, records fetched */
-    size_t bytes = 0;
-    int op = MDB_SET_RANGE;
+    size_t head = 0, tail = 0;   /* values handed over, values fetched */
+    size_t ahead = 0;            /* bytes of the values fetched, not yet handed over */
+    size_t bytes = 0, passed = 0;
     bool end = false;            /* the cursor is past the last record, or failed */
-    bool stopped = false;        /* by max_bytes or the callback, before the end */
-    for (;;) {
-        while (!end && tail < max_records && tail - head < READ_AHEAD) {
+    bool stopped = false;        /* by a limit or the callback, before the end */
+    rc = read_position(c, dest, from_seq);
+    int op = MDB_GET_CURRENT;
+    if (rc)
+        end = true;
+    while (!stopped) {
+        while (!end && tail - head < READ_AHEAD && tail - head < max_records - passed &&
+               (tail - head < 2 || ahead < READ_AHEAD_BYTES)) {
             size_t i = tail % READ_AHEAD;
             if ((rc = mdb_cursor_get(c, &ks[i], &vs[i], op)) != 0) {
                 end = true;
@@ -1263,23 +1712,32 @@ int spool_read(struct spool *s, uint32_t dest, uint64_t from_seq, size_t max_rec
             }
             op = MDB_NEXT;
             fetch_ahead(&vs[i]);
+            ahead += vs[i].mv_size;
             tail++;
         }
         if (head == tail)
             break;
         size_t i = head % READ_AHEAD;
-        struct spool_record r;
-        read_record(dest, &ks[i], &vs[i], &r);
-        if (head > 0 && bytes + r.len > max_bytes) {
-            stopped = true;
-            break;
+        struct qval q;
+        qval_parse(dest, &ks[i], &vs[i], &q);
+        for (unsigned j = 0; j < q.n; j++) {
+            if (qval_seq(&q, j) < from_seq && !q.bad_key)
+                continue;
+            struct spool_record r;
+            qval_record(dest, &q, j, &r);
+            if (passed > 0 && bytes + r.len > max_bytes) {
+                stopped = true;
+                break;
+            }
+            passed++;
+            bytes += r.len;
+            if (cb(&r, arg) || passed == max_records) {
+                stopped = true;
+                break;
+            }
         }
+        ahead -= vs[i].mv_size;
         head++;
-        bytes += r.len;
-        if (cb(&r, arg)) {
-            stopped = true;
-            break;
-        }
     }
     mdb_cursor_close(c);
     read_txn_end(s, txn);
@@ -1371,19 +1829,29 @@ int spool_stats(struct spool *s, struct spool_stats *st)
         struct spool_dest_stats *d = &st->dests[st->n_dests++];
         d->id = id;
         snprintf(d->name, sizeof d->name, "%s", s->dest[id].name);
-        if (mdb_stat(txn, s->dest[id].dbi, &ms) == 0)
-            d->records = ms.ms_entries;
         k.mv_size = strlen(d->name);
         k.mv_data = d->name;
         struct dest_rec dr;
-        if (mdb_get(txn, s->dests, &k, &v) == 0 && v.mv_size == sizeof dr) {
+        int got = mdb_get(txn, s->dests, &k, &v);
+        if (got == 0 && v.mv_size == sizeof dr) {
             memcpy(&dr, v.mv_data, sizeof dr);
             d->bytes = dr.bytes;
+            d->records = dr.records;
+        } else if (got == 0 && v.mv_size == DEST_REC_V1) {   /* version 1, opened read-only */
+            memcpy(&dr, v.mv_data, DEST_REC_V1);
+            d->bytes = dr.bytes;
+            if (mdb_stat(txn, s->dest[id].dbi, &ms) == 0)
+                d->records = ms.ms_entries;
         }
         MDB_cursor *c;
         if (d->records && mdb_cursor_open(txn, s->dest[id].dbi, &c) == 0) {
-            if (mdb_cursor_get(c, &k, &v, MDB_FIRST) == 0 && v.mv_size >= SPOOL_HDR)
-                d->oldest_ms = rd_le64((const unsigned char *)v.mv_data + 8);
+            if (mdb_cursor_get(c, &k, &v, MDB_FIRST) == 0) {
+                struct qval q;
+                qval_parse(id, &k, &v, &q);
+                MDB_val r = qval_rec(&q, 0);
+                if (!q.problem && r.mv_size >= SPOOL_HDR)
+                    d->oldest_ms = rd_le64((const unsigned char *)r.mv_data + 8);
+            }
             mdb_cursor_close(c);
         }
         st->records += d->records;

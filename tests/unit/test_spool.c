@@ -1110,7 +1110,7 @@ static void test_corrupt_records(void **state)
     raw_put_record(f->dir, a, seqs[4], v4, len);
     /* seq[5]: a different version byte */
     unsigned char *v5 = raw_get_record(f->dir, a, seqs[5], &len);
-    v5[4] = 2;
+    v5[4] = 9;
     raw_put_record(f->dir, a, seqs[5], v5, len);
     /* seq[6]: cut to 16 + 10 (the header is whole, the row is not) */
     unsigned char *v6 = raw_get_record(f->dir, a, seqs[6], &len);
