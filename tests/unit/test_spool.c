@@ -1230,6 +1230,477 @@ static void test_record_bound_to_its_key(void **state)
 }
 
 /* ------------------------------------------------------------------------ */
+/* Chunks: the records one transaction appends to a destination, one value  */
+/* ------------------------------------------------------------------------ */
+
+/* Values (records or chunks) stored in q.<dest>, and how many are chunks. */
+static size_t raw_values(const char *dir, uint32_t dest, size_t *chunks)
+{
+    MDB_env *env = raw_open(dir, true);
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    MDB_cursor *c;
+    char name[32];
+    snprintf(name, sizeof name, "q.%u", dest);
+    assert_int_equal(mdb_txn_begin(env, NULL, MDB_RDONLY, &txn), 0);
+    assert_int_equal(mdb_dbi_open(txn, name, 0, &dbi), 0);
+    assert_int_equal(mdb_cursor_open(txn, dbi, &c), 0);
+    MDB_val k, v;
+    size_t n = 0;
+    *chunks = 0;
+    for (int op = MDB_FIRST; mdb_cursor_get(c, &k, &v, op) == 0; op = MDB_NEXT) {
+        n++;
+        if (v.mv_size >= 16 && ((const unsigned char *)v.mv_data)[4] == 2)
+            (*chunks)++;
+    }
+    mdb_cursor_close(c);
+    mdb_txn_abort(txn);
+    mdb_env_close(env);
+    return n;
+}
+
+enum { CH_N = 1000, CH_BIG = 400 };   /* rows per destination; a's row CH_BIG is large */
+
+struct chunked {
+    uint32_t a, b;
+    uint64_t sa[CH_N], sb[CH_N];
+    size_t la[CH_N];
+    uint64_t bytes_a;
+};
+
+static size_t ch_len(size_t i) { return i == CH_BIG ? 40000 : 40 + (i * 37) % 300; }
+
+/* Appends CH_N rows to each of a and b, interleaved, in two transactions. */
+static void fill_chunked(struct spool *s, struct chunked *c)
+{
+    c->a = dest_id(s, "a");
+    c->b = dest_id(s, "b");
+    c->bytes_a = 0;
+    for (int half = 0; half < 2; half++) {
+        struct spool_txn *t;
+        assert_int_equal(spool_txn_begin(s, &t), SPOOL_OK);
+        for (size_t i = half * CH_N / 2; i < (half + 1) * (size_t)CH_N / 2; i++) {
+            c->la[i] = ch_len(i);
+            char *r = make_row(i, c->la[i]);
+            assert_int_equal(spool_txn_append(t, c->a, r, c->la[i], 5000 + i, &c->sa[i]),
+                             SPOOL_OK);
+            free(r);
+            r = make_row(100000 + i, 50);
+            assert_int_equal(spool_txn_append(t, c->b, r, 50, 9000 + i, &c->sb[i]), SPOOL_OK);
+            free(r);
+            c->bytes_a += c->la[i];
+        }
+        assert_int_equal(spool_txn_commit(t), SPOOL_OK);
+    }
+}
+
+/* Checks that reading a from seqs[from] gives rows from.. in order, except those
+ * whose gone[] is set. */
+static void check_chunked(struct spool *s, const struct chunked *c, size_t from,
+                          const bool *gone)
+{
+    struct recs rs = { 0 };
+    read_all(s, c->a, c->sa[from], SIZE_MAX, SIZE_MAX, &rs);
+    size_t k = 0;
+    for (size_t i = from; i < CH_N; i++) {
+        if (gone && gone[i])
+            continue;
+        if (k >= rs.n)
+            fail_msg("row %zu missing: %zu read", i, rs.n);
+        struct rec *r = &rs.v[k++];
+        if (r->seq != c->sa[i])
+            fail_msg("record %zu: seq %llu, want %llu (row %zu)", k - 1,
+                     (unsigned long long)r->seq, (unsigned long long)c->sa[i], i);
+        assert_false(r->corrupt);
+        assert_int_equal(r->len, c->la[i]);
+        char *want = make_row(i, c->la[i]);
+        assert_memory_equal(r->row, want, c->la[i]);
+        free(want);
+        assert_int_equal(r->time_ms, 5000 + i);
+    }
+    assert_int_equal(rs.n, k);
+    recs_free(&rs);
+}
+
+static void test_chunks_round_trip(void **state)
+{
+    struct fixture *f = *state;
+    struct spool *s = open_spool(f, 64u << 20);
+    static struct chunked c;
+    fill_chunked(s, &c);
+    check_chunked(s, &c, 0, NULL);
+    check_chunked(s, &c, 137, NULL);          /* from inside a chunk */
+    check_chunked(s, &c, CH_BIG, NULL);       /* from the large row */
+    check_chunked(s, &c, CH_N - 1, NULL);
+
+    /* limits, from inside a chunk */
+    struct recs rs = { 0 };
+    read_all(s, c.a, c.sa[301], 7, SIZE_MAX, &rs);
+    assert_int_equal(rs.n, 7);
+    assert_int_equal(rs.v[0].seq, c.sa[301]);
+    assert_int_equal(rs.v[6].seq, c.sa[307]);
+    recs_free(&rs);
+    read_all(s, c.a, c.sa[301], SIZE_MAX, c.la[301] + c.la[302], &rs);
+    assert_int_equal(rs.n, 2);
+    recs_free(&rs);
+    rs.stop_after = 3;
+    read_all(s, c.a, c.sa[10], SIZE_MAX, SIZE_MAX, &rs);
+    assert_int_equal(rs.n, 3);
+    assert_int_equal(rs.v[2].seq, c.sa[12]);
+    recs_free(&rs);
+    /* a seq of b's, between two of a's: a's next */
+    read_all(s, c.a, c.sb[500], 1, SIZE_MAX, &rs);
+    assert_int_equal(rs.n, 1);
+    assert_int_equal(rs.v[0].seq, c.sa[501]);
+    recs_free(&rs);
+    read_all(s, c.a, c.sa[CH_N - 1] + 1, SIZE_MAX, SIZE_MAX, &rs);
+    assert_int_equal(rs.n, 0);
+
+    struct spool_stats *st = get_stats(s);
+    assert_int_equal(find_dstats(st, c.a)->records, CH_N);
+    assert_int_equal(find_dstats(st, c.b)->records, CH_N);
+    assert_int_equal(find_dstats(st, c.a)->bytes, c.bytes_a);
+    assert_int_equal(find_dstats(st, c.b)->bytes, 50 * CH_N);
+    assert_int_equal(find_dstats(st, c.a)->oldest_ms, 5000);
+    assert_int_equal(st->records, 2 * CH_N);
+    free(st);
+    close_spool(f);
+
+    /* chunks, and the large row a plain record of its own */
+    size_t chunks, values = raw_values(f->dir, c.a, &chunks);
+    assert_true(values < CH_N / 20);
+    assert_int_equal(values - chunks, 1);
+    s = open_spool(f, 64u << 20);
+    check_chunked(s, &c, 0, NULL);
+}
+
+static void test_chunks_remove(void **state)
+{
+    struct fixture *f = *state;
+    struct spool *s = open_spool(f, 64u << 20);
+    static struct chunked c;
+    fill_chunked(s, &c);
+    static bool gone[CH_N];
+    memset(gone, 0, sizeof gone);
+    uint64_t bytes = c.bytes_a, records = CH_N;
+    static uint64_t seqs[CH_N];
+    size_t n = 0;
+    /* every third of the first 300, then 300..450 whole, then 460 ascending
+     * but with b's seqs mixed in (not a's: skipped) */
+    for (size_t i = 0; i < 300; i += 3)
+        seqs[n++] = c.sa[i];
+    for (size_t i = 300; i < 450; i++)
+        seqs[n++] = c.sa[i];
+    seqs[n++] = c.sb[455];
+    seqs[n++] = c.sa[460];
+    size_t removed = 0;
+    struct spool_txn *t;
+    assert_int_equal(spool_txn_begin(s, &t), SPOOL_OK);
+    assert_int_equal(spool_txn_remove_run(t, c.a, seqs, n, &removed), SPOOL_OK);
+    assert_int_equal(spool_txn_commit(t), SPOOL_OK);
+    assert_int_equal(removed, n - 1);
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = 0; j < CH_N; j++)
+            if (c.sa[j] == seqs[i] && !gone[j]) {
+                gone[j] = true;
+                bytes -= c.la[j];
+                records--;
+            }
+    check_chunked(s, &c, 0, gone);
+    struct spool_stats *st = get_stats(s);
+    assert_int_equal(find_dstats(st, c.a)->records, records);
+    assert_int_equal(find_dstats(st, c.a)->bytes, bytes);
+    assert_int_equal(find_dstats(st, c.b)->records, CH_N);
+    free(st);
+
+    /* descending, and again (already gone: skipped) */
+    n = 0;
+    for (size_t i = 900; i > 600; i -= 7)
+        seqs[n++] = c.sa[i];
+    assert_int_equal(spool_txn_begin(s, &t), SPOOL_OK);
+    assert_int_equal(spool_txn_remove_run(t, c.a, seqs, n, &removed), SPOOL_OK);
+    assert_int_equal(removed, n);
+    assert_int_equal(spool_txn_remove_run(t, c.a, seqs, n, &removed), SPOOL_OK);
+    assert_int_equal(removed, 0);
+    assert_int_equal(spool_txn_commit(t), SPOOL_OK);
+    for (size_t i = 900; i > 600; i -= 7) {
+        gone[i] = true;
+        bytes -= c.la[i];
+        records--;
+    }
+    /* one, then the same one again */
+    assert_int_equal(spool_txn_begin(s, &t), SPOOL_OK);
+    assert_int_equal(spool_txn_remove(t, c.a, c.sa[777]), SPOOL_OK);
+    assert_int_equal(spool_txn_remove(t, c.a, c.sa[777]), SPOOL_NOTFOUND);
+    assert_int_equal(spool_txn_commit(t), SPOOL_OK);
+    gone[777] = true;
+    bytes -= c.la[777];
+    records--;
+    check_chunked(s, &c, 0, gone);
+    check_chunked(s, &c, 1, gone);            /* from a removed record inside a chunk */
+    check_chunked(s, &c, 450, gone);
+    st = get_stats(s);
+    assert_int_equal(find_dstats(st, c.a)->records, records);
+    assert_int_equal(find_dstats(st, c.a)->bytes, bytes);
+    assert_int_equal(find_dstats(st, c.a)->oldest_ms, 5001);
+    free(st);
+    close_spool(f);
+    s = open_spool(f, 64u << 20);
+    check_chunked(s, &c, 0, gone);
+
+    /* the rest: the queue ends empty, its counts zero */
+    n = 0;
+    for (size_t i = 0; i < CH_N; i++)
+        if (!gone[i])
+            seqs[n++] = c.sa[i];
+    assert_int_equal(spool_txn_begin(s, &t), SPOOL_OK);
+    assert_int_equal(spool_txn_remove_run(t, c.a, seqs, n, &removed), SPOOL_OK);
+    assert_int_equal(spool_txn_commit(t), SPOOL_OK);
+    assert_int_equal(removed, n);
+    st = get_stats(s);
+    assert_int_equal(find_dstats(st, c.a)->records, 0);
+    assert_int_equal(find_dstats(st, c.a)->bytes, 0);
+    free(st);
+    close_spool(f);
+    size_t chunks;
+    assert_int_equal(raw_values(f->dir, c.a, &chunks), 0);
+}
+
+static void test_chunks_dead_letter_and_damage(void **state)
+{
+    struct fixture *f = *state;
+    struct spool *s = open_spool(f, 64u << 20);
+    static struct chunked c;
+    fill_chunked(s, &c);
+    close_spool(f);
+
+    /* a bit of row 20 flipped, inside its chunk */
+    MDB_env *env = raw_open(f->dir, false);
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    MDB_cursor *cur;
+    char name[32];
+    snprintf(name, sizeof name, "q.%u", c.a);
+    assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+    assert_int_equal(mdb_dbi_open(txn, name, 0, &dbi), 0);
+    assert_int_equal(mdb_cursor_open(txn, dbi, &cur), 0);
+    unsigned char kb[8];
+    be64(kb, c.sa[20]);
+    MDB_val k = { 8, kb }, v;
+    assert_int_equal(mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE), 0);
+    assert_int_equal(mdb_cursor_get(cur, &k, &v, MDB_PREV), 0);
+    const unsigned char *p = v.mv_data;
+    assert_int_equal(p[4], 2);
+    unsigned cn = p[6] | (unsigned)p[7] << 8;
+    unsigned char *copy = malloc(v.mv_size);
+    memcpy(copy, v.mv_data, v.mv_size);
+    uint64_t key1 = 0;
+    for (int i = 0; i < 8; i++)
+        key1 = key1 << 8 | ((const unsigned char *)k.mv_data)[i];
+    size_t data = 16 + 8 * (size_t)cn, from = 0;
+    unsigned idx;
+    for (idx = 0; idx < cn; idx++) {
+        uint32_t d = copy[16 + 8 * idx] | (uint32_t)copy[17 + 8 * idx] << 8 |
+                     (uint32_t)copy[18 + 8 * idx] << 16 | (uint32_t)copy[19 + 8 * idx] << 24;
+        if (key1 + d == c.sa[20])
+            break;
+        from = copy[20 + 8 * idx] | (size_t)copy[21 + 8 * idx] << 8 |
+               (size_t)copy[22 + 8 * idx] << 16;
+    }
+    assert_true(idx < cn);
+    copy[data + from + 16 + 5] ^= 0x20;
+    unsigned char nk[8];
+    memcpy(nk, k.mv_data, 8);
+    MDB_val kk = { 8, nk }, nv = { v.mv_size, copy };
+    assert_int_equal(mdb_cursor_put(cur, &kk, &nv, MDB_CURRENT), 0);
+    free(copy);
+    /* the directory of the chunk holding row 600 damaged */
+    be64(kb, c.sa[600]);
+    k = (MDB_val){ 8, kb };
+    assert_int_equal(mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE), 0);
+    if (memcmp(k.mv_data, kb, 8) != 0)
+        assert_int_equal(mdb_cursor_get(cur, &k, &v, MDB_PREV), 0);
+    p = v.mv_data;
+    assert_int_equal(p[4], 2);
+    unsigned n600 = p[6] | (unsigned)p[7] << 8;
+    uint64_t key600 = 0;
+    for (int i = 0; i < 8; i++)
+        key600 = key600 << 8 | ((const unsigned char *)k.mv_data)[i];
+    copy = malloc(v.mv_size);
+    memcpy(copy, v.mv_data, v.mv_size);
+    copy[16 + 8 * (n600 - 1) + 4] ^= 0x01;
+    memcpy(nk, k.mv_data, 8);
+    nv = (MDB_val){ v.mv_size, copy };
+    assert_int_equal(mdb_cursor_put(cur, &kk, &nv, MDB_CURRENT), 0);
+    free(copy);
+    mdb_cursor_close(cur);
+    assert_int_equal(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+
+    s = open_spool(f, 64u << 20);
+    struct recs rs = { 0 };
+    read_all(s, c.a, 0, SIZE_MAX, SIZE_MAX, &rs);
+    assert_int_equal(rs.n, CH_N - n600 + 1);
+    size_t bad = 0;
+    for (size_t i = 0; i < rs.n; i++) {
+        if (!rs.v[i].corrupt)
+            continue;
+        bad++;
+        if (rs.v[i].seq == c.sa[20]) {
+            assert_non_null(strstr(rs.v[i].problem, "checksum"));
+        } else {
+            assert_int_equal(rs.v[i].seq, key600);
+            assert_non_null(strstr(rs.v[i].problem, "chunk directory"));
+        }
+    }
+    assert_int_equal(bad, 2);
+    recs_free(&rs);
+
+    /* dead-letter both, and one sound record from the middle of a chunk */
+    struct spool_txn *t;
+    assert_int_equal(spool_txn_begin(s, &t), SPOOL_OK);
+    assert_int_equal(spool_txn_dead_letter(t, c.a, c.sa[20], "corrupt", "checksum"), SPOOL_OK);
+    assert_int_equal(spool_txn_dead_letter(t, c.a, key600, "corrupt", "directory"), SPOOL_OK);
+    assert_int_equal(spool_txn_dead_letter(t, c.a, c.sa[33], "invalid", "no such field"),
+                     SPOOL_OK);
+    assert_int_equal(spool_txn_dead_letter(t, c.a, c.sa[33], "invalid", NULL), SPOOL_NOTFOUND);
+    assert_int_equal(spool_txn_commit(t), SPOOL_OK);
+    struct spool_stats *st = get_stats(s);
+    assert_int_equal(st->dlq_records, 3);
+    assert_int_equal(find_dstats(st, c.a)->records, CH_N - n600 - 2);
+    free(st);
+    read_all(s, c.a, 0, SIZE_MAX, SIZE_MAX, &rs);
+    assert_int_equal(rs.n, CH_N - n600 - 2);
+    size_t k2 = 0;
+    for (size_t i = 0; i < CH_N && k2 < rs.n; i++) {
+        if (rs.v[k2].seq != c.sa[i])
+            continue;      /* dead-lettered, or in the damaged chunk */
+        assert_false(rs.v[k2].corrupt);
+        k2++;
+    }
+    assert_int_equal(k2, rs.n);
+    recs_free(&rs);
+    close_spool(f);
+
+    size_t len;
+    unsigned char *buf = raw_get_dlq(f->dir, c.sa[33], &len);
+    assert_non_null(buf);
+    struct dlq_entry e;
+    assert_int_equal(dlq_decode(buf, len, c.sa[33], &e), 0);
+    char *want = make_row(33, c.la[33]);
+    assert_int_equal(e.row_len, c.la[33]);
+    assert_memory_equal(e.row, want, c.la[33]);
+    assert_int_equal(e.enqueued_ms, 5033);
+    free(want);
+    free(buf);
+    buf = raw_get_dlq(f->dir, key600, &len);
+    assert_non_null(buf);
+    assert_int_equal(dlq_decode(buf, len, key600, &e), 0);
+    assert_true(e.row_len > 16 + 8 * (size_t)n600);     /* the whole chunk, raw */
+    free(buf);
+}
+
+/* Rewrites the spool as format version 1 had it: the version, and 24-byte
+ * destination entries without a record count. */
+static void raw_make_v1(const char *dir)
+{
+    MDB_env *env = raw_open(dir, false);
+    MDB_txn *txn;
+    MDB_dbi meta, dests;
+    MDB_cursor *c;
+    assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+    assert_int_equal(mdb_dbi_open(txn, "meta", 0, &meta), 0);
+    assert_int_equal(mdb_dbi_open(txn, "dests", 0, &dests), 0);
+    uint32_t ver = 1;
+    MDB_val k = { 7, "version" }, v = { 4, &ver };
+    assert_int_equal(mdb_put(txn, meta, &k, &v, 0), 0);
+    assert_int_equal(mdb_cursor_open(txn, dests, &c), 0);
+    for (int op = MDB_FIRST; mdb_cursor_get(c, &k, &v, op) == 0; op = MDB_NEXT) {
+        assert_int_equal(v.mv_size, 32);
+        unsigned char val[24], key[SPOOL_DEST_MAX];
+        memcpy(val, v.mv_data, 24);
+        memcpy(key, k.mv_data, k.mv_size);
+        MDB_val nk = { k.mv_size, key }, nv = { 24, val };
+        assert_int_equal(mdb_cursor_put(c, &nk, &nv, MDB_CURRENT), 0);
+    }
+    mdb_cursor_close(c);
+    assert_int_equal(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+}
+
+static uint32_t raw_version(const char *dir, size_t *dest_entry)
+{
+    MDB_env *env = raw_open(dir, true);
+    MDB_txn *txn;
+    MDB_dbi meta, dests;
+    assert_int_equal(mdb_txn_begin(env, NULL, MDB_RDONLY, &txn), 0);
+    assert_int_equal(mdb_dbi_open(txn, "meta", 0, &meta), 0);
+    assert_int_equal(mdb_dbi_open(txn, "dests", 0, &dests), 0);
+    MDB_val k = { 7, "version" }, v;
+    assert_int_equal(mdb_get(txn, meta, &k, &v), 0);
+    uint32_t ver;
+    memcpy(&ver, v.mv_data, 4);
+    MDB_cursor *c;
+    assert_int_equal(mdb_cursor_open(txn, dests, &c), 0);
+    assert_int_equal(mdb_cursor_get(c, &k, &v, MDB_FIRST), 0);
+    *dest_entry = v.mv_size;
+    mdb_cursor_close(c);
+    mdb_txn_abort(txn);
+    mdb_env_close(env);
+    return ver;
+}
+
+static void test_version1_spool_is_read_and_upgraded(void **state)
+{
+    struct fixture *f = *state;
+    struct spool *s = open_spool(f, 8u << 20);
+    uint32_t a = dest_id(s, "a");
+    uint64_t seqs[5];
+    for (int i = 0; i < 5; i++)
+        seqs[i] = append1(s, a, "{\"v\":1}", 7, 100 + (uint64_t)i);   /* plain records */
+    close_spool(f);
+    raw_make_v1(f->dir);
+    size_t entry;
+    assert_int_equal(raw_version(f->dir, &entry), 1);
+    assert_int_equal(entry, 24);
+
+    /* read-only: read as it is, records counted by LMDB */
+    struct spool *ro = open_opts(f->dir, 8u << 20, SPOOL_NOSYNC, true);
+    struct spool_stats *st = get_stats(ro);
+    assert_int_equal(find_dstats(st, a)->records, 5);
+    assert_int_equal(find_dstats(st, a)->bytes, 35);
+    free(st);
+    spool_close(ro);
+    assert_int_equal(raw_version(f->dir, &entry), 1);
+
+    /* for writing: upgraded in place, and then chunks go beside the records */
+    s = open_spool(f, 8u << 20);
+    assert_int_equal(raw_version(f->dir, &entry), 2);
+    assert_int_equal(entry, 32);
+    st = get_stats(s);
+    assert_int_equal(find_dstats(st, a)->records, 5);
+    free(st);
+    struct spool_txn *t;
+    assert_int_equal(spool_txn_begin(s, &t), SPOOL_OK);
+    for (int i = 0; i < 10; i++)
+        assert_int_equal(spool_txn_append(t, a, "{\"v\":2}", 7, 200, NULL), SPOOL_OK);
+    assert_int_equal(spool_txn_commit(t), SPOOL_OK);
+    remove1(s, a, seqs[2]);
+    struct recs rs = { 0 };
+    read_all(s, a, 0, SIZE_MAX, SIZE_MAX, &rs);
+    assert_int_equal(rs.n, 14);
+    for (size_t i = 0; i < rs.n; i++) {
+        assert_false(rs.v[i].corrupt);
+        assert_memory_equal(rs.v[i].row, i < 4 ? "{\"v\":1}" : "{\"v\":2}", 7);
+    }
+    recs_free(&rs);
+    st = get_stats(s);
+    assert_int_equal(find_dstats(st, a)->records, 14);
+    assert_int_equal(find_dstats(st, a)->bytes, 14 * 7);
+    free(st);
+}
+
+/* ------------------------------------------------------------------------ */
 /* Full                                                                     */
 /* ------------------------------------------------------------------------ */
 
@@ -1778,6 +2249,10 @@ int main(void)
         T(test_dead_letter),
         T(test_corrupt_records),
         T(test_record_bound_to_its_key),
+        T(test_chunks_round_trip),
+        T(test_chunks_remove),
+        T(test_chunks_dead_letter_and_damage),
+        T(test_version1_spool_is_read_and_upgraded),
         T(test_full_keeps_reserve),
         T(test_full_and_drain),
         T(test_full_drain_to_empty),
