@@ -3,14 +3,25 @@
  * destination, the dead-letter store, and the metadata that ties them.
  *
  * Layout (docs/ARCHITECTURE.md has the picture):
- *   meta        "version" -> u32, "uuid" -> 16 bytes, "next_seq" -> u64, "next_dest" -> u32,
- *               "dlq_bytes" -> u64
- *   dests       destination name -> struct { u32 id; u32 flags; u64 bytes; u64 created_ms }
- *   q.<id>      one database per destination: be64 seq -> record
+ *   meta        "version" -> u32 (2), "uuid" -> 16 bytes, "next_seq" -> u64,
+ *               "next_dest" -> u32, "dlq_bytes" -> u64
+ *   dests       destination name -> struct { u32 id; u32 flags; u64 bytes; u64 created_ms;
+ *               u64 records }
+ *   q.<id>      one database per destination: be64 seq of the first record -> a record,
+ *               or a chunk of records
  *   dlq         be64 seq -> dead-letter entry (format in dlq.h)
  * A record is a 16-byte header followed by the JSON row:
  *   u32 crc32 (zlib) of { be32 dest id, be64 seq, header bytes 4..15, row }
  *   u8 version (1), u8 flags, u16 reserved, u64 enqueue time in ms since the epoch
+ * A chunk holds the records one transaction appended to the destination
+ * (up to 256, 16 KiB; one alone is stored as a plain record):
+ *   u32 crc32 of { be32 dest id, be64 key, bytes 4 .. 16 + 8n }
+ *   u8 version (2), u8 0, u16 n, u64 0
+ *   n x { u32 seq - key, u32 end of the record, from the first record's start }
+ *   the n records, each as above (its crc binds its own seq)
+ * Removing some of a chunk's records rewrites it without them, under the
+ * same key. Version 1 spools (plain records only, 24-byte dests entries
+ * without the count) are read, and upgraded when opened for writing.
  * Sequence numbers are global and only grow, so every record and every
  * dead letter has a unique, stable identity (dest, seq) for its whole life.
  *
