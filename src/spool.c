@@ -908,29 +908,57 @@ static int put_last(struct spool_txn *t, uint32_t dest, uint64_t key, size_t siz
     return SPOOL_OK;
 }
 
-/* Writes p's records: one alone as a plain record, more as a chunk. */
-static int pend_flush(struct spool_txn *t, struct pend *p)
+/* Writes p's records [i0, i1): one alone as a plain record, more as a chunk
+ * under the first one's seq. */
+static int write_group(struct spool_txn *t, const struct pend *p, unsigned i0, unsigned i1)
 {
-    if (p->n == 0)
-        return SPOOL_OK;
+    unsigned n = i1 - i0;
+    uint32_t start = i0 ? p->end[i0 - 1] : 0, len = p->end[i1 - 1] - start;
+    uint64_t key = p->first_seq + p->delta[i0];
     unsigned char *out;
     int rc;
-    if (p->n == 1) {
-        if ((rc = put_last(t, p->dest, p->first_seq, p->len, &out)) == SPOOL_OK)
-            memcpy(out, p->data, p->len);
+    if (n == 1) {
+        if ((rc = put_last(t, p->dest, key, len, &out)) == SPOOL_OK)
+            memcpy(out, p->data + start, len);
+        return rc;
+    }
+    size_t data_off = CHUNK_HDR + 8 * (size_t)n;
+    if ((rc = put_last(t, p->dest, key, data_off + len, &out)) != SPOOL_OK)
+        return rc;
+    memset(out, 0, CHUNK_HDR);
+    out[4] = CHUNK_VERSION;
+    out[6] = (unsigned char)(n & 0xff);
+    out[7] = (unsigned char)(n >> 8);
+    for (unsigned i = 0; i < n; i++) {
+        le32(out + CHUNK_HDR + 8 * i, p->delta[i0 + i] - p->delta[i0]);
+        le32(out + CHUNK_HDR + 8 * i + 4, p->end[i0 + i] - start);
+    }
+    le32(out, chunk_crc(p->dest, key, out, data_off));
+    memcpy(out + data_off, p->data + start, len);
+    return SPOOL_OK;
+}
+
+/* Writes p's records. A full chunk (the next record did not fit) goes whole:
+ * its overflow pages waste less than a record. What is left at the end of a
+ * transaction goes in chunks small enough for a leaf page (LEAF_CHUNK), so
+ * that a part-filled chunk never takes whole overflow pages it does not use
+ * (and spool_footprint's estimate holds). */
+#define LEAF_CHUNK 2000
+static int pend_flush(struct spool_txn *t, struct pend *p, bool full)
+{
+    int rc = SPOOL_OK;
+    if (p->n && (full || CHUNK_HDR + 8 * (size_t)p->n + p->len <= LEAF_CHUNK)) {
+        rc = write_group(t, p, 0, p->n);
     } else {
-        size_t data_off = CHUNK_HDR + 8 * (size_t)p->n;
-        if ((rc = put_last(t, p->dest, p->first_seq, data_off + p->len, &out)) == SPOOL_OK) {
-            memset(out, 0, CHUNK_HDR);
-            out[4] = CHUNK_VERSION;
-            out[6] = (unsigned char)(p->n & 0xff);
-            out[7] = (unsigned char)(p->n >> 8);
-            for (unsigned i = 0; i < p->n; i++) {
-                le32(out + CHUNK_HDR + 8 * i, p->delta[i]);
-                le32(out + CHUNK_HDR + 8 * i + 4, p->end[i]);
-            }
-            le32(out, chunk_crc(p->dest, p->first_seq, out, data_off));
-            memcpy(out + data_off, p->data, p->len);
+        unsigned i0 = 0;
+        while (rc == SPOOL_OK && i0 < p->n) {
+            unsigned i1 = i0 + 1;
+            uint32_t start = i0 ? p->end[i0 - 1] : 0;
+            while (i1 < p->n &&
+                   CHUNK_HDR + 8 * (size_t)(i1 + 1 - i0) + (p->end[i1] - start) <= LEAF_CHUNK)
+                i1++;
+            rc = write_group(t, p, i0, i1);
+            i0 = i1;
         }
     }
     p->n = 0;
@@ -943,7 +971,7 @@ static int pend_flush(struct spool_txn *t, struct pend *p)
 static int flush_all(struct spool_txn *t)
 {
     for (size_t i = 0; i < t->n_pend; i++) {
-        int rc = pend_flush(t, t->pend[i]);
+        int rc = pend_flush(t, t->pend[i], false);
         if (rc)
             return rc;
     }
@@ -993,15 +1021,18 @@ int spool_txn_append(struct spool_txn *t, uint32_t dest, const void *row, size_t
                  "one transaction touches more than %d destinations", MAX_DELTAS);
         return SPOOL_INVAL;
     }
-    if (p->n && (p->n == CHUNK_MAX_RECS || seq - p->first_seq > UINT32_MAX ||
-                 CHUNK_HDR + 8 * (size_t)(p->n + 1) + p->len + size > CHUNK_MAX_BYTES) &&
-        (rc = pend_flush(t, p)) != SPOOL_OK)
-        return rc;
+    if (p->n) {
+        /* full by bytes: written whole; by count: in leaf-sized pieces */
+        bool full = CHUNK_HDR + 8 * (size_t)(p->n + 1) + p->len + size > CHUNK_MAX_BYTES;
+        if ((full || p->n == CHUNK_MAX_RECS || seq - p->first_seq > UINT32_MAX) &&
+            (rc = pend_flush(t, p, full)) != SPOOL_OK)
+            return rc;
+    }
     if (CHUNK_HDR + 8 + size > CHUNK_MAX_BYTES) {
         /* too big for a chunk: a plain record, after what is pending (keys
          * only grow) */
         unsigned char *out;
-        if ((rc = pend_flush(t, p)) != SPOOL_OK ||
+        if ((rc = pend_flush(t, p, false)) != SPOOL_OK ||
             (rc = put_last(t, dest, seq, size, &out)) != SPOOL_OK)
             return rc;
         record_build(out, dest, seq, row, len, time_ms);
@@ -1641,7 +1672,9 @@ static void read_txn_end(struct spool *s, MDB_txn *txn)
  * the other (docs/benchmarks.md, "read-ahead"). Stopping early (max_bytes,
  * the callback) wastes at most READ_AHEAD cursor steps. */
 #define READ_AHEAD 16
+#ifndef READ_AHEAD_BYTES
 #define READ_AHEAD_BYTES (16u << 10)
+#endif
 
 static void fetch_ahead(const MDB_val *v)
 {
