@@ -1023,7 +1023,8 @@ int spool_txn_append(struct spool_txn *t, uint32_t dest, const void *row, size_t
     }
     if (p->n) {
         /* full by bytes: written whole; by count: in leaf-sized pieces */
-        bool full = CHUNK_HDR + 8 * (size_t)(p->n + 1) + p->len + size > CHUNK_MAX_BYTES;
+        bool full = CHUNK_HDR + 8 * (size_t)(p->n + 1) + p->len + size > CHUNK_MAX_BYTES &&
+                    CHUNK_HDR + 8 + size <= CHUNK_MAX_BYTES;   /* (else it goes alone) */
         if ((full || p->n == CHUNK_MAX_RECS || seq - p->first_seq > UINT32_MAX) &&
             (rc = pend_flush(t, p, full)) != SPOOL_OK)
             return rc;

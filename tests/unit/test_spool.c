@@ -1233,7 +1233,10 @@ static void test_record_bound_to_its_key(void **state)
 /* Chunks: the records one transaction appends to a destination, one value  */
 /* ------------------------------------------------------------------------ */
 
-/* Values (records or chunks) stored in q.<dest>, and how many are chunks. */
+/* Values (records or chunks) stored in q.<dest>, and how many are chunks.
+ * Checks that no chunk takes overflow pages it leaves mostly empty: a chunk
+ * is small enough for a leaf page (2,000 bytes) or filled to within a
+ * record of 16 KiB. */
 static size_t raw_values(const char *dir, uint32_t dest, size_t *chunks)
 {
     MDB_env *env = raw_open(dir, true);
@@ -1250,8 +1253,11 @@ static size_t raw_values(const char *dir, uint32_t dest, size_t *chunks)
     *chunks = 0;
     for (int op = MDB_FIRST; mdb_cursor_get(c, &k, &v, op) == 0; op = MDB_NEXT) {
         n++;
-        if (v.mv_size >= 16 && ((const unsigned char *)v.mv_data)[4] == 2)
+        if (v.mv_size >= 16 && ((const unsigned char *)v.mv_data)[4] == 2) {
             (*chunks)++;
+            if (v.mv_size > 2000 && v.mv_size < 4 * 4096 - 16 - 400)
+                fail_msg("a chunk of %zu bytes: neither leaf-sized nor full", v.mv_size);
+        }
     }
     mdb_cursor_close(c);
     mdb_txn_abort(txn);
