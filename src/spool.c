@@ -19,6 +19,7 @@
  */
 #include "spool.h"
 #include "dlq.h"
+#include "qval.h"
 #include "util.h"
 
 #include <errno.h>
@@ -59,10 +60,8 @@ struct dest_rec {          /* value in the dests database */
  * cost is per value, above all when delivered records are deleted oldest
  * first (each delete moves a node in from the next page), so a chunk of K
  * records costs about one delete instead of K (docs/benchmarks.md,
- * "chunked spool"). A group of one record is stored as a plain record. */
-#define CHUNK_HDR       16
-#define CHUNK_VERSION   2
-#define CHUNK_MAX_RECS  256
+ * "chunked spool"). A group of one record is stored as a plain record.
+ * qval.c builds and parses the bytes; this file stores and finds them. */
 #ifndef CHUNK_MAX_BYTES
 /* four overflow pages less their header: a full chunk wastes less than a row */
 #define CHUNK_MAX_BYTES (4 * 4096 - 16)
@@ -73,7 +72,7 @@ struct pend {
     uint32_t dest;
     unsigned n;
     uint64_t first_seq;
-    uint32_t delta[CHUNK_MAX_RECS], end[CHUNK_MAX_RECS];
+    uint32_t delta[QVAL_MAX_RECS], end[QVAL_MAX_RECS];
     size_t len;
     unsigned char data[CHUNK_MAX_BYTES];
 };
@@ -170,202 +169,11 @@ static int map_rc(int rc, const char *what)
     }
 }
 
-/* ---- encoding helpers ---- */
-
-static void be64(unsigned char *p, uint64_t v)
+/* Parses the value v stored under k in dest's queue. */
+static void parse_kv(uint32_t dest, const MDB_val *k, const MDB_val *v, struct qval *q)
 {
-    for (int i = 0; i < 8; i++)
-        p[i] = (unsigned char)(v >> (56 - 8 * i));
-}
-
-static uint64_t rd_be64(const unsigned char *p)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v = v << 8 | p[i];
-    return v;
-}
-
-static void le32(unsigned char *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (unsigned char)(v >> (8 * i));
-}
-
-static uint32_t rd_le32(const unsigned char *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static uint64_t rd_le64(const unsigned char *p)
-{
-    return (uint64_t)rd_le32(p) | (uint64_t)rd_le32(p + 4) << 32;
-}
-
-static uint32_t record_crc(uint32_t dest, uint64_t seq, const unsigned char *val, size_t len)
-{
-    unsigned char id[12];
-    for (int i = 0; i < 4; i++)
-        id[i] = (unsigned char)(dest >> (24 - 8 * i));
-    be64(id + 4, seq);
-    return util_crc32(util_crc32(0, id, sizeof id), val + 4, len - 4);
-}
-
-/* Checks a stored record; returns NULL if sound, else what is wrong. */
-static const char *record_check(uint32_t dest, uint64_t seq, const MDB_val *v)
-{
-    const unsigned char *p = v->mv_data;
-    if (v->mv_size < SPOOL_HDR)
-        return "record shorter than its header (truncated)";
-    if (p[4] != 1)
-        return "unknown record version";
-    if (rd_le32(p) != record_crc(dest, seq, p, v->mv_size))
-        return "checksum mismatch";
-    return NULL;
-}
-
-/* ---- stored values: a record or a chunk of records ---- */
-
-/* One value of a queue database, parsed: a record (version 1), or a chunk
- * (version 2) whose directory gives each record's seq and bytes. A chunk
- * whose header or directory is damaged counts as one corrupt record under
- * its key, so every byte stays accounted for. */
-struct qval {
-    uint64_t key;
-    const unsigned char *p;
-    size_t size;
-    unsigned n;                 /* records in it (1 unless a sound chunk) */
-    const unsigned char *dir;   /* a sound chunk's directory, else NULL */
-    const unsigned char *data;  /* and its records */
-    bool bad_key;
-    const char *problem;        /* a damaged chunk: what is wrong */
-    unsigned claimed;           /* a damaged chunk: the records its header claims, or 1 */
-};
-
-static uint32_t chunk_crc(uint32_t dest, uint64_t key, const unsigned char *p, size_t hdr_len)
-{
-    return record_crc(dest, key, p, hdr_len);   /* the same binding to (dest, key) */
-}
-
-static void qval_parse(uint32_t dest, const MDB_val *k, const MDB_val *v, struct qval *q)
-{
-    *q = (struct qval){ .p = v->mv_data, .size = v->mv_size, .n = 1, .claimed = 1 };
-    if (k->mv_size != 8) {
-        q->bad_key = true;
-        return;
-    }
-    q->key = rd_be64(k->mv_data);
-    if (q->size < 8 || q->p[4] != CHUNK_VERSION)
-        return;                 /* a record: checked when it is read */
-    unsigned n = (unsigned)q->p[6] | (unsigned)q->p[7] << 8;
-    size_t data_off = CHUNK_HDR + 8 * (size_t)n;
-    if (q->size < CHUNK_HDR || n == 0 || n > CHUNK_MAX_RECS || data_off > q->size) {
-        q->problem = "chunk header damaged (truncated or impossible record count)";
-        return;
-    }
-    q->claimed = n;
-    if (rd_le32(q->p) != chunk_crc(dest, q->key, q->p, data_off)) {
-        q->problem = "chunk directory checksum mismatch";
-        return;
-    }
-    const unsigned char *dir = q->p + CHUNK_HDR;
-    uint32_t prev_end = 0;
-    for (unsigned i = 0; i < n; i++) {
-        uint32_t d = rd_le32(dir + 8 * i), e = rd_le32(dir + 8 * i + 4);
-        if ((i > 0 && d <= rd_le32(dir + 8 * (i - 1))) || e < prev_end ||
-            e > q->size - data_off) {
-            q->problem = "chunk directory inconsistent";
-            return;
-        }
-        prev_end = e;
-    }
-    if (prev_end != q->size - data_off) {
-        q->problem = "chunk directory inconsistent (size)";
-        return;
-    }
-    q->n = n;
-    q->dir = dir;
-    q->data = q->p + data_off;
-}
-
-static uint64_t qval_seq(const struct qval *q, unsigned i)
-{
-    return q->dir ? q->key + rd_le32(q->dir + 8 * i) : q->key;
-}
-
-/* The bytes of record i. */
-static MDB_val qval_rec(const struct qval *q, unsigned i)
-{
-    if (!q->dir)
-        return (MDB_val){ q->size, (void *)q->p };
-    uint32_t start = i ? rd_le32(q->dir + 8 * (i - 1) + 4) : 0;
-    uint32_t end = rd_le32(q->dir + 8 * i + 4);
-    return (MDB_val){ end - start, (void *)(q->data + start) };
-}
-
-/* Row bytes of record i, as the destination's byte count has them. */
-static int64_t qval_row_bytes(const struct qval *q, unsigned i)
-{
-    if (q->problem)
-        return q->size > CHUNK_HDR + 8 * (size_t)q->claimed
-                   ? (int64_t)(q->size - CHUNK_HDR - 8 * (size_t)q->claimed
-                               - SPOOL_HDR * (size_t)q->claimed)
-                   : 0;
-    MDB_val r = qval_rec(q, i);
-    return r.mv_size >= SPOOL_HDR ? (int64_t)(r.mv_size - SPOOL_HDR) : 0;
-}
-
-/* Records the destination's count has for this value. */
-static int64_t qval_count(const struct qval *q)
-{
-    return q->problem ? q->claimed : q->n;
-}
-
-/* Record i as spool_read's callback sees it. */
-static void qval_record(uint32_t dest, const struct qval *q, unsigned i, struct spool_record *r)
-{
-    *r = (struct spool_record){ .dest = dest };
-    if (q->bad_key || q->problem) {
-        r->corrupt = true;
-        r->problem = q->bad_key ? "malformed key" : q->problem;
-        r->seq = q->key;
-        r->row = (const char *)q->p;
-        r->len = q->size;
-        return;
-    }
-    MDB_val v = qval_rec(q, i);
-    r->seq = qval_seq(q, i);
-    r->problem = record_check(dest, r->seq, &v);
-    if (r->problem) {
-        r->corrupt = true;
-        r->row = v.mv_data;
-        r->len = v.mv_size;
-        return;
-    }
-    const unsigned char *p = v.mv_data;
-    r->time_ms = rd_le64(p + 8);
-    r->row = (const char *)p + SPOOL_HDR;
-    r->len = v.mv_size - SPOOL_HDR;
-}
-
-/* Writes the chunk of records rec[i] (bytes), seq key + delta[i], to buf:
- * header, directory and records. Returns its size. */
-static size_t chunk_build(unsigned char *buf, uint32_t dest, uint64_t key, unsigned n,
-                          const uint32_t *delta, const MDB_val *rec)
-{
-    size_t data_off = CHUNK_HDR + 8 * (size_t)n, off = 0;
-    memset(buf, 0, CHUNK_HDR);
-    buf[4] = CHUNK_VERSION;
-    buf[6] = (unsigned char)(n & 0xff);
-    buf[7] = (unsigned char)(n >> 8);
-    for (unsigned i = 0; i < n; i++) {
-        memcpy(buf + data_off + off, rec[i].mv_data, rec[i].mv_size);
-        off += rec[i].mv_size;
-        le32(buf + CHUNK_HDR + 8 * i, delta[i]);
-        le32(buf + CHUNK_HDR + 8 * i + 4, (uint32_t)off);
-    }
-    le32(buf, chunk_crc(dest, key, buf, data_off));
-    return data_off + off;
+    bool ok = k->mv_size == 8;
+    qval_parse(dest, ok, ok ? qval_get_be64(k->mv_data) : 0, v->mv_data, v->mv_size, q);
 }
 
 /* ---- opening ---- */
@@ -877,24 +685,12 @@ static int load_seq(struct spool_txn *t)
     return SPOOL_OK;
 }
 
-/* Builds record (dest, seq) -- header and row -- at p. */
-static void record_build(unsigned char *p, uint32_t dest, uint64_t seq, const void *row,
-                         size_t len, uint64_t time_ms)
-{
-    memset(p, 0, SPOOL_HDR);
-    p[4] = 1;
-    for (int i = 0; i < 8; i++)
-        p[8 + i] = (unsigned char)(time_ms >> (8 * i));
-    memcpy(p + SPOOL_HDR, row, len);
-    le32(p, record_crc(dest, seq, p, SPOOL_HDR + len));
-}
-
 /* Puts a new value at the end of dest's queue, reserving size bytes. */
 static int put_last(struct spool_txn *t, uint32_t dest, uint64_t key, size_t size,
                     unsigned char **out)
 {
     unsigned char kb[8];
-    be64(kb, key);
+    qval_put_be64(kb, key);
     MDB_val k = { 8, kb }, v = { size, NULL };
     MDB_dbi dbi = t->s->dest[dest].dbi;
     int mrc = mdb_put(t->txn, dbi, &k, &v, MDB_APPEND | MDB_RESERVE);
@@ -922,20 +718,16 @@ static int write_group(struct spool_txn *t, const struct pend *p, unsigned i0, u
             memcpy(out, p->data + start, len);
         return rc;
     }
-    size_t data_off = CHUNK_HDR + 8 * (size_t)n;
-    if ((rc = put_last(t, p->dest, key, data_off + len, &out)) != SPOOL_OK)
-        return rc;
-    memset(out, 0, CHUNK_HDR);
-    out[4] = CHUNK_VERSION;
-    out[6] = (unsigned char)(n & 0xff);
-    out[7] = (unsigned char)(n >> 8);
+    struct qval_bytes rec[QVAL_MAX_RECS];
+    uint32_t delta[QVAL_MAX_RECS];
     for (unsigned i = 0; i < n; i++) {
-        le32(out + CHUNK_HDR + 8 * i, p->delta[i0 + i] - p->delta[i0]);
-        le32(out + CHUNK_HDR + 8 * i + 4, p->end[i0 + i] - start);
+        uint32_t from = i0 + i ? p->end[i0 + i - 1] : 0;
+        rec[i] = (struct qval_bytes){ p->data + from, p->end[i0 + i] - from };
+        delta[i] = p->delta[i0 + i] - p->delta[i0];
     }
-    le32(out, chunk_crc(p->dest, key, out, data_off));
-    memcpy(out + data_off, p->data + start, len);
-    return SPOOL_OK;
+    if ((rc = put_last(t, p->dest, key, qval_chunk_size(n, len), &out)) == SPOOL_OK)
+        qval_chunk_build(out, p->dest, key, n, delta, rec);
+    return rc;
 }
 
 /* Writes p's records. A full chunk (the next record did not fit) goes whole:
@@ -947,7 +739,7 @@ static int write_group(struct spool_txn *t, const struct pend *p, unsigned i0, u
 static int pend_flush(struct spool_txn *t, struct pend *p, bool full)
 {
     int rc = SPOOL_OK;
-    if (p->n && (full || CHUNK_HDR + 8 * (size_t)p->n + p->len <= LEAF_CHUNK)) {
+    if (p->n && (full || qval_chunk_size(p->n, p->len) <= LEAF_CHUNK)) {
         rc = write_group(t, p, 0, p->n);
     } else {
         unsigned i0 = 0;
@@ -955,7 +747,7 @@ static int pend_flush(struct spool_txn *t, struct pend *p, bool full)
             unsigned i1 = i0 + 1;
             uint32_t start = i0 ? p->end[i0 - 1] : 0;
             while (i1 < p->n &&
-                   CHUNK_HDR + 8 * (size_t)(i1 + 1 - i0) + (p->end[i1] - start) <= LEAF_CHUNK)
+                   qval_chunk_size(i1 + 1 - i0, p->end[i1] - start) <= LEAF_CHUNK)
                 i1++;
             rc = write_group(t, p, i0, i1);
             i0 = i1;
@@ -1023,24 +815,24 @@ int spool_txn_append(struct spool_txn *t, uint32_t dest, const void *row, size_t
     }
     if (p->n) {
         /* full by bytes: written whole; by count: in leaf-sized pieces */
-        bool full = CHUNK_HDR + 8 * (size_t)(p->n + 1) + p->len + size > CHUNK_MAX_BYTES &&
-                    CHUNK_HDR + 8 + size <= CHUNK_MAX_BYTES;   /* (else it goes alone) */
-        if ((full || p->n == CHUNK_MAX_RECS || seq - p->first_seq > UINT32_MAX) &&
+        bool full = qval_chunk_size(p->n + 1, p->len + size) > CHUNK_MAX_BYTES &&
+                    qval_chunk_size(1, size) <= CHUNK_MAX_BYTES;   /* (else it goes alone) */
+        if ((full || p->n == QVAL_MAX_RECS || seq - p->first_seq > UINT32_MAX) &&
             (rc = pend_flush(t, p, full)) != SPOOL_OK)
             return rc;
     }
-    if (CHUNK_HDR + 8 + size > CHUNK_MAX_BYTES) {
+    if (qval_chunk_size(1, size) > CHUNK_MAX_BYTES) {
         /* too big for a chunk: a plain record, after what is pending (keys
          * only grow) */
         unsigned char *out;
         if ((rc = pend_flush(t, p, false)) != SPOOL_OK ||
             (rc = put_last(t, dest, seq, size, &out)) != SPOOL_OK)
             return rc;
-        record_build(out, dest, seq, row, len, time_ms);
+        qval_record_build(out, dest, seq, row, len, time_ms);
     } else {
         if (p->n == 0)
             p->first_seq = seq;
-        record_build(p->data + p->len, dest, seq, row, len, time_ms);
+        qval_record_build(p->data + p->len, dest, seq, row, len, time_ms);
         p->len += size;
         p->delta[p->n] = (uint32_t)(seq - p->first_seq);
         p->end[p->n] = (uint32_t)p->len;
@@ -1055,14 +847,14 @@ int spool_txn_append(struct spool_txn *t, uint32_t dest, const void *row, size_t
     return SPOOL_OK;
 }
 
-/* Positions a cursor of database dbi on key be64(seq); returns the value. */
+/* Positions a cursor of database dbi on key qval_put_be64(seq); returns the value. */
 static int seek_dbi(struct spool_txn *t, MDB_dbi dbi, uint64_t seq, MDB_cursor **c,
                     unsigned char kb[8], MDB_val *v, const char *what)
 {
     int rc = mdb_cursor_open(t->txn, dbi, c);
     if (rc)
         return map_rc(rc, "cursor");
-    be64(kb, seq);
+    qval_put_be64(kb, seq);
     MDB_val k = { 8, kb };
     rc = mdb_cursor_get(*c, &k, v, MDB_SET_KEY);
     if (rc) {
@@ -1070,11 +862,6 @@ static int seek_dbi(struct spool_txn *t, MDB_dbi dbi, uint64_t seq, MDB_cursor *
         return map_rc(rc, what);
     }
     return SPOOL_OK;
-}
-
-static bool qval_covers(const struct qval *q, uint64_t seq)
-{
-    return !q->bad_key && qval_seq(q, 0) <= seq && seq <= qval_seq(q, q->n - 1);
 }
 
 /* Positions c on the value of dest's queue that would hold seq -- the one
@@ -1085,16 +872,16 @@ static int locate(MDB_cursor *c, uint32_t dest, uint64_t seq, bool at_next, stru
 {
     MDB_val k, v;
     if (at_next && mdb_cursor_get(c, &k, &v, MDB_GET_CURRENT) == 0) {
-        qval_parse(dest, &k, &v, q);
+        parse_kv(dest, &k, &v, q);
         if (qval_covers(q, seq))
             return 0;
     }
     unsigned char kb[8];
-    be64(kb, seq);
+    qval_put_be64(kb, seq);
     k = (MDB_val){ 8, kb };
     int rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
-    if (rc == 0 && k.mv_size == 8 && rd_be64(k.mv_data) == seq) {
-        qval_parse(dest, &k, &v, q);
+    if (rc == 0 && k.mv_size == 8 && qval_get_be64(k.mv_data) == seq) {
+        parse_kv(dest, &k, &v, q);
         return 0;
     }
     if (rc == MDB_NOTFOUND)
@@ -1103,52 +890,32 @@ static int locate(MDB_cursor *c, uint32_t dest, uint64_t seq, bool at_next, stru
         rc = mdb_cursor_get(c, &k, &v, MDB_PREV);
     if (rc)
         return rc;
-    qval_parse(dest, &k, &v, q);
+    parse_kv(dest, &k, &v, q);
     return qval_covers(q, seq) ? 0 : MDB_NOTFOUND;
-}
-
-/* The index of seq's record in q, or -1. */
-static int qval_find(const struct qval *q, uint64_t seq)
-{
-    if (q->bad_key || seq < q->key)
-        return -1;
-    if (!q->dir)
-        return seq == q->key ? 0 : -1;
-    unsigned lo = 0, hi = q->n;
-    while (lo < hi) {
-        unsigned mid = (lo + hi) / 2;
-        uint64_t m = qval_seq(q, mid);
-        if (m == seq)
-            return (int)mid;
-        if (m < seq)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return -1;
 }
 
 /* Rewrites the chunk the cursor is on without the records marked in drop. */
 static int chunk_rewrite(MDB_cursor *c, uint32_t dest, const struct qval *q, const bool *drop)
 {
-    MDB_val rec[CHUNK_MAX_RECS];
-    uint32_t delta[CHUNK_MAX_RECS];
+    struct qval_bytes rec[QVAL_MAX_RECS];
+    uint32_t delta[QVAL_MAX_RECS];
     unsigned n = 0;
-    size_t size = CHUNK_HDR;
+    size_t bytes = 0;
     for (unsigned i = 0; i < q->n; i++) {
         if (drop[i])
             continue;
         rec[n] = qval_rec(q, i);
         delta[n] = (uint32_t)(qval_seq(q, i) - q->key);
-        size += 8 + rec[n].mv_size;
+        bytes += rec[n].len;
         n++;
     }
+    size_t size = qval_chunk_size(n, bytes);
     unsigned char *buf = malloc(size);   /* q points into the page the put rewrites */
     if (!buf)
         return ENOMEM;
-    chunk_build(buf, dest, q->key, n, delta, rec);
+    qval_chunk_build(buf, dest, q->key, n, delta, rec);
     unsigned char kb[8];
-    be64(kb, q->key);
+    qval_put_be64(kb, q->key);
     MDB_val k = { 8, kb }, v = { size, buf };
     int rc = mdb_cursor_put(c, &k, &v, MDB_CURRENT);
     free(buf);
@@ -1207,7 +974,7 @@ int spool_txn_remove_run(struct spool_txn *t, uint32_t dest, const uint64_t *seq
             break;
         /* every seq from i on that this value covers, while they ascend */
         uint64_t last = qval_seq(&q, q.n - 1);
-        bool drop[CHUNK_MAX_RECS] = { false };
+        bool drop[QVAL_MAX_RECS] = { false };
         unsigned m = 0, e = 0;
         int64_t b = 0;
         size_t j = i;
@@ -1296,13 +1063,13 @@ int spool_txn_dead_letter_info(struct spool_txn *t, uint32_t dest, uint64_t seq,
         return SPOOL_NOMEM;
     }
     dlq_encode(&e, buf);
-    bool drop[CHUNK_MAX_RECS] = { false };
+    bool drop[QVAL_MAX_RECS] = { false };
     drop[idx] = true;
     int mrc = qval_remove(c, dest, &q, drop, 1);
     mdb_cursor_close(c);
     if (mrc == 0) {
         unsigned char kb[8];
-        be64(kb, seq);
+        qval_put_be64(kb, seq);
         MDB_val k = { 8, kb }, dv = { need, buf };
         mrc = mdb_put(t->txn, t->s->dlq, &k, &dv, MDB_NOOVERWRITE);
     }
@@ -1690,10 +1457,10 @@ static void fetch_ahead(const MDB_val *v)
 static int read_position(MDB_cursor *c, uint32_t dest, uint64_t from)
 {
     unsigned char kb[8];
-    be64(kb, from);
+    qval_put_be64(kb, from);
     MDB_val k = { 8, kb }, v;
     int rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
-    if (rc == 0 && k.mv_size == 8 && rd_be64(k.mv_data) == from)
+    if (rc == 0 && k.mv_size == 8 && qval_get_be64(k.mv_data) == from)
         return 0;
     if (rc && rc != MDB_NOTFOUND)
         return rc;
@@ -1704,7 +1471,7 @@ static int read_position(MDB_cursor *c, uint32_t dest, uint64_t from)
     if (rc)
         return rc;
     struct qval q;
-    qval_parse(dest, &k, &v, &q);
+    parse_kv(dest, &k, &v, &q);
     if (!q.bad_key && qval_seq(&q, q.n - 1) >= from)
         return 0;
     return mdb_cursor_get(c, &k, &v, MDB_NEXT);
@@ -1753,7 +1520,7 @@ int spool_read(struct spool *s, uint32_t dest, uint64_t from_seq, size_t max_rec
             break;
         size_t i = head % READ_AHEAD;
         struct qval q;
-        qval_parse(dest, &ks[i], &vs[i], &q);
+        parse_kv(dest, &ks[i], &vs[i], &q);
         for (unsigned j = 0; j < q.n; j++) {
             if (qval_seq(&q, j) < from_seq && !q.bad_key)
                 continue;
@@ -1798,14 +1565,14 @@ int spool_dlq_read(struct spool *s, uint64_t from_seq, size_t max, spool_dlq_cb 
         return map_rc(rc, "cursor");
     }
     unsigned char kb[8];
-    be64(kb, from_seq);
+    qval_put_be64(kb, from_seq);
     MDB_val k = { 8, kb }, v;
     size_t n = 0;
     int op = MDB_SET_RANGE;
     while (n < max && (rc = mdb_cursor_get(c, &k, &v, op)) == 0) {
         op = MDB_NEXT;
         n++;
-        uint64_t seq = k.mv_size == 8 ? rd_be64(k.mv_data) : 0;
+        uint64_t seq = k.mv_size == 8 ? qval_get_be64(k.mv_data) : 0;
         struct dlq_entry e;
         if (dlq_decode(v.mv_data, v.mv_size, seq, &e) != 0) {
             memset(&e, 0, sizeof e);
@@ -1881,10 +1648,10 @@ int spool_stats(struct spool *s, struct spool_stats *st)
         if (d->records && mdb_cursor_open(txn, s->dest[id].dbi, &c) == 0) {
             if (mdb_cursor_get(c, &k, &v, MDB_FIRST) == 0) {
                 struct qval q;
-                qval_parse(id, &k, &v, &q);
-                MDB_val r = qval_rec(&q, 0);
-                if (!q.problem && r.mv_size >= SPOOL_HDR)
-                    d->oldest_ms = rd_le64((const unsigned char *)r.mv_data + 8);
+                parse_kv(id, &k, &v, &q);
+                struct qval_bytes r = qval_rec(&q, 0);
+                if (!q.problem && r.len >= SPOOL_HDR)
+                    d->oldest_ms = qval_get_le64(r.p + 8);
             }
             mdb_cursor_close(c);
         }
