@@ -19,7 +19,7 @@ CC      ?= cc
 PY      := /usr/bin/python3
 
 PKG_CONFIG ?= pkg-config
-PKGS     := lmdb jansson zlib libdeflate libcurl openssl libprotobuf-c grpc libsystemd libmicrohttpd msgpack
+PKGS     := lmdb jansson zlib libdeflate libisal libcurl openssl libprotobuf-c grpc libsystemd libmicrohttpd msgpack
 # Nothing probes the machine when this file is parsed: the flags are computed
 # the first time a recipe uses them (after `deps` has installed the packages),
 # then kept. The targets that install packages (test, run, bench, deb) build in

@@ -15,7 +15,7 @@ set -eu
 
 PKGS="build-essential pkg-config clang libclang-rt-14-dev valgrind git
 liblmdb-dev lmdb-utils libcmocka-dev libjansson-dev libsystemd-dev libmicrohttpd-dev
-libcurl4-openssl-dev libssl-dev zlib1g-dev libdeflate-dev libmsgpack-dev
+libcurl4-openssl-dev libssl-dev zlib1g-dev libdeflate-dev libisal-dev libmsgpack-dev
 libgrpc-dev protobuf-c-compiler libprotobuf-c-dev protobuf-compiler
 python3 python3-cryptography python3-grpcio python3-protobuf python3-yaml python3-msgpack
 socat openssl ca-certificates adduser dpkg-dev systemd"
