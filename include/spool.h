@@ -94,7 +94,10 @@ int spool_refresh_dests(struct spool *s);
 /* ---- write transactions ---- */
 
 int spool_txn_begin(struct spool *s, struct spool_txn **out);
-/* Appends a row to dest's queue; *seq gets its sequence number. */
+/* Appends a row to dest's queue; *seq gets its sequence number. The rows a
+ * transaction appends to one destination are gathered and written at commit
+ * (or before the transaction's next removal or dead-lettering), as chunks;
+ * an error from the write (SPOOL_FULL, say) is then the commit's. */
 int spool_txn_append(struct spool_txn *t, uint32_t dest, const void *row, size_t len,
                      uint64_t time_ms, uint64_t *seq);
 /* Removes a record (delivered). SPOOL_NOTFOUND if it is not there. */

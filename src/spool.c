@@ -4,12 +4,13 @@
  *
  * One database per destination lets every append use MDB_APPEND (sequence
  * numbers only grow), which fills leaf pages completely instead of splitting
- * them in half, and lets mdb_stat count a queue in O(1). MDB_RESERVE lets us
- * build each record directly in LMDB's page, so a row is copied once.
+ * them in half. A transaction's appends to a destination are gathered in
+ * memory and written at commit as chunks (below), each with MDB_RESERVE, so
+ * a row is copied twice: into the gathering buffer, then into LMDB's page.
  *
- * The byte count of each destination lives in its "dests" entry and is
- * updated in the same transaction as the records, so it is exact across
- * crashes and across processes (relayctl edits the spool too).
+ * The byte and record counts of each destination live in its "dests" entry
+ * and are updated in the same transaction as the records, so they are exact
+ * across crashes and across processes (relayctl edits the spool too).
  *
  * Full: LMDB can only report MDB_MAP_FULL once the map is exhausted, and a
  * map that is exhausted cannot even run the transaction that deletes
