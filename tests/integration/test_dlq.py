@@ -210,6 +210,42 @@ class SpoolMaintenanceTest(DlqBase):
         got = sorted(r["json"]["i"] for r in self.emu.rows(TABLE))
         self.assertEqual(got, [i for i in range(200) if i not in (5, 150)])
 
+    def test_a_chunk_with_a_damaged_directory_is_quarantined_whole(self):
+        """Rows one commit added to a table share a chunk; when the chunk's
+        directory is damaged its rows cannot be told apart, so check reports
+        one corrupt record, repair moves the raw chunk to the dead-letter
+        store under its first seq, and every other row is delivered."""
+        d = self.daemon(dests=[("events", deliver_to(self.emu, endpoint="https://127.0.0.1:1"))])
+        d.start()
+        self.send(d, [json.dumps({"i": i}) for i in range(300)])
+        self.assertEqual(d.stop(), 0)
+        seqs = {r["row"]["i"]: r["seq"] for r in d.dump()}
+        tool = os.path.join(TOOLS, "spool_corrupt")
+        # a row in a chunk (a commit of one row is a plain record: the tool refuses it)
+        hit = next((i for i in range(150, 300)
+                    if subprocess.run([tool, d.spool, "1", str(seqs[i]), "directory"],
+                                      stderr=subprocess.DEVNULL).returncode == 0), None)
+        self.assertIsNotNone(hit, "no row of 150..299 is in a chunk")
+        r = self.ctl(d, "--json", "spool", "check", ok=(1,))
+        rep = json.loads(r.stdout)
+        self.assertEqual(rep["corrupt"], 1)
+        self.assertIn("chunk directory checksum mismatch", r.stderr.decode())
+        in_chunk = 300 - rep["records"] + 1          # the chunk counts as one record
+        self.assertGreater(in_chunk, 1)
+        r = self.ctl(d, "--json", "spool", "check", "--repair")
+        self.assertEqual(json.loads(r.stdout)["quarantined"], 1)
+        (e,) = self.dlq(d)
+        self.assertEqual(e["reason"], "corrupt")
+        chunk = sorted((i for i in range(300) if seqs[i] >= e["id"]), key=seqs.get)[:in_chunk]
+        self.assertIn(hit, chunk)
+        d.dests = [("events", deliver_to(self.emu))]
+        d.write_config()
+        d.start()
+        wait_for(lambda: self.emu.count(TABLE) == 300 - in_chunk, 60, "the other rows")
+        wait_for(lambda: d.status()["spool"]["records"] == 0, 30, "the queue to empty")
+        got = sorted(r["json"]["i"] for r in self.emu.rows(TABLE))
+        self.assertEqual(got, [i for i in range(300) if i not in chunk])
+
     def test_compact_shrinks_the_file_and_refuses_while_relayd_runs(self):
         d = self.daemon(dests=["events"])
         d.start()
