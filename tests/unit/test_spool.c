@@ -1796,11 +1796,12 @@ static void test_full_keeps_reserve(void **state)
     /* appends admitted by spool_has_room stop short of the bound by the
      * reserve: the pages in use never reach into it */
     const uint64_t max = 1u << 20;
-    const size_t row_lens[] = { 300, 2000, 4000, 4096, 8000 };
-    const size_t pers[] = { 1, 16 };
+    /* 200 per transaction: full chunks (16 KiB) and a leaf-sized tail */
+    const size_t row_lens[] = { 60, 300, 1000, 2000, 4000, 4096, 8000 };
+    const size_t pers[] = { 1, 16, 200 };
     char *row = make_row(7, 8000);
     for (size_t ri = 0; ri < sizeof row_lens / sizeof row_lens[0]; ri++) {
-        for (size_t pi = 0; pi < 2; pi++) {
+        for (size_t pi = 0; pi < sizeof pers / sizeof pers[0]; pi++) {
             char sub[160];
             snprintf(sub, sizeof sub, "%s/r%zu-%zu", f->base, ri, pi);
             struct spool *s = open_opts(sub, max, SPOOL_NOSYNC, false);
