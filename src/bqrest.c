@@ -254,15 +254,11 @@ int bqrest_gz_compress(struct bqrest_gz *z, const void *in, size_t len, struct b
         errno = ENOMEM;
         return -1;
     }
-    size_t got = z->isal_buf ? isal_gzip(z, in, len, (unsigned char *)out->data, bound) : 0;
-    if (got) {
-        out->len = got;
-        out->data[got] = 0;
-        return 0;
-    }
-    /* the bound is a guarantee: 0 (no room) cannot happen, but is not
-     * taken for an empty result either */
-    size_t n = libdeflate_gzip_compress(z->c, in, len, out->data, bound);
+    size_t n = z->isal_buf ? isal_gzip(z, in, len, (unsigned char *)out->data, bound) : 0;
+    /* libdeflate's bound is a guarantee: 0 (no room) cannot happen, but is
+     * not taken for an empty result either */
+    if (n == 0)
+        n = libdeflate_gzip_compress(z->c, in, len, out->data, bound);
     if (n == 0) {
         errno = EOVERFLOW;
         return -1;

@@ -814,15 +814,15 @@ int spool_txn_append(struct spool_txn *t, uint32_t dest, const void *row, size_t
                  "one transaction touches more than %d destinations", MAX_DELTAS);
         return SPOOL_INVAL;
     }
-    if (p->n) {
+    bool alone = qval_chunk_size(1, size) > CHUNK_MAX_BYTES;   /* too big for any chunk */
+    if (p->n && !alone) {
         /* full by bytes: written whole; by count: in leaf-sized pieces */
-        bool full = qval_chunk_size(p->n + 1, p->len + size) > CHUNK_MAX_BYTES &&
-                    qval_chunk_size(1, size) <= CHUNK_MAX_BYTES;   /* (else it goes alone) */
+        bool full = qval_chunk_size(p->n + 1, p->len + size) > CHUNK_MAX_BYTES;
         if ((full || p->n == QVAL_MAX_RECS || seq - p->first_seq > UINT32_MAX) &&
             (rc = pend_flush(t, p, full)) != SPOOL_OK)
             return rc;
     }
-    if (qval_chunk_size(1, size) > CHUNK_MAX_BYTES) {
+    if (alone) {
         /* too big for a chunk: a plain record, after what is pending (keys
          * only grow) */
         unsigned char *out;
@@ -926,8 +926,8 @@ static int chunk_rewrite(MDB_cursor *c, uint32_t dest, const struct qval *q, con
 /* Removes from the value q the cursor is on the records marked in drop (m of
  * them): the whole value when that is all of it. The cursor then rests on
  * that value or, when it went, on the next. */
-static int qval_remove(MDB_cursor *c, uint32_t dest, const struct qval *q, const bool *drop,
-                       unsigned m)
+static int remove_marked(MDB_cursor *c, uint32_t dest, const struct qval *q, const bool *drop,
+                         unsigned m)
 {
     return m == q->n ? mdb_cursor_del(c, 0) : chunk_rewrite(c, dest, q, drop);
 }
@@ -994,7 +994,7 @@ int spool_txn_remove_run(struct spool_txn *t, uint32_t dest, const uint64_t *seq
         at_next = true;
         if (m) {
             int64_t r = m == q.n ? qval_count(&q) : m;
-            if ((rc = qval_remove(c, dest, &q, drop, m)) != 0)
+            if ((rc = remove_marked(c, dest, &q, drop, m)) != 0)
                 break;
             done += m;
             records += r;
@@ -1066,7 +1066,7 @@ int spool_txn_dead_letter_info(struct spool_txn *t, uint32_t dest, uint64_t seq,
     dlq_encode(&e, buf);
     bool drop[QVAL_MAX_RECS] = { false };
     drop[idx] = true;
-    int mrc = qval_remove(c, dest, &q, drop, 1);
+    int mrc = remove_marked(c, dest, &q, drop, 1);
     mdb_cursor_close(c);
     if (mrc == 0) {
         unsigned char kb[8];
@@ -1453,29 +1453,18 @@ static void fetch_ahead(const MDB_val *v)
 }
 
 /* Positions c on the first value holding a record with seq >= from: the
- * one under that key, or a chunk before it whose range reaches it, or the
- * next. MDB_NOTFOUND: there is none. */
+ * one that covers from (locate), else the first after it. MDB_NOTFOUND:
+ * there is none. */
 static int read_position(MDB_cursor *c, uint32_t dest, uint64_t from)
 {
+    struct qval q;
+    int rc = locate(c, dest, from, false, &q);
+    if (rc != MDB_NOTFOUND)
+        return rc;
     unsigned char kb[8];
     qval_put_be64(kb, from);
     MDB_val k = { 8, kb }, v;
-    int rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
-    if (rc == 0 && k.mv_size == 8 && qval_get_be64(k.mv_data) == from)
-        return 0;
-    if (rc && rc != MDB_NOTFOUND)
-        return rc;
-    bool past_end = rc == MDB_NOTFOUND;
-    rc = mdb_cursor_get(c, &k, &v, past_end ? MDB_LAST : MDB_PREV);
-    if (rc == MDB_NOTFOUND && !past_end)     /* from is before the first value */
-        return mdb_cursor_get(c, &k, &v, MDB_FIRST);
-    if (rc)
-        return rc;
-    struct qval q;
-    parse_kv(dest, &k, &v, &q);
-    if (!q.bad_key && qval_seq(&q, q.n - 1) >= from)
-        return 0;
-    return mdb_cursor_get(c, &k, &v, MDB_NEXT);
+    return mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
 }
 
 int spool_read(struct spool *s, uint32_t dest, uint64_t from_seq, size_t max_records,
